@@ -1,0 +1,1 @@
+"""The `gallery` command line: thin Typer commands over the library."""

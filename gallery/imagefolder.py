@@ -1,0 +1,54 @@
+"""The identity-folder layout: ROOT/<identity>/<image>. No torch here.
+
+Listing is sorted so the identity -> label map and the dataset order are
+deterministic on every machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from gallery.errors import BadInput
+from gallery.fingerprint import strings_sha256
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
+
+
+@dataclass(frozen=True)
+class FolderListing:
+    root: Path
+    paths: list[Path]          # every image, sorted by (identity, file name)
+    identities: list[str]      # identity of each path
+    classes: list[str]         # sorted unique identities; label = index here
+
+    @property
+    def labels(self) -> list[int]:
+        index = {name: i for i, name in enumerate(self.classes)}
+        return [index[name] for name in self.identities]
+
+    def fingerprint(self) -> str:
+        """Changes when any file is added, removed or renamed."""
+        return strings_sha256(str(p.relative_to(self.root)) for p in self.paths)
+
+
+def list_image_folder(root: str | Path, min_identities: int = 1) -> FolderListing:
+    """List ROOT/<identity>/<file>; files with non-image suffixes are ignored."""
+    root = Path(root)
+    if not root.is_dir():
+        raise BadInput(f"image folder not found: {root}")
+    paths: list[Path] = []
+    identities: list[str] = []
+    for identity_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for path in sorted(identity_dir.iterdir()):
+            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                paths.append(path)
+                identities.append(identity_dir.name)
+    if not paths:
+        raise BadInput(f"no images found under {root} (expected ROOT/<identity>/<image>)")
+    classes = sorted(set(identities))
+    if len(classes) < min_identities:
+        raise BadInput(
+            f"{root} has {len(classes)} identity folder(s); at least {min_identities} needed"
+        )
+    return FolderListing(root=root, paths=paths, identities=identities, classes=classes)
