@@ -1,0 +1,230 @@
+"""Each compat method's loss against a naive per-sample implementation (float32, float64).
+
+The head is a small stand-in implementing the agreed Head interface (weight,
+forward(e, y), logits(e, y, weight=None) with margin and scale on the target column).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gallery.errors import BadInput
+from trainer.methods import METHODS, load_all
+
+load_all()
+N, D, C, B = 60, 8, 6, 20
+
+
+class StandInArcFace(nn.Module):
+    def __init__(self, dim: int, num_classes: int, scale: float = 30.0, margin: float = 0.5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_classes, dim))
+        self.scale, self.margin = scale, margin
+
+    def logits(self, e, y, weight=None):
+        w = F.normalize(self.weight if weight is None else weight, dim=1)
+        cos = (F.normalize(e, dim=1) @ w.T).clamp(-1 + 1e-7, 1 - 1e-7)
+        target = torch.cos(torch.acos(cos.gather(1, y[:, None])) + self.margin)
+        return self.scale * cos.scatter(1, y[:, None], target)
+
+    def forward(self, e, y):
+        return F.cross_entropy(self.logits(e, y), y)
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return v / math.sqrt(sum(float(x) ** 2 for x in v))
+
+
+def naive_arcface(e: np.ndarray, y: int, w: np.ndarray, s: float, m: float) -> float:
+    """One sample's ArcFace cross-entropy with plain loops."""
+    u = unit(e)
+    logits = []
+    for c in range(len(w)):
+        cos = float(np.dot(u, unit(w[c])))
+        logits.append(s * (math.cos(math.acos(cos) + m) if c == y else cos))
+    top = max(logits)
+    return -(logits[y] - top - math.log(sum(math.exp(v - top) for v in logits)))
+
+
+def naive_prototypes(old: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    protos = []
+    for c in range(C):
+        rows = [unit(old[i]) for i in range(len(labels)) if labels[i] == c]
+        protos.append(unit(np.sum(rows, axis=0)))
+    return np.array(protos)
+
+
+def setup(method_name: str, dtype: torch.dtype, **params):
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    labels = np.arange(N) % C
+    old = rng.normal(size=(N, D)) + 2 * np.eye(C, D)[labels]
+    method = METHODS.get(method_name)(**params)
+    method.set_old_features(old, labels, {"sha256": "f" * 64, "model_id": "old-id"}, D)
+    head = StandInArcFace(D, C).to(dtype)
+    idx = torch.from_numpy(rng.choice(N, B, replace=False))
+    e = torch.randn(B, D, dtype=dtype, requires_grad=True)
+    y = torch.from_numpy(labels)[idx]
+    return method, head, e, y, idx, old.astype(np.float32).astype(np.float64)
+
+
+TOL = {torch.float32: 2e-5, torch.float64: 1e-10}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_independent(dtype):
+    method = METHODS.get("independent")()
+    torch.manual_seed(0)
+    head = StandInArcFace(D, C).to(dtype)
+    e, y = torch.randn(B, D, dtype=dtype), torch.arange(B) % C
+    value, _ = method.loss(e, y, torch.arange(B), head)
+    w = head.weight.detach().double().numpy()
+    expected = np.mean([naive_arcface(e[i].double().numpy(), int(y[i]), w, 30.0, 0.5) for i in range(B)])
+    assert float(value.detach()) == pytest.approx(expected, rel=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tau", [0.0, 0.2, 1.1])
+def test_l2(dtype, tau):
+    method, head, e, y, idx, old = setup("l2", dtype, l2_weight=10.0, tau=tau)
+    value, logs = method.loss(e, y, idx, head)
+    w = head.weight.detach().double().numpy()
+    en = e.detach().double().numpy()
+    arc = [naive_arcface(en[i], int(y[i]), w, 30.0, 0.5) for i in range(B)]
+    hinge = [max(math.dist(unit(old[int(idx[i])]), unit(en[i])) - tau, 0.0) for i in range(B)]
+    assert value.item() == pytest.approx(np.mean(arc) + 10.0 * np.mean(hinge), rel=TOL[dtype])
+    assert logs["l2"] == pytest.approx(np.mean(hinge), rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bct_scale", [None, 8.0])
+def test_bct(dtype, bct_scale):
+    method, head, e, y, idx, old = setup("bct", dtype, bct_scale=bct_scale)
+    value, logs = method.loss(e, y, idx, head)
+    labels = np.arange(N) % C
+    protos = naive_prototypes(old, labels)
+    np.testing.assert_allclose(method.prototypes.numpy(), protos, atol=1e-6)
+    w = head.weight.detach().double().numpy()
+    en = e.detach().double().numpy()
+    s = 30.0 if bct_scale is None else bct_scale
+    arc = [naive_arcface(en[i], int(y[i]), w, 30.0, 0.5) for i in range(B)]
+    # float32 prototypes are what the method holds; use them for the float64 check too
+    p = method.prototypes.double().numpy()
+    infl = [naive_arcface(en[i], int(y[i]), p, s, 0.5) for i in range(B)]
+    assert logs["influence"] == pytest.approx(np.mean(infl), rel=TOL[dtype])
+    assert value.item() == pytest.approx(np.mean(arc) + np.mean(infl), rel=TOL[dtype])
+
+
+def test_bct_scale_matters():
+    """Unscaled logits barely constrain: the influence loss stays near log(C)."""
+    method, head, e, y, idx, _ = setup("bct", torch.float64, bct_scale=1.0)
+    _, logs = method.loss(e, y, idx, head)
+    assert abs(logs["influence"] - math.log(C)) < 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mixbct_loss(dtype):
+    method, head, e, y, idx, old = setup("mixbct", dtype, mix_ratio=0.3, credible_t=0.9)
+    torch.manual_seed(5)
+    state = method.generator.get_state()
+    value, logs = method.loss(e, y, idx, head)
+    method.generator.set_state(state)  # replay the same row choice for the reference
+    chosen = method.choose_rows(idx).numpy()
+    assert logs["mixed_rows"] == chosen.sum() == round(0.3 * B)
+    w = head.weight.detach().double().numpy()
+    en = e.detach().double().numpy()
+    rows = [unit(old[int(idx[i])]) if chosen[i] else en[i] for i in range(B)]
+    expected = np.mean([naive_arcface(rows[i], int(y[i]), w, 30.0, 0.5) for i in range(B)])
+    assert value.item() == pytest.approx(expected, rel=TOL[dtype])
+
+
+def test_mixbct_rows_are_credible_and_exact_count():
+    method, _, _, _, _, _ = setup("mixbct", torch.float32, mix_ratio=0.3, credible_t=0.5)
+    credible = method.credible.numpy()
+    seen = set()
+    for trial in range(30):
+        idx = torch.from_numpy(np.random.default_rng(trial).choice(N, B, replace=False))
+        chosen = method.choose_rows(idx).numpy()
+        n_credible = int(credible[idx.numpy()].sum())
+        assert chosen.sum() == min(round(0.3 * B), n_credible)
+        assert credible[idx.numpy()[chosen]].all()
+        seen.add(tuple(np.flatnonzero(chosen)))
+    assert len(seen) > 1  # random, not a fixed pattern
+    # fewer credible rows than wanted: all of them are taken
+    few = torch.from_numpy(np.r_[np.flatnonzero(credible)[:3], np.flatnonzero(~credible)[:17]])
+    chosen = method.choose_rows(few).numpy()
+    assert chosen.sum() == 3 and chosen[:3].all()
+
+
+def test_mixbct_gradients():
+    method, head, _, y, idx, _ = setup("mixbct", torch.float32, mix_ratio=0.5, credible_t=1.0)
+    backbone = nn.Linear(5, D)
+    e = backbone(torch.randn(B, 5))
+    e.retain_grad()
+    state = method.generator.get_state()
+    value, _ = method.loss(e, y, idx, head)
+    method.generator.set_state(state)
+    chosen = method.choose_rows(idx)
+    value.backward()
+    grad_rows = e.grad.abs().sum(dim=1)
+    # replaced rows get exactly zero gradient, the others a real one
+    assert int(chosen.sum()) == B // 2
+    assert torch.all(grad_rows[chosen] == 0) and torch.all(grad_rows[~chosen] > 0)
+    # all rows replaced: the backbone gets nothing, the class weights still learn
+    method2, head2, _, y2, idx2, _ = setup("mixbct", torch.float32, mix_ratio=1.0, credible_t=1.0)
+    backbone.zero_grad()
+    value2, logs2 = method2.loss(backbone(torch.randn(B, 5)), y2, idx2, head2)
+    value2.backward()
+    assert logs2["mixed_rows"] == B
+    assert backbone.weight.grad is None or float(backbone.weight.grad.abs().sum()) == 0.0
+    assert float(head2.weight.grad.abs().sum()) > 0
+
+
+def test_dim_mismatch_is_bad_input():
+    method = METHODS.get("mixbct")()
+    with pytest.raises(BadInput, match="dim"):
+        method.set_old_features(np.ones((4, 16)), np.arange(4), {"sha256": "a"}, 8)
+
+
+@pytest.mark.parametrize("name,params", [
+    ("l2", dict(l2_weight=-1)), ("l2", dict(tau=-0.1)), ("mixbct", dict(mix_ratio=1.5)),
+    ("mixbct", dict(credible_t=0.0)), ("bct", dict(bct_scale=0)),
+])
+def test_bad_hyperparameters(name, params):
+    with pytest.raises(BadInput):
+        METHODS.get(name)(**params)
+
+
+def test_describe_carries_compatible_with():
+    for name in ("l2", "bct", "mixbct"):
+        method, *_ = setup(name, torch.float32)
+        info = method.describe()
+        assert info["method"] == name and info["compatible_with"] == "old-id"
+    assert METHODS.get("mixbct")().describe()["mix_ratio"] == 0.3
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_trains_a_tiny_net(name):
+    """Registry-wide smoke: a few SGD steps, finite loss that goes down."""
+    method, head, _, _, _, _ = setup(name, torch.float32) if name != "independent" else (
+        METHODS.get(name)(), StandInArcFace(D, C), *(None,) * 4)
+    torch.manual_seed(1)
+    x = torch.randn(N, 5) + 3 * torch.eye(C, 5)[torch.arange(N) % C]
+    y = torch.arange(N) % C
+    net = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, D))
+    opt = torch.optim.SGD([*net.parameters(), *head.parameters()], lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(40):
+        value, logs = method.loss(net(x), y, torch.arange(N), head)
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+        losses.append(value.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])

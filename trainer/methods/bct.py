@@ -1,0 +1,89 @@
+"""`bct`: Shen et al. (CVPR 2020) backward-compatible training with the influence loss.
+
+loss = head(e, y) + weight * CE(head.logits(e, y, weight=P), y), where P holds frozen
+old-model class prototypes (per-class mean of L2-normalised old features over the new
+training set, normalised again). The influence term is the main head's margin loss with
+its scale: unscaled cosine logits (|logit| <= 1) give a cross-entropy that barely moves,
+which is why `bct_scale` exists (None = the head's own scale).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gallery.errors import BadInput
+from trainer.methods import METHODS
+from trainer.methods.base import MethodContext
+from trainer.old_features import OldFeatureMethod
+
+SCALE_ATTRIBUTES = ("scale", "s")
+
+
+def class_prototypes(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C x d) normalised mean of normalised features per class; absent classes stay zero."""
+    data = np.asarray(features, dtype=np.float64)
+    data = data / np.maximum(np.linalg.norm(data, axis=1, keepdims=True), 1e-12)
+    sums = np.zeros((num_classes, data.shape[1]))
+    np.add.at(sums, labels, data)
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return (sums / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def head_scale(head: nn.Module) -> float | None:
+    for attribute in SCALE_ATTRIBUTES:
+        value = getattr(head, attribute, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+@METHODS.register("bct")
+class BCT(OldFeatureMethod):
+    name = "bct"
+
+    def __init__(self, bct_weight: float = 1.0, bct_scale: float | None = None) -> None:
+        if bct_weight < 0:
+            raise BadInput(f"BCT influence weight must be >= 0, got {bct_weight}")
+        if bct_scale is not None and bct_scale <= 0:
+            raise BadInput(f"--bct-scale must be > 0, got {bct_scale}")
+        super().__init__(bct_weight=float(bct_weight), bct_scale=bct_scale)
+        self.bct_weight = float(bct_weight)
+        self.bct_scale = None if bct_scale is None else float(bct_scale)
+        self.register_buffer("prototypes", torch.zeros(0, 0), persistent=False)
+
+    def prepare(self, context: MethodContext) -> None:
+        self._num_classes = int(context.num_classes)
+        self.prepare_old_features(context)
+        if self.bct_scale is not None and head_scale(context.head) is None:
+            raise BadInput("--bct-scale needs a head with a scale (arcface/cosface), "
+                           f"not {type(context.head).__name__}")
+
+    def on_old_features(self, features: np.ndarray, labels: np.ndarray,
+                        device: torch.device | str) -> None:
+        num_classes = getattr(self, "_num_classes", int(labels.max()) + 1)
+        self.prototypes = torch.from_numpy(class_prototypes(features, labels, num_classes)).to(device)
+
+    def influence_logits(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                         head: nn.Module) -> torch.Tensor:
+        logits = head.logits(embeddings, labels, weight=self.prototypes.to(embeddings))
+        if self.bct_scale is not None:
+            # the head applied its own scale s to cos(theta) (+margin); swap s for bct_scale
+            logits = logits * (self.bct_scale / head_scale(head))
+        return logits
+
+    def loss(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        indices: torch.Tensor,
+        head: nn.Module,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.prototypes.numel() == 0:
+            raise RuntimeError("bct: prepare() was not called before loss()")
+        head_loss = head(embeddings, labels)
+        influence = F.cross_entropy(self.influence_logits(embeddings, labels, head), labels)
+        total = head_loss + self.bct_weight * influence
+        return total, {"head_loss": float(head_loss.detach()), "influence": float(influence.detach())}

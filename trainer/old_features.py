@@ -1,0 +1,239 @@
+"""Old features of the new training set: extracted once, cached, reused only when valid.
+
+DESIGN §2 step 1. phi_old runs over every training image once (eval order, no
+augmentation) with the old model's own preprocessing. The HDF5 cache is keyed by a
+fingerprint of (old model file sha256, dataset listing), so a retrained old model or an
+edited dataset never reuses stale features. `--old-features FILE.h5` (a file this module
+wrote) is checked against the dataset the same way.
+
+Also holds OldFeatureMethod, the base of every method that constrains the new model
+with old features (l2, bct, mixbct).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import h5py
+import numpy as np
+import torch
+
+from gallery.errors import BadInput
+from gallery.fingerprint import strings_sha256
+from trainer.methods.base import CompatMethod, MethodContext
+from trainer.old_model import load_old_model, old_model_id, summary
+
+log = logging.getLogger(__name__)
+
+FORMAT = "gallery.old_features/1"
+Progress = Callable[[int], None]
+
+
+@dataclass
+class OldFeatures:
+    features: np.ndarray        # (N, d) float32, raw (not normalised), dataset order
+    labels: np.ndarray          # (N,) int64
+    old_model: dict[str, Any]   # old_model.summary() of the encoder that made them
+    dataset_fingerprint: str
+    source: str = "extracted"   # extracted | cache | file
+
+
+def cache_key(old_sha256: str, dataset_fingerprint: str) -> str:
+    return strings_sha256([FORMAT, old_sha256, dataset_fingerprint])
+
+
+def extract_old_features(encoder: Any, dataset: Any, batch_size: int = 64,
+                         progress: Progress | None = None) -> np.ndarray:
+    """Run the old encoder over the dataset in order, with the old model's preprocessing."""
+    paths = getattr(dataset, "paths", None)
+    if paths is not None:
+        from gallery.encoder import embed_paths
+
+        features = embed_paths(encoder, [str(p) for p in paths], batch_size=batch_size,
+                               progress=progress)
+    else:
+        features = _extract_from_loader(encoder, dataset, batch_size, progress)
+    features = np.asarray(features, dtype=np.float32)
+    if features.shape[0] != len(dataset):
+        raise BadInput(f"old model gave {features.shape[0]} features for {len(dataset)} images")
+    return features
+
+
+def _extract_from_loader(encoder: Any, dataset: Any, batch_size: int,
+                         progress: Progress | None) -> np.ndarray:
+    # Without file paths we can only feed the dataset's own tensors, which is right
+    # only when the old model expects the same preprocessing.
+    spec = getattr(dataset, "spec", None)
+    if spec is None or spec != encoder.spec:
+        raise BadInput(
+            "this dataset has no image paths and its preprocessing differs from the old "
+            "model's; extract old features with the old model's preprocessing and pass "
+            "--old-features"
+        )
+    from trainer.data import make_loader
+
+    chunks = []
+    for images, _labels, _indices in make_loader(dataset, batch_size, train=False):
+        chunks.append(encoder.embed(images.numpy()))
+        if progress is not None:
+            progress(len(images))
+    return np.concatenate(chunks) if chunks else np.zeros((0, encoder.dim), np.float32)
+
+
+def write_old_features(path: str | Path, data: OldFeatures) -> None:
+    """Write atomically (temp file + rename) so a crash never leaves a half cache."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as handle:
+            handle.create_dataset("features", data=np.asarray(data.features, np.float32))
+            handle.create_dataset("labels", data=np.asarray(data.labels, np.int64))
+            handle.attrs["format"] = FORMAT
+            handle.attrs["dataset_fingerprint"] = data.dataset_fingerprint
+            handle.attrs["old_model"] = json.dumps(data.old_model, sort_keys=True)
+            handle.attrs["cache_key"] = cache_key(str(data.old_model.get("sha256")),
+                                                  data.dataset_fingerprint)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_old_features(path: str | Path) -> OldFeatures:
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"old-features file not found: {path}")
+    try:
+        with h5py.File(path, "r") as handle:
+            if handle.attrs.get("format") != FORMAT:
+                raise BadInput(f"{path} is not a gallery old-features file (format {FORMAT})")
+            return OldFeatures(
+                features=np.asarray(handle["features"][...], dtype=np.float32),
+                labels=np.asarray(handle["labels"][...], dtype=np.int64),
+                old_model=json.loads(handle.attrs["old_model"]),
+                dataset_fingerprint=str(handle.attrs["dataset_fingerprint"]),
+                source="file",
+            )
+    except (OSError, KeyError, ValueError) as exc:
+        raise BadInput(f"cannot read old-features file {path}: {exc}") from None
+
+
+def check_matches(data: OldFeatures, dataset: Any, origin: str) -> None:
+    """Refuse features that were made for another dataset listing."""
+    fingerprint = dataset.listing_fingerprint()
+    if data.dataset_fingerprint != fingerprint:
+        raise BadInput(f"{origin} was extracted from a different dataset listing "
+                       f"({data.dataset_fingerprint[:12]} != {fingerprint[:12]}); re-extract")
+    if len(data.features) != len(dataset) or data.features.ndim != 2:
+        raise BadInput(f"{origin} has {data.features.shape} features for {len(dataset)} images")
+    if not np.array_equal(data.labels, np.asarray(dataset.labels, dtype=np.int64)):
+        raise BadInput(f"{origin} labels differ from the dataset's labels")
+    if not np.isfinite(data.features).all():
+        raise BadInput(f"{origin} contains NaN or infinite features")
+
+
+def resolve_old_features(context: MethodContext, progress: Progress | None = None) -> OldFeatures:
+    """Old features for context.dataset: --old-features, else the cache, else extraction."""
+    dataset = context.dataset
+    if context.old_features:
+        data = read_old_features(context.old_features)
+        check_matches(data, dataset, f"old-features file {context.old_features}")
+        if context.old_model:
+            _check_same_model(data, load_old_model(context.old_model).identity,
+                              context.old_features)
+        return data
+    if not context.old_model:
+        raise BadInput("this method needs the old model: pass --old MODEL or --old-features FILE.h5")
+    return _extract_cached(context, progress)
+
+
+def _check_same_model(data: OldFeatures, identity: dict, origin: str) -> None:
+    if data.old_model.get("sha256") != identity.get("sha256"):
+        raise BadInput(f"old-features file {origin} was made by another old model "
+                       f"({str(data.old_model.get('sha256'))[:12]}), not {identity.get('path')}")
+
+
+def _extract_cached(context: MethodContext, progress: Progress | None) -> OldFeatures:
+    dataset = context.dataset
+    encoder = load_old_model(context.old_model)
+    identity = summary(encoder.identity)
+    fingerprint = dataset.listing_fingerprint()
+    key = cache_key(str(identity["sha256"]), fingerprint)
+    cache_dir = Path(context.cache_dir) if context.cache_dir else _default_cache_dir()
+    path = cache_dir / f"old_features-{key[:24]}.h5"
+    if path.is_file():
+        try:
+            data = read_old_features(path)
+            check_matches(data, dataset, f"cache {path}")
+            _check_same_model(data, identity, str(path))
+            log.info("reusing cached old features %s", path)
+            data.source = "cache"
+            return data
+        except BadInput as exc:  # a corrupt or mismatched cache is rebuilt, not trusted
+            log.warning("ignoring old-feature cache: %s", exc)
+    log.info("extracting old features of %d images with %s", len(dataset), identity["path"])
+    features = extract_old_features(encoder, dataset, progress=progress)
+    data = OldFeatures(features, np.asarray(dataset.labels, np.int64), identity, fingerprint)
+    write_old_features(path, data)
+    return data
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "gallery" / "old_features"
+
+
+class OldFeatureMethod(CompatMethod):
+    """Base of methods constrained by old features: holds them (raw float32) on device."""
+
+    requires_old_model = True
+
+    def __init__(self, **hyperparameters: Any) -> None:
+        super().__init__(**hyperparameters)
+        self.old_identity: dict[str, Any] | None = None
+        # not persistent: features are re-derived by prepare(), never checkpointed
+        self.register_buffer("old_raw", torch.zeros(0, 0), persistent=False)
+
+    def prepare_old_features(self, context: MethodContext) -> None:
+        data = resolve_old_features(context, context.extras.get("old_features_progress"))
+        self.set_old_features(data.features, np.asarray(context.dataset.labels), data.old_model,
+                              context.embedding_dim, context.device)
+
+    def set_old_features(self, features: np.ndarray, labels: np.ndarray, identity: dict,
+                         embedding_dim: int, device: torch.device | str = "cpu") -> None:
+        """Install old features (N x d, dataset order); subclasses derive masks/prototypes."""
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or features.shape[1] != embedding_dim:
+            raise BadInput(
+                f"new embedding dim {embedding_dim} != old model dim {features.shape[-1]}: "
+                f"{self.name} compares new and old embeddings directly; train with "
+                f"--dim {features.shape[-1]}"
+            )
+        self.old_raw = torch.from_numpy(features).to(device)
+        self.old_identity = dict(identity)
+        self.on_old_features(features, np.asarray(labels, dtype=np.int64), device)
+
+    def on_old_features(self, features: np.ndarray, labels: np.ndarray,
+                        device: torch.device | str) -> None:
+        """Hook for subclasses (credible mask, prototypes)."""
+
+    def old_rows(self, indices: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Normalised old features of the batch rows, in the embeddings' dtype/device."""
+        if self.old_raw.numel() == 0:
+            raise RuntimeError(f"{self.name}: prepare() was not called before loss()")
+        # normalised per batch in the embeddings' dtype, so float64 training stays exact
+        rows = self.old_raw[indices.to(self.old_raw.device)].to(like)
+        return torch.nn.functional.normalize(rows, dim=1)
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        if self.old_identity is not None:
+            info["compatible_with"] = old_model_id(self.old_identity)
+            info["old_model"] = {k: v for k, v in self.old_identity.items() if k != "path"}
+        return info
