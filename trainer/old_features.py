@@ -50,39 +50,53 @@ def cache_key(old_sha256: str, dataset_fingerprint: str) -> str:
 def extract_old_features(encoder: Any, dataset: Any, batch_size: int = 64,
                          progress: Progress | None = None) -> np.ndarray:
     """Run the old encoder over the dataset in order, with the old model's preprocessing."""
-    paths = getattr(dataset, "paths", None)
-    if paths is not None:
+    mine, theirs = dataset.spec, encoder.spec
+    if (mine.height, mine.width, mine.color_order) == (theirs.height, theirs.width,
+                                                      theirs.color_order):
+        # same decoded pixels; to_tensor applies the old model's own mean/std
+        features = _extract_from_arrays(encoder, dataset, batch_size, progress)
+    else:
+        paths = _source_paths(dataset)
+        if paths is None:
+            raise BadInput(
+                f"the old model expects {theirs.height}x{theirs.width} {theirs.color_order} "
+                f"input but the dataset was decoded as {mine.height}x{mine.width} "
+                f"{mine.color_order} and its files cannot be re-read; use the old model's "
+                "--image-size/--color-order or pass --old-features"
+            )
         from gallery.encoder import embed_paths
 
-        features = embed_paths(encoder, [str(p) for p in paths], batch_size=batch_size,
-                               progress=progress)
-    else:
-        features = _extract_from_loader(encoder, dataset, batch_size, progress)
+        features = embed_paths(encoder, paths, batch_size=batch_size, progress=progress)
     features = np.asarray(features, dtype=np.float32)
-    if features.shape[0] != len(dataset):
-        raise BadInput(f"old model gave {features.shape[0]} features for {len(dataset)} images")
+    if features.shape != (len(dataset), encoder.dim):
+        raise BadInput(f"old model gave {features.shape} features for {len(dataset)} images")
     return features
 
 
-def _extract_from_loader(encoder: Any, dataset: Any, batch_size: int,
+def _extract_from_arrays(encoder: Any, dataset: Any, batch_size: int,
                          progress: Progress | None) -> np.ndarray:
-    # Without file paths we can only feed the dataset's own tensors, which is right
-    # only when the old model expects the same preprocessing.
-    spec = getattr(dataset, "spec", None)
-    if spec is None or spec != encoder.spec:
-        raise BadInput(
-            "this dataset has no image paths and its preprocessing differs from the old "
-            "model's; extract old features with the old model's preprocessing and pass "
-            "--old-features"
-        )
-    from trainer.data import make_loader
+    from gallery.encoder import embed_images
 
     chunks = []
-    for images, _labels, _indices in make_loader(dataset, batch_size, train=False):
-        chunks.append(encoder.embed(images.numpy()))
+    for start in range(0, len(dataset), batch_size):
+        batch = np.arange(start, min(start + batch_size, len(dataset)))
+        chunks.append(embed_images(encoder, dataset.images_uint8(batch)))
         if progress is not None:
-            progress(len(images))
+            progress(len(batch))
     return np.concatenate(chunks) if chunks else np.zeros((0, encoder.dim), np.float32)
+
+
+def _source_paths(dataset: Any) -> list[str] | None:
+    """The image files behind an ImageFolder dataset, if they still match its listing."""
+    from gallery.imagefolder import list_image_folder
+
+    source = Path(str(getattr(dataset, "source", "")))
+    if not source.is_dir():
+        return None
+    listing = list_image_folder(source)
+    if listing.fingerprint() != dataset.listing_fingerprint():
+        return None
+    return [str(p) for p in listing.paths]
 
 
 def write_old_features(path: str | Path, data: OldFeatures) -> None:
