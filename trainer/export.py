@@ -1,0 +1,102 @@
+"""`.pt` -> ONNX with gallery metadata, refused unless onnxruntime matches torch.
+
+The parity check runs the real training images stored in the .pt (plus any the
+caller gives) through both runtimes, at two batch sizes to exercise the dynamic
+batch axis; nothing is written when max |torch - onnx| exceeds the tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gallery.errors import BadInput, GateFailed
+from gallery.preprocess import META_PREFIX, to_tensor
+
+from trainer.checkpoint import load_model
+
+log = logging.getLogger(__name__)
+OPSET = 17
+
+
+def onnx_metadata(meta: dict[str, Any]) -> dict[str, str]:
+    from gallery.preprocess import PreprocessSpec
+
+    arch = meta["arch"]
+    props = {
+        META_PREFIX + "model_id": meta["model_id"],
+        META_PREFIX + "arch": str(arch["name"]),
+        META_PREFIX + "arch_config": json.dumps(arch, sort_keys=True),
+        META_PREFIX + "dim": str(int(arch["dim"])),
+        META_PREFIX + "label_map_sha256": meta["label_map_sha256"],
+        META_PREFIX + "num_classes": str(len(meta["classes"])),
+        META_PREFIX + "method": json.dumps(meta.get("method", {}), sort_keys=True, default=str),
+        META_PREFIX + "head": json.dumps(meta.get("head", {}), sort_keys=True),
+        META_PREFIX + "format": meta["format"],
+    }
+    if meta.get("compatible_with"):
+        props[META_PREFIX + "compatible_with"] = str(meta["compatible_with"])
+    props.update(PreprocessSpec.from_dict(meta["preprocess"]).to_metadata())
+    return props
+
+
+def _torch_export(backbone: torch.nn.Module, sample: torch.Tensor, path: Path) -> None:
+    # the TorchScript-based exporter is fast and handles every op our backbones use
+    torch.onnx.export(backbone, (sample,), str(path), input_names=["input"],
+                      output_names=["embedding"], opset_version=OPSET, dynamo=False,
+                      dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}})
+
+
+def export_onnx(pt_path: str | Path, out_path: str | Path, images: np.ndarray | None = None,
+                atol: float = 1e-4) -> dict[str, Any]:
+    """Export a gallery .pt to ONNX; `images` (NHWC uint8, the model's spec) add to the check."""
+    import onnx
+
+    loaded = load_model(pt_path)
+    spec, meta = loaded.spec, loaded.meta
+    pixels = meta["parity_images"].numpy()
+    if images is not None:
+        pixels = np.concatenate([pixels, np.asarray(images, np.uint8)])
+    if len(pixels) < 2:
+        raise BadInput(f"{pt_path}: need at least 2 real images for the ONNX parity check")
+    batch = to_tensor(pixels, spec)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        with torch.no_grad():
+            _torch_export(loaded.backbone, torch.from_numpy(batch[:2]), raw)
+            expected = loaded.backbone(torch.from_numpy(batch)).numpy()
+        model = onnx.load(str(raw))
+        for key, value in onnx_metadata(meta).items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.checker.check_model(model)
+        staged = Path(tmp) / "model.onnx"
+        onnx.save(model, str(staged))
+        diff = _parity(staged, batch, expected)
+        if not diff <= atol:
+            raise GateFailed(f"ONNX export of {pt_path} disagrees with torch: max |diff| "
+                             f"{diff:.3g} > {atol:g}; nothing written")
+        os.replace(staged, out_path)
+    log.info("exported %s -> %s (max |diff| %.2e)", pt_path, out_path, diff)
+    return {"onnx": str(out_path), "model_id": meta["model_id"], "max_abs_diff": diff,
+            "parity_images": int(len(pixels)), "metadata": onnx_metadata(meta)}
+
+
+def _parity(path: Path, batch: np.ndarray, expected: np.ndarray) -> float:
+    """Max abs difference over the whole batch and over a batch of one (dynamic axis)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    full = session.run(None, {name: batch})[0]
+    single = session.run(None, {name: batch[:1]})[0]
+    return float(max(np.abs(full - expected).max(), np.abs(single - expected[:1]).max()))

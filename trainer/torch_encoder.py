@@ -1,0 +1,93 @@
+"""Our `.pt` model files and TorchScript files as gallery Encoders.
+
+Importing this module registers ".pt", ".pth" and ".ts" in
+gallery.encoder.ENCODER_LOADERS, so `load_encoder` (and cli.common.load_encoder_any)
+open them like ONNX files. `.pt` files load with torch.load(weights_only=True).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gallery.errors import BadInput
+from gallery.fingerprint import file_sha256
+from gallery.preprocess import PreprocessSpec
+
+from trainer.checkpoint import load_model
+
+log = logging.getLogger(__name__)
+
+
+class TorchEncoder:
+    """Encoder protocol: spec, dim, identity, embed(NCHW float32) -> (N, dim) raw float32."""
+
+    def __init__(self, module: torch.nn.Module, spec: PreprocessSpec, dim: int,
+                 identity: dict[str, Any], device: torch.device) -> None:
+        self.module, self.spec, self.dim = module, spec, int(dim)
+        self.identity, self.device = identity, device
+
+    @torch.no_grad()
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        expected = (self.spec.channels, self.spec.height, self.spec.width)
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
+            raise BadInput(f"encoder input has shape {tuple(batch.shape)}, expected (N, *{expected})")
+        tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+        return self.module(tensor).float().cpu().numpy()
+
+
+def _device(providers: Any, require_gpu: bool) -> torch.device:
+    if require_gpu and not torch.cuda.is_available():
+        raise BadInput("a GPU was required but torch sees no CUDA device")
+    wants_cpu = providers is not None and all("CUDA" not in str(p) for p in providers)
+    return torch.device("cuda" if torch.cuda.is_available() and not wants_cpu else "cpu")
+
+
+def load_pt_encoder(path: str | Path, providers: Any = None, require_gpu: bool = False,
+                    **_: Any) -> TorchEncoder:
+    device = _device(providers, require_gpu)
+    loaded = load_model(path, device)
+    meta = loaded.meta
+    metadata = {k: v for k, v in meta.items() if k not in ("parity_images",)}
+    identity = {"sha256": file_sha256(path), "model_id": meta["model_id"], "path": str(path),
+                "format": "pt", "metadata": metadata}
+    return TorchEncoder(loaded.backbone, loaded.spec, meta["arch"]["dim"], identity, device)
+
+
+def load_torchscript_encoder(path: str | Path, providers: Any = None, require_gpu: bool = False,
+                             **_: Any) -> TorchEncoder:
+    """TorchScript files carry their preprocessing in `_extra_files['gallery.json']`."""
+    import json
+
+    device = _device(providers, require_gpu)
+    extra = {"gallery.json": ""}
+    try:
+        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    except (RuntimeError, ValueError) as exc:
+        raise BadInput(f"cannot read TorchScript model {path}: {exc.__class__.__name__}") from None
+    if not extra["gallery.json"]:
+        raise BadInput(f"{path} lacks gallery.json (preprocessing, dim) in its extra files")
+    meta = json.loads(extra["gallery.json"])
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    identity = {"sha256": file_sha256(path), "model_id": meta.get("model_id"),
+                "path": str(path), "format": "torchscript", "metadata": meta}
+    return TorchEncoder(module.eval(), spec, int(meta["dim"]), identity, device)
+
+
+def _register() -> None:
+    try:
+        from gallery.encoder import ENCODER_LOADERS
+    except ImportError:  # the encoder runtime is not installed in this checkout yet
+        log.warning("gallery.encoder not available; .pt/.ts encoders not registered")
+        return
+    for suffix, loader in ((".pt", load_pt_encoder), (".pth", load_pt_encoder),
+                           (".ts", load_torchscript_encoder)):
+        if suffix not in ENCODER_LOADERS:
+            ENCODER_LOADERS.register(suffix)(loader)
+
+
+_register()
