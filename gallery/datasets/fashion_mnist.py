@@ -82,14 +82,14 @@ def build_fashion_mnist(config: FashionConfig, progress: Callable[[int], None] |
         raise BadInput(f"image size must be between 8 and 512, got {config.image_size}")
     scenarios = parse_scenarios(config.scenarios)
     formats = layout.parse_formats(",".join(config.formats))
-    train_x, train_y = _cap(*load_split(config.root, "train"), config.per_class, config.seed)
-    test_x, test_y = _cap(*load_split(config.root, "t10k"), config.eval_per_class, config.seed + 1)
+    train = _cap(*load_split(config.root, "train"), config.per_class, config.seed)
+    test = _cap(*load_split(config.root, "t10k"), config.eval_per_class, config.seed + 1)
     names = [f"c{i}-{n}" for i, n in enumerate(CLASS_NAMES)]
     staging = layout.begin(config.out, config.overwrite)
     try:
         splits = {}
         for scenario in scenarios:
-            parts = _scenario_parts(scenario, config, names, train_x, train_y, test_x, test_y)
+            parts = _scenario_parts(scenario, config, names, train, test)
             attrs = {"builder": "fashion-mnist", "seed": config.seed, "image_size": config.image_size}
             splits[scenario] = {p: layout.write_part(staging, scenario, p, part, formats, attrs, progress)
                                 for p, part in parts.items()}
@@ -109,24 +109,27 @@ def build_fashion_mnist(config: FashionConfig, progress: Callable[[int], None] |
 
 
 def _cap(images: np.ndarray, labels: np.ndarray, per_class: int | None, seed: int):
-    """Keep a seeded random `per_class` images of each class (all when None), in file order."""
+    """Keep a seeded random `per_class` images of each class (all when None), in file order.
+
+    Returns (images, labels, file row of each kept image)."""
     if per_class is None:
-        return images, labels
+        return images, labels, np.arange(len(labels))
     if per_class < 2:
         raise BadInput(f"need at least 2 images per class, got {per_class}")
     rng = np.random.default_rng([seed, 0xFA])
     keep = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)])
     keep.sort()
-    return images[keep], labels[keep]
+    return images[keep], labels[keep], keep
 
 
-def _scenario_parts(scenario, config, names, train_x, train_y, test_x, test_y) -> dict[str, layout.Part]:
+def _scenario_parts(scenario, config, names, train, test) -> dict[str, layout.Part]:
+    train_y, test_y = train[1], test[1]
     if scenario == "open-data":
         old_rows, new_rows = split_open_data(train_y, config.old_fraction, config.seed)
         return {
-            "old": _part(train_x, train_y, old_rows, names, config.image_size, "train"),
-            "new": _part(train_x, train_y, new_rows, names, config.image_size, "train"),
-            "eval": _part(test_x, test_y, np.arange(len(test_y)), names, config.image_size, "test"),
+            "old": _part(train, old_rows, names, config.image_size, "train"),
+            "new": _part(train, new_rows, names, config.image_size, "train"),
+            "eval": _part(test, np.arange(len(test_y)), names, config.image_size, "test"),
         }
     eval_fraction = config.eval_classes / len(names)
     split = split_identities(names, len(names), eval_fraction, config.old_fraction, config.seed)
@@ -134,18 +137,20 @@ def _scenario_parts(scenario, config, names, train_x, train_y, test_x, test_y) -
     rows = {p: np.flatnonzero([member[names[y]] == p for y in (test_y if p == "eval" else train_y)])
             for p in ("old", "new", "eval")}
     return {
-        "old": _part(train_x, train_y, rows["old"], names, config.image_size, "train"),
-        "new": _part(train_x, train_y, rows["new"], names, config.image_size, "train"),
-        "eval": _part(test_x, test_y, rows["eval"], names, config.image_size, "test"),
+        "old": _part(train, rows["old"], names, config.image_size, "train"),
+        "new": _part(train, rows["new"], names, config.image_size, "train"),
+        "eval": _part(test, rows["eval"], names, config.image_size, "test"),
     }
 
 
-def _part(images, labels, rows, names, size, source) -> layout.Part:
+def _part(source_arrays, rows, names, size, source) -> layout.Part:
+    """Rows index the (capped) arrays; file names and source_index use the IDX file row."""
+    images, labels, origin = source_arrays
     return layout.Part(
         images=_resize(images[rows], size),
         identities=[names[y] for y in labels[rows]],
-        files=[f"{source}-{r:05d}.png" for r in rows],
-        extra={"source_index": rows.astype(np.int32)},
+        files=[f"{source}-{r:05d}.png" for r in origin[rows]],
+        extra={"source_index": origin[rows].astype(np.int32)},
     )
 
 

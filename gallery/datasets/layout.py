@@ -81,6 +81,7 @@ def write_part(
     attrs: dict, progress: Callable[[int], None] | None = None,
 ) -> dict:
     """Write one split in the requested formats; return its manifest entry."""
+    part = _in_folder_order(part)
     base = staging.tmp / scenario
     base.mkdir(parents=True, exist_ok=True)
     entry: dict = {"identities": len(part.classes()), "images": int(len(part.images))}
@@ -94,6 +95,15 @@ def write_part(
         entry["hdf5"] = f"{scenario}/{part_name}.h5"
         entry["hdf5_sha256"] = file_sha256(h5)
     return entry
+
+
+def _in_folder_order(part: Part) -> Part:
+    """Sort rows by (identity, file) so HDF5 rows follow list_image_folder's order."""
+    order = sorted(range(len(part.files)), key=lambda i: (part.identities[i], part.files[i]))
+    if order == list(range(len(order))):
+        return part
+    return Part(images=part.images[order], identities=[part.identities[i] for i in order],
+                files=[part.files[i] for i in order], extra={k: v[order] for k, v in part.extra.items()})
 
 
 def commit(staging: Staging, manifest: dict) -> Path:
