@@ -1,0 +1,136 @@
+"""`gallery check-compat`: may v2 queries search the v1 gallery? Exit 0 pass, 1 gate failed, 2 bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from cli.common import console, emit_json, handle_errors, render_table
+
+
+def _load_any(path: str) -> Any:
+    """cli.common.load_encoder_any when present; otherwise the same two steps here."""
+    from cli import common
+
+    if hasattr(common, "load_encoder_any"):
+        return common.load_encoder_any(path)
+    if Path(path).suffix.lower() in (".pt", ".pth", ".ts"):
+        try:
+            import trainer.torch_encoder  # noqa: F401  registers the torch loaders
+        except ImportError:
+            pass  # load_encoder then lists the formats it can read
+    from gallery.encoder import load_encoder
+
+    return load_encoder(path)
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _render(report: dict) -> None:
+    rows = []
+    for name, comp in report["comparisons"].items():
+        ver, ident = comp.get("verification", {}), comp.get("identification", {})
+        tars = {p["far"]: p["tar"] for p in ver.get("tar_at_far", [])}
+        rows.append([name, _fmt(tars.get(1e-4)), _fmt(tars.get(1e-3)), _fmt(tars.get(1e-2)),
+                     _fmt(ver.get("auc")), _fmt(ident.get("rank1")), _fmt(ident.get("rank5")),
+                     _fmt(ident.get("rank10")), _fmt(comp.get("retrieval", {}).get("map")),
+                     _fmt(report["headline"]["values"][name])])
+    render_table(f"compatibility (headline: {report['headline']['metric']})",
+                 ["comparison", "TAR@1e-4", "TAR@1e-3", "TAR@1e-2", "AUC", "rank-1", "rank-5",
+                  "rank-10", "mAP", "headline"], rows)
+    crit = report["criterion"]
+    verdict = "[green]holds[/]" if crit["passed"] else "[red]fails[/]"
+    console.print(f"criterion new->old > old/old: {verdict} "
+                  f"({crit['new_to_old']:.4f} vs {crit['old_old']:.4f})")
+    if report.get("gain"):
+        console.print(f"update gain: {_fmt(report['gain']['value'])}")
+    skipped = report["comparisons"]["old/old"].get("verification", {}).get("skipped_far")
+    if skipped:
+        console.print(f"FARs skipped (too few impostor pairs): {', '.join(f'{f:g}' for f in skipped)}")
+    for entry in report["thresholds"]:
+        console.print(f"threshold {entry['query']}->{entry['gallery']} at FAR {entry['far']:g}: "
+                      f"{entry['threshold']:.4f}" + ("" if entry["supported"] else " (FAR not supported)"))
+    for gate in report["gates"]:
+        mark = "[green]pass[/]" if gate["passed"] else "[red]FAIL[/]"
+        console.print(f"gate {gate['name']}: {mark} - {gate['detail']}")
+
+
+def check_compat(
+    old: Annotated[Optional[Path], typer.Option("--old", help="Old (v1) encoder: .onnx or .pt.")] = None,
+    new: Annotated[Optional[Path], typer.Option("--new", help="New (v2) encoder: .onnx or .pt.")] = None,
+    data: Annotated[Optional[Path], typer.Option(
+        "--data", help="Identity folder, insightface FILE.bin, or IJB-C folder.")] = None,
+    embeddings: Annotated[Optional[Path], typer.Option(
+        "--embeddings", help="Precomputed embeddings of both models (HDF5; see docs/report-schema.md).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here ('-' = stdout).")] = None,
+    reference: Annotated[Optional[Path], typer.Option(
+        "--reference", help="Independent new model: enables the update gain.")] = None,
+    target_far: Annotated[float, typer.Option("--target-far", help="FAR of the calibrated thresholds.")] = 1e-4,
+    min_gain: Annotated[Optional[float], typer.Option("--min-gain", help="Gate: update gain >= G.")] = None,
+    max_new_drop: Annotated[Optional[float], typer.Option(
+        "--max-new-drop", help="Gate: (reference or old) - new/new headline <= D.")] = None,
+    require_criterion: Annotated[bool, typer.Option(
+        "--require-criterion", help="Gate: new->old must beat old/old.")] = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write ROC + CMC curves (PNG).")] = None,
+    old_to_new: Annotated[bool, typer.Option("--old-to-new", help="Also score old queries vs new gallery.")] = False,
+    headline: Annotated[str, typer.Option("--headline", help="auto | rank1 | tar.")] = "auto",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of impostor sampling and 1:N split.")] = 0,
+    impostor_pairs: Annotated[int, typer.Option("--impostor-pairs", help="Impostor pairs to sample.")] = 100_000,
+    distractor_fraction: Annotated[float, typer.Option(
+        "--distractor-fraction", help="Share of identities never enrolled (open-set).")] = 0.2,
+    gallery_per_identity: Annotated[int, typer.Option(
+        "--gallery-per-identity", help="Images enrolled per identity.")] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Embedding batch size.")] = 64,
+    save_embeddings: Annotated[Optional[Path], typer.Option(
+        "--save-embeddings", help="Write the extracted embeddings (HDF5) for later --embeddings runs.")] = None,
+) -> None:
+    """Check that new-model queries can search the old model's gallery; exit 1 when a gate fails."""
+    from gallery.compat.checker import CheckConfig, run_check
+    from gallery.compat.report import write_report
+    from gallery.errors import GateFailed
+
+    as_json = json_out is not None and str(json_out) == "-"
+    config = CheckConfig(
+        old=_s(old), new=_s(new), data=_s(data), embeddings=_s(embeddings), reference=_s(reference),
+        target_far=target_far, min_gain=min_gain, max_new_drop=max_new_drop,
+        require_criterion=require_criterion, old_to_new=old_to_new, headline=headline, seed=seed,
+        impostor_pairs=impostor_pairs, distractor_fraction=distractor_fraction,
+        gallery_per_identity=gallery_per_identity, batch_size=batch_size, save_embeddings=_s(save_embeddings),
+    )
+    result = _run_with_progress(run_check, config, quiet=as_json)
+    if json_out is not None:
+        if as_json:
+            emit_json(result.report)
+        else:
+            write_report(result.report, json_out)
+    if plot is not None:
+        from gallery.compat.plots import plot_curves
+
+        plot_curves(result.curves, plot, title=f"{Path(config.new or 'new').name} vs {Path(config.old or 'old').name}")
+    if not as_json:
+        _render(result.report)
+    if not result.passed:
+        raise GateFailed(f"compatibility gate(s) failed: {', '.join(result.report['failed_gates'])}")
+
+
+def _s(path: Optional[Path]) -> Optional[str]:
+    return None if path is None else str(path)
+
+
+def _run_with_progress(run_check: Any, config: Any, quiet: bool) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = [TextColumn("[bold]embed"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=True, disable=quiet) as bar:
+        task = bar.add_task("embed", total=None)
+        return run_check(config, load=_load_any,
+                         progress=lambda n: bar.advance(task, n),
+                         on_total=lambda total: bar.update(task, total=total))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("check-compat")(handle_errors(check_compat))

@@ -1,0 +1,239 @@
+"""The compatibility check: embed an evaluation set with the old, new (and reference)
+models, score old/old, new/new, new->old (and old->new), decide the criterion,
+the update gain and the gates, and calibrate thresholds per (query, gallery) pair.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from gallery.compat.evalsets import EmbeddingSet, EvalSet, open_evalset, read_embeddings, write_embeddings
+from gallery.compat.gates import evaluate_gates, headline_value, pick_headline
+from gallery.compat.protocols import PairProtocol, ProtocolConfig, SearchProtocol, pairs_from_search
+from gallery.compat.report import build_report
+from gallery.errors import BadInput
+from gallery.fingerprint import file_sha256
+from gallery.metrics.identification import identification_report, search_stats
+from gallery.metrics.retrieval import mean_average_precision
+from gallery.metrics.verification import DEFAULT_FARS, roc_curve, threshold_at_far, verification_report
+from gallery.preprocess import l2_normalize
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int], None] | None
+
+
+@dataclass
+class CheckConfig:
+    old: str | None = None
+    new: str | None = None
+    data: str | None = None
+    embeddings: str | None = None          # precomputed item embeddings (HDF5)
+    reference: str | None = None           # independent new model, for the update gain
+    target_far: float = 1e-4
+    min_gain: float | None = None
+    max_new_drop: float | None = None
+    require_criterion: bool = False
+    old_to_new: bool = False
+    headline: str = "auto"                 # auto | rank1 | tar
+    seed: int = 0
+    impostor_pairs: int = 100_000
+    distractor_fraction: float = 0.2
+    gallery_per_identity: int = 1
+    batch_size: int = 64
+    save_embeddings: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def protocol(self) -> ProtocolConfig:
+        return ProtocolConfig(self.seed, self.impostor_pairs, self.distractor_fraction, self.gallery_per_identity)
+
+
+@dataclass
+class CheckResult:
+    report: dict
+    curves: dict = field(default_factory=dict)  # comparison -> {"roc": (far, tar), "cmc": array}
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report["passed"])
+
+
+COMPARISONS = {"old/old": ("old", "old"), "new/new": ("new", "new"), "new->old": ("new", "old"),
+               "old->new": ("old", "new"), "reference/reference": ("reference", "reference")}
+
+
+def _validate(config: CheckConfig) -> None:
+    if not config.data and not config.embeddings:
+        raise BadInput("give the evaluation data (--data DIR|FILE.bin|IJBC_DIR) or --embeddings FILE.h5")
+    if not 0.0 < config.target_far < 1.0:
+        raise BadInput(f"--target-far must be in (0, 1), got {config.target_far}")
+    if config.min_gain is not None and not config.reference:
+        raise BadInput("--min-gain needs --reference (the gain is measured against an independent model)")
+    if config.max_new_drop is not None and config.max_new_drop < 0:
+        raise BadInput(f"--max-new-drop must be >= 0, got {config.max_new_drop}")
+    if config.headline not in ("auto", "rank1", "tar"):
+        raise BadInput(f"--headline must be auto, rank1 or tar, got {config.headline!r}")
+    if config.batch_size < 1:
+        raise BadInput(f"--batch-size must be >= 1, got {config.batch_size}")
+
+
+def _file_identity(path: str) -> dict:
+    if not Path(path).is_file():
+        raise BadInput(f"model file not found: {path}")
+    return {"sha256": file_sha256(path), "model_id": None, "path": str(Path(path).resolve()), "format": "unknown"}
+
+
+def _roles(config: CheckConfig) -> dict[str, str | None]:
+    roles = {"old": config.old, "new": config.new}
+    if config.reference:
+        roles["reference"] = config.reference
+    return roles
+
+
+def _load_models(config, load, pre: dict | None) -> tuple[dict, dict]:
+    """Encoders for roles without precomputed features, and every role's identity."""
+    from gallery.encoder import describe
+
+    encoders, identities = {}, {}
+    for role, path in _roles(config).items():
+        if pre is not None and role in pre["features"]:
+            identities[role] = dict(pre["identities"][role])
+            if path:  # the file names the model; its identity wins over the HDF5 attrs
+                identities[role].update(_file_identity(path), format="embeddings")
+            continue
+        if not path:
+            raise BadInput(f"--{role} is required (no precomputed {role} embeddings given)")
+        encoders[role] = load(path)
+        identities[role] = describe(encoders[role])
+    return encoders, identities
+
+
+def _check_dims(encoders: dict, pre: dict | None) -> None:
+    dims = {r: e.dim for r, e in encoders.items()}
+    if pre is not None:
+        dims.update({r: a.shape[1] for r, a in pre["features"].items() if r not in dims})
+    if dims["old"] != dims["new"]:
+        raise BadInput(
+            f"old model gives {dims['old']}-d embeddings, new model {dims['new']}-d: not compatible by "
+            "construction (a new query cannot be compared with an old gallery entry); train the new "
+            "model with the old model's dimension"
+        )
+
+
+def _embed(evalset, encoders, pre, config, progress, on_total) -> dict[str, np.ndarray]:
+    if on_total is not None:
+        on_total(evalset.num_items * len(encoders))
+    items = {}
+    for role, encoder in encoders.items():
+        log.info("embedding %d items with the %s model", evalset.num_items, role)
+        items[role] = evalset.embed(encoder, batch_size=config.batch_size, progress=progress)
+    if pre is not None:
+        for role, array in pre["features"].items():
+            if role in _roles(config) and role not in items:
+                if array.shape[0] != evalset.num_items:
+                    raise BadInput(f"{config.embeddings}: {array.shape[0]} rows but the evaluation set has "
+                                   f"{evalset.num_items} items")
+                items[role] = array
+    return items
+
+
+def _pair_scores(q: np.ndarray, g: np.ndarray, pairs: PairProtocol, chunk: int = 200_000) -> np.ndarray:
+    """Cosine score of each pair: query model on the left item, gallery model on the right."""
+    out = np.empty(len(pairs.left), np.float32)
+    for s in range(0, len(out), chunk):
+        out[s : s + chunk] = np.einsum("ij,ij->i", q[pairs.left[s : s + chunk]], g[pairs.right[s : s + chunk]])
+    return out
+
+
+def _compare(q, g, pairs, search, fars) -> tuple[dict, dict]:
+    result, curves = {}, {}
+    if pairs is not None:
+        scores = _pair_scores(q, g, pairs)
+        genuine, impostor = scores[pairs.issame], scores[~pairs.issame]
+        result["verification"] = verification_report(genuine, impostor, fars)
+        far, tar, _ = roc_curve(genuine, impostor)
+        curves["roc"], curves["impostor"] = (far, tar), impostor
+    if search is not None:
+        stats = search_stats(q[search.probes], g[search.gallery], search.probe_labels, search.gallery_labels)
+        result["identification"] = identification_report(stats)
+        curves["cmc"] = np.asarray(result["identification"]["cmc"])
+        value, count = mean_average_precision(q[search.probes], g[search.gallery],
+                                              search.probe_labels, search.gallery_labels)
+        result["retrieval"] = {"map": value, "num_queries": count}
+    return result, curves
+
+
+def _thresholds(name_roles, curves, identities, target_far) -> list[dict]:
+    entries = []
+    for name, (q, g) in name_roles.items():
+        impostor = curves[name]["impostor"]
+        threshold, achieved = threshold_at_far(impostor, target_far)
+        entries.append({
+            "query": q, "gallery": g, "comparison": name,
+            "query_sha256": identities[q].get("sha256"), "gallery_sha256": identities[g].get("sha256"),
+            "query_model_id": identities[q].get("model_id"), "gallery_model_id": identities[g].get("model_id"),
+            "threshold": threshold, "far": target_far, "achieved_far": achieved,
+            "supported": bool(target_far * impostor.size >= 1.0 - 1e-9),
+            "num_impostor": int(impostor.size),
+        })
+    return entries
+
+
+def _open(config: CheckConfig) -> tuple[EvalSet, dict | None]:
+    pre = read_embeddings(config.embeddings) if config.embeddings else None
+    evalset = open_evalset(config.data) if config.data else EmbeddingSet(config.embeddings, pre)
+    return evalset, pre
+
+
+def run_check(
+    config: CheckConfig,
+    load: Callable[[str], object] | None = None,
+    progress: Progress = None,
+    on_total: Callable[[int], None] | None = None,
+) -> CheckResult:
+    """Run the whole check; gates are decided but not raised (the caller exits 1 on failure)."""
+    _validate(config)
+    if load is None:
+        from gallery.encoder import load_encoder as load
+    evalset, pre = _open(config)
+    encoders, identities = _load_models(config, load, pre)
+    _check_dims(encoders, pre)
+    protocol_config = config.protocol()
+    search = evalset.search_protocol(protocol_config)
+    pairs = evalset.pair_protocol(protocol_config)
+    if pairs is None and search is not None:
+        pairs = pairs_from_search(search, protocol_config)
+    items = _embed(evalset, encoders, pre, config, progress, on_total)
+    if config.save_embeddings:
+        write_embeddings(config.save_embeddings, items, identities, evalset.unit_labels()
+                         if evalset.num_items == len(items["old"]) else None)
+    units = {role: l2_normalize(evalset.to_units(f)) for role, f in items.items()}
+    names = ["old/old", "new/new", "new->old"] + (["old->new"] if config.old_to_new else [])
+    names += ["reference/reference"] if config.reference else []
+    name_roles = {n: COMPARISONS[n] for n in names}
+    comparisons, curves = {}, {}
+    fars = tuple(sorted(set(DEFAULT_FARS) | {config.target_far}))
+    for name, (q, g) in name_roles.items():
+        comparisons[name], curves[name] = _compare(units[q], units[g], pairs, search, fars)
+        comparisons[name].update(query=q, gallery=g)
+    headline = pick_headline(config.headline, comparisons, config.target_far)
+    values = {n: headline_value(headline, c) for n, c in comparisons.items()}
+    gates, summary = evaluate_gates(config, values)
+    data = evalset.describe()
+    if config.data and pre is not None:
+        data["embeddings"] = {"path": config.embeddings, "sha256": file_sha256(config.embeddings)}
+    protocol = {**protocol_config.to_dict(), "pairs": pairs.describe(),
+                "search": None if search is None else search.describe(),
+                "fixed_pairs": evalset.kind in ("insightface-bin", "ijbc") or (pre is not None and pre["pairs"] is not None and not config.data)}
+    report = build_report(
+        models=identities, data=data, protocol=protocol, comparisons=comparisons, headline=headline,
+        summary=summary, gates=gates, thresholds=_thresholds(name_roles, curves, identities, config.target_far),
+        config=config.to_dict(),
+    )
+    return CheckResult(report=report, curves=curves)
