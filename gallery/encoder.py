@@ -1,0 +1,202 @@
+"""Encoder runtime: image files -> embeddings, with no torch.
+
+An encoder is anything with `spec` (PreprocessSpec), `dim`, `identity` and
+`embed(batch)`. ONNX models run in onnxruntime with explicit providers; their
+preprocessing is read from `metadata_props` and never guessed. Other formats
+(".pt", ".pth", ".ts") are registered by `trainer.torch_encoder` on import, so
+this module stays importable on a serving machine without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from gallery.errors import BadInput
+from gallery.fingerprint import file_sha256
+from gallery.preprocess import META_PREFIX, PreprocessSpec, load_image, to_tensor
+from gallery.registry import Registry
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+class Encoder(Protocol):
+    """What the store, search and compatibility checker need from a model."""
+
+    spec: PreprocessSpec
+    dim: int
+    identity: dict  # sha256, model_id, path, format, metadata
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """NCHW float32 (already preprocessed) -> (N, dim) float32, not normalised."""
+        ...
+
+
+ENCODER_LOADERS: Registry[Callable[..., Encoder]] = Registry("encoder format")
+
+
+class OnnxEncoder:
+    """An onnxruntime session over an image encoder declared by gallery.* metadata."""
+
+    def __init__(
+        self, path: str | Path, providers: Sequence[str] | None = None, require_gpu: bool = False
+    ) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        # Explicit providers: onnxruntime otherwise picks silently, and a CPU fallback
+        # on a GPU box is a 50x slowdown nobody notices.
+        wanted = list(providers) if providers else ([CUDA, CPU] if require_gpu else [CPU])
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=wanted)
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BadInput(f"cannot load ONNX model {path}: {first[:200]}") from None
+        active = self.session.get_providers()
+        if require_gpu and (not active or active[0] != CUDA):
+            raise BadInput(
+                f"--require-gpu: CUDA is not the active onnxruntime provider for {path} "
+                f"(active: {', '.join(active)}; available: {', '.join(ort.get_available_providers())})"
+            )
+        self.providers = active
+        meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        self._check_io(meta)
+        self.spec = _spec_or_error(meta, path)
+        self.dim = self._declared_dim(meta)
+        self._check_input_matches_spec()
+        self.identity = {
+            "sha256": file_sha256(path),
+            "model_id": meta.get(META_PREFIX + "model_id"),
+            "path": str(Path(path).resolve()),
+            "format": "onnx",
+            "metadata": meta,
+        }
+
+    def _check_io(self, meta: dict) -> None:
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            shapes = [i.shape for i in inputs]
+            raise BadInput(f"{self.path} is not an image encoder: expects one NCHW input, has {shapes}")
+        if not outputs or len(outputs[0].shape) != 2:
+            raise BadInput(f"{self.path} is not an image encoder: first output is not (N, dim)")
+        if "float" not in inputs[0].type:
+            raise BadInput(f"{self.path} is not an image encoder: input type {inputs[0].type}")
+        self._input = inputs[0]
+        self._output = outputs[0].name
+
+    def _declared_dim(self, meta: dict) -> int:
+        out_dim = self.session.get_outputs()[0].shape[1]
+        declared = meta.get(META_PREFIX + "dim")
+        if declared is not None:
+            dim = int(declared)
+            if isinstance(out_dim, int) and out_dim != dim:
+                raise BadInput(f"{self.path}: gallery.dim={dim} but the output has {out_dim} columns")
+            return dim
+        if isinstance(out_dim, int):
+            return out_dim
+        raise BadInput(f"{self.path}: output width is dynamic and gallery.dim is not declared")
+
+    def _check_input_matches_spec(self) -> None:
+        _, channels, height, width = self._input.shape
+        expected = (self.spec.channels, self.spec.height, self.spec.width)
+        for got, want, name in zip((channels, height, width), expected, ("channels", "height", "width")):
+            if isinstance(got, int) and got != want:
+                raise BadInput(f"{self.path}: input {name} is {got} but its metadata declares {want}")
+        batch = self._input.shape[0]
+        # A model exported with a fixed batch still works, one fixed-size chunk at a time.
+        self._fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if self._fixed_batch is None:
+            return self._run(batch)
+        step = self._fixed_batch
+        parts = []
+        for start in range(0, len(batch), step):
+            chunk = batch[start : start + step]
+            pad = step - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
+            parts.append(self._run(chunk)[: step - pad])
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        out = self.session.run([self._output], {self._input.name: batch})[0]
+        return np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
+
+
+def _spec_or_error(meta: dict, path: str | Path) -> PreprocessSpec:
+    try:
+        return PreprocessSpec.from_metadata(meta)
+    except BadInput as exc:
+        raise BadInput(f"{path} is not a gallery image encoder: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise BadInput(f"{path}: malformed preprocessing metadata ({exc})") from None
+
+
+@ENCODER_LOADERS.register(".onnx")
+def _load_onnx(path: str | Path, providers: Sequence[str] | None = None, require_gpu: bool = False) -> Encoder:
+    return OnnxEncoder(path, providers=providers, require_gpu=require_gpu)
+
+
+def load_encoder(
+    path: str | Path, providers: Sequence[str] | None = None, require_gpu: bool = False
+) -> Encoder:
+    """Load a model file as an Encoder, choosing the loader by file suffix."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"model file not found: {path}")
+    loader = ENCODER_LOADERS.get(path.suffix.lower())
+    return loader(path, providers=providers, require_gpu=require_gpu)
+
+
+def embed_images(encoder: Encoder, images_uint8_nhwc: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """HxWxC uint8 images in the encoder's colour order -> (N, dim) raw embeddings."""
+    if len(images_uint8_nhwc) == 0:
+        return np.zeros((0, encoder.dim), np.float32)
+    out = encoder.embed(to_tensor(images_uint8_nhwc, encoder.spec))
+    if out.shape != (len(images_uint8_nhwc), encoder.dim):
+        raise BadInput(f"encoder returned shape {out.shape}, expected ({len(images_uint8_nhwc)}, {encoder.dim})")
+    if not np.isfinite(out).all():
+        raise BadInput("encoder produced NaN or inf embeddings")
+    return out
+
+
+def embed_paths(
+    encoder: Encoder,
+    paths: Sequence[str | Path],
+    batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Decode and embed image files in batches; a bad file raises BadInput naming it."""
+    if batch_size < 1:
+        raise BadInput(f"batch size must be >= 1, got {batch_size}")
+    parts = []
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        parts.append(embed_images(encoder, [load_image(p, encoder.spec) for p in chunk]))
+        if progress is not None:
+            progress(len(chunk))
+    return np.concatenate(parts) if parts else np.zeros((0, encoder.dim), np.float32)
+
+
+def describe(encoder: Encoder) -> dict[str, Any]:
+    """JSON-ready summary of an encoder (identity without the bulky metadata + spec)."""
+    summary = {k: v for k, v in encoder.identity.items() if k != "metadata"}
+    summary.update(dim=encoder.dim, preprocess=encoder.spec.to_dict())
+    method = encoder.identity.get("metadata", {}).get(META_PREFIX + "method")
+    if method:
+        try:
+            summary["method"] = json.loads(method)
+        except ValueError:
+            summary["method"] = method
+    return summary

@@ -1,0 +1,138 @@
+"""Batched k-NN search over a store, with open-set rejection.
+
+Results are arrays (nq x k), filled with numpy fancy indexing rather than Python
+objects per hit, so the search API costs little over the raw faiss call (see
+bench/search.py). Each hit carries the model version that embedded it, which is
+what makes a mixed-version gallery (v1 rows + v2 rows) searchable and auditable.
+
+Thresholds: an explicit `threshold` applies to every hit; otherwise the threshold
+stored for the pair (query model, the hit's gallery model) applies, if any;
+otherwise nothing is rejected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gallery.errors import BadInput
+from gallery.preprocess import l2_normalize
+
+if TYPE_CHECKING:
+    from gallery.store import Store
+
+
+@dataclass
+class SearchResult:
+    query_model: str
+    scores: np.ndarray      # (nq, k) float32 cosine similarity, -inf where no hit
+    rows: np.ndarray        # (nq, k) int64 store row numbers, -1 where no hit
+    ids: np.ndarray         # (nq, k) object: item ids ("" where no hit)
+    identities: np.ndarray  # (nq, k) object
+    models: np.ndarray      # (nq, k) object: version that embedded each hit
+    thresholds: np.ndarray  # (nq, k) threshold applied to each hit (-inf = none)
+
+    @property
+    def accepted(self) -> np.ndarray:
+        """(nq, k) bool: a real hit at or above its threshold."""
+        return (self.rows >= 0) & (self.scores >= self.thresholds)
+
+    @property
+    def rejected(self) -> np.ndarray:
+        """(nq,) bool: open-set rejection, the best hit is below its threshold (or none)."""
+        return ~self.accepted[:, 0] if self.rows.shape[1] else np.ones(len(self.rows), bool)
+
+    def match(self) -> list[str | None]:
+        """The identity of each query's best accepted hit, None when rejected."""
+        return [None if r else str(i) for r, i in zip(self.rejected, self.identities[:, 0])]
+
+    def to_records(self, names: list[str] | None = None) -> list[dict[str, Any]]:
+        """JSON-ready: one record per query with its accepted hits, best first."""
+        out = []
+        ok = self.accepted
+        for q in range(len(self.rows)):
+            hits = [
+                {"item_id": str(self.ids[q, j]), "identity": str(self.identities[q, j]),
+                 "score": float(self.scores[q, j]), "model_version": str(self.models[q, j]),
+                 "row": int(self.rows[q, j])}
+                for j in np.flatnonzero(ok[q])
+            ]
+            record = {"query": names[q] if names else q, "query_model": self.query_model,
+                      "rejected": bool(self.rejected[q]),
+                      "match": hits[0]["identity"] if hits and not self.rejected[q] else None,
+                      "hits": hits}
+            out.append(record)
+        return out
+
+
+def prepare_queries(queries: np.ndarray, dim: int) -> np.ndarray:
+    q = np.asarray(queries, dtype=np.float32)
+    if q.ndim == 1:
+        q = q[None, :]
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise BadInput(f"queries have dimension {q.shape[-1] if q.ndim else '?'}, store has {dim}")
+    if not np.isfinite(q).all():
+        raise BadInput("queries contain NaN or inf")
+    return l2_normalize(q)
+
+
+def search(
+    store: "Store",
+    queries: np.ndarray,
+    k: int = 10,
+    threshold: float | None = None,
+    query_version: str | None = None,
+    kind: str | None = None,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+) -> SearchResult:
+    """k nearest live rows for each query embedding (raw or normalised)."""
+    if k < 1:
+        raise BadInput(f"k must be >= 1, got {k}")
+    if threshold is not None and not np.isfinite(threshold):
+        raise BadInput(f"threshold must be finite, got {threshold}")
+    version = store.resolve_version(query_version or store.active_model)
+    q = prepare_queries(queries, store.dim)
+    index = store.index(kind=kind)
+    if nprobe is not None or ef_search is not None:
+        index.set_search_params(nprobe=nprobe, ef_search=ef_search)
+    scores, rows = index.search(q, k)
+    return assemble(store, version, scores, rows, threshold)
+
+
+def assemble(store: "Store", version: str, scores: np.ndarray, rows: np.ndarray,
+             threshold: float | None) -> SearchResult:
+    """Attach ids, identities and versions to faiss output; drop tombstoned rows."""
+    cols = store.columns()
+    rows = rows.astype(np.int64, copy=True)
+    scores = scores.astype(np.float32, copy=True)
+    safe = np.where(rows >= 0, rows, 0)
+    # Tombstones are never in a fresh index; this guards a sidecar raced by a removal.
+    dead = (rows < 0) | cols["deleted"][safe] if len(cols["deleted"]) else rows < 0
+    rows[dead] = -1
+    scores[dead] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable") if dead.any() else None
+    if order is not None:
+        rows = np.take_along_axis(rows, order, 1)
+        scores = np.take_along_axis(scores, order, 1)
+        safe = np.where(rows >= 0, rows, 0)
+    pick = (lambda col: np.where(rows >= 0, col[safe], "")) if len(cols["id"]) else (
+        lambda col: np.full(rows.shape, "", dtype=object))
+    models = pick(cols["model"])
+    return SearchResult(
+        query_model=version, scores=scores, rows=rows, ids=pick(cols["id"]),
+        identities=pick(cols["identity"]), models=models,
+        thresholds=_thresholds(store, version, models, threshold),
+    )
+
+
+def _thresholds(store: "Store", version: str, models: np.ndarray, threshold: float | None) -> np.ndarray:
+    if threshold is not None:
+        return np.full(models.shape, float(threshold), np.float32)
+    table = store.model(version).thresholds
+    out = np.full(models.shape, -np.inf, np.float32)
+    for gallery_version, value in table.items():
+        out[models == gallery_version] = value
+    return out

@@ -1,0 +1,7 @@
+"""Versioned gallery store: one HDF5 file per gallery (see schema.py for the layout)."""
+
+from gallery.store.core import Store
+from gallery.store.locking import WriterLock
+from gallery.store.schema import SCHEMA_VERSION, ModelInfo
+
+__all__ = ["Store", "ModelInfo", "WriterLock", "SCHEMA_VERSION"]

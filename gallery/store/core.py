@@ -1,0 +1,333 @@
+"""The Store: open/create a gallery file, models, aliases, history.
+
+Row-level work (enrol, remove, reading columns) lives in gallery/store/items.py,
+integrity checks in verify.py, export in export.py; the Store methods for them
+are one-line delegations so rollout code (gallery/rollout.py) can build on a
+small, documented surface: `add_model`, `set_active_model`, `set_alias`,
+`resolve_version`, `set_threshold`, `append_history`, `enroll`, `remove`,
+`columns`, `embeddings`, `search`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import h5py
+import numpy as np
+
+from gallery.errors import BadInput, GalleryError
+from gallery.store import bytelog, migrations, schema
+from gallery.store.locking import WriterLock
+from gallery.store.schema import ModelInfo
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None] | None
+EMPTY_CHAIN = "0" * 64  # fixed width, so later updates rewrite the attribute in place
+
+
+def _open_h5(path: Path, mode: str) -> h5py.File:
+    # HDF5's own file locking is off: our flock serialises writers, and readers must
+    # keep working while a writer is (or was, before a crash) holding the file.
+    try:
+        return h5py.File(path, mode, locking=False)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).split("(")[0].strip() or type(exc).__name__
+        raise BadInput(f"cannot open store {path}: not a readable HDF5 file ({reason})") from None
+
+
+class Store:
+    """One gallery in one HDF5 file. Use as a context manager; mode "r" or "a"."""
+
+    def __init__(self, path: Path, h5: h5py.File, lock: WriterLock | None) -> None:
+        self.path = path
+        self.h5 = h5
+        self._lock = lock
+        self._cache: dict[str, Any] = {}
+
+    # ---- lifecycle -------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, model: ModelInfo, dtype: str = "float32") -> "Store":
+        """Create a new store with its first model (active for queries); returns a writer."""
+        path = Path(path)
+        if path.exists():
+            raise BadInput(f"store already exists: {path}")
+        if dtype not in schema.DTYPES:
+            raise BadInput(f"embedding dtype {dtype!r} not one of {schema.DTYPES}")
+        if model.dim < 1:
+            raise BadInput(f"embedding dimension must be >= 1, got {model.dim}")
+        schema.check_version_name(model.version)
+        lock = WriterLock(path).acquire()
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            # Built under a temporary name, renamed when complete: no half-made store.
+            with h5py.File(tmp, "w", locking=False) as h5:
+                _init_layout(h5, model, dtype)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            lock.release()
+            raise
+        store = cls(path, _open_h5(path, "r+"), lock)
+        store.append_history({"event": "init", "model": model.version, "dim": model.dim})
+        return store
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> "Store":
+        """Open for reading ("r", never blocked by writers) or writing ("a", takes the lock)."""
+        path = Path(path)
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' or 'a', not {mode!r}")
+        if not path.is_file():
+            raise BadInput(f"store not found: {path}")
+        lock = WriterLock(path).acquire() if mode == "a" else None
+        try:
+            h5 = _open_h5(path, "r+" if mode == "a" else "r")
+            store = cls(path, h5, lock)
+            store._check_format()
+            if mode == "a":
+                migrations.migrate(h5, str(path), store.append_history)
+            else:
+                migrations.check_readable(h5, str(path))
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        return store
+
+    def _check_format(self) -> None:
+        if self.h5.attrs.get("format") != schema.FORMAT:
+            self.close()
+            raise BadInput(f"{self.path} is not a gallery store (no format={schema.FORMAT} attribute)")
+        for group in ("models", "items"):
+            if group not in self.h5:
+                self.close()
+                raise BadInput(f"store {self.path} is corrupt: /{group} is missing")
+
+    def close(self) -> None:
+        try:
+            if self.h5.id.valid:
+                self.h5.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def writable(self) -> bool:
+        return self._lock is not None and self._lock.held
+
+    def require_writer(self) -> None:
+        if not self.writable:
+            raise GalleryError(f"store {self.path} is open read-only; open it with mode='a'")
+
+    def invalidate(self) -> None:
+        """Drop cached columns after a write (or to see another writer's commits)."""
+        self._cache.clear()
+
+    # ---- root attributes ---------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return int(self.h5.attrs["dim"])
+
+    @property
+    def dtype(self) -> str:
+        return str(self.h5.attrs["dtype"])
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.h5.attrs["schema_version"])
+
+    @property
+    def committed(self) -> int:
+        """Rows that belong to the gallery (live or tombstoned)."""
+        return int(self.h5["items"].attrs["committed"])
+
+    @property
+    def chain(self) -> str:
+        """Running checksum over every committed batch."""
+        return bytes(self.h5["items"].attrs["chain"]).decode()
+
+    @property
+    def active_model(self) -> str:
+        return str(self.h5.attrs["active_model"])
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        return json.loads(self.h5.attrs.get("aliases", "{}"))
+
+    # ---- models ------------------------------------------------------------------
+    def model_versions(self) -> list[str]:
+        return sorted(self.h5["models"].keys())
+
+    def model(self, version: str | None = None) -> ModelInfo:
+        """The record of a version or alias (default: the active query model)."""
+        version = self.resolve_version(version or self.active_model)
+        return ModelInfo.from_attrs(self.h5["models"][version].attrs)
+
+    def models(self) -> list[ModelInfo]:
+        return [self.model(v) for v in self.model_versions()]
+
+    def resolve_version(self, name: str) -> str:
+        """A version name or alias -> the version; unknown -> BadInput listing both."""
+        if name in self.h5["models"]:
+            return name
+        aliases = self.aliases
+        if name in aliases:
+            return aliases[name]
+        valid = ", ".join(self.model_versions() + sorted(aliases))
+        raise BadInput(f"unknown model version {name!r} in {self.path}; valid: {valid}")
+
+    def add_model(self, model: ModelInfo) -> None:
+        """Register a new encoder version (same dimension); does not activate it."""
+        self.require_writer()
+        schema.check_version_name(model.version)
+        if model.version in self.h5["models"] or model.version in self.aliases:
+            raise BadInput(f"model version {model.version!r} already exists in {self.path}")
+        if model.dim != self.dim:
+            raise BadInput(f"model {model.version} has dimension {model.dim}, store has {self.dim}")
+        _write_model(self.h5, model)
+        self.append_history({"event": "add_model", "model": model.version, "sha256": model.sha256})
+
+    def update_model(self, model: ModelInfo) -> None:
+        """Rewrite an existing version's record (thresholds, compat report...)."""
+        self.require_writer()
+        self.resolve_version(model.version)
+        del self.h5["models"][model.version]
+        _write_model(self.h5, model)
+        self.h5.flush()
+
+    def set_active_model(self, version: str) -> None:
+        self.require_writer()
+        resolved = self.resolve_version(version)
+        previous = self.active_model
+        self.h5.attrs["active_model"] = resolved
+        self.append_history({"event": "activate", "model": resolved, "previous": previous})
+
+    def set_alias(self, alias: str, version: str | None) -> None:
+        """Point `alias` at a version (None removes it)."""
+        self.require_writer()
+        aliases = self.aliases
+        if version is None:
+            aliases.pop(alias, None)
+        else:
+            schema.check_version_name(alias)
+            if alias in self.h5["models"]:
+                raise BadInput(f"alias {alias!r} clashes with a model version")
+            aliases[alias] = self.resolve_version(version)
+        self.h5.attrs["aliases"] = json.dumps(aliases, sort_keys=True)
+        self.append_history({"event": "alias", "alias": alias, "model": aliases.get(alias)})
+
+    def set_threshold(self, query_version: str, gallery_version: str, value: float) -> None:
+        """Record the decision threshold for queries by one model against rows of another."""
+        if not np.isfinite(value):
+            raise BadInput(f"threshold must be finite, got {value}")
+        info = self.model(query_version)
+        info.thresholds[self.resolve_version(gallery_version)] = float(value)
+        self.update_model(info)
+
+    # ---- history -----------------------------------------------------------------
+    def append_history(self, record: dict) -> None:
+        """Append one JSON event to /history (append-only; never rewritten)."""
+        self.require_writer()
+        entry = {"at": schema.now_iso(), "pid": os.getpid(), **record}
+        bytelog.append(self.h5["history"], entry)
+        self.h5.flush()
+
+    def history(self) -> list[dict]:
+        return bytelog.read(self.h5["history"])
+
+    # ---- rows, search, integrity (delegated) -------------------------------------
+    def enroll(self, embeddings: np.ndarray, ids: Sequence[str], identities: Sequence[str] | None = None,
+               **kwargs: Any) -> dict:
+        from gallery.store import items
+        return items.enroll(self, embeddings, ids, identities, **kwargs)
+
+    def remove(self, ids: Sequence[str]) -> dict:
+        from gallery.store import items
+        return items.remove(self, ids)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        from gallery.store import items
+        return items.columns(self)
+
+    def embeddings(self, rows: np.ndarray | None = None) -> np.ndarray:
+        from gallery.store import items
+        return items.embeddings(self, rows)
+
+    def content_checksum(self) -> str:
+        from gallery.store import items
+        return items.content_checksum(self)
+
+    def count(self) -> int:
+        """Live (not tombstoned) rows."""
+        return int((~self.columns()["deleted"]).sum())
+
+    def verify(self) -> dict:
+        from gallery.store import verify
+        return verify.verify(self)
+
+    def export(self, out: str | Path) -> dict:
+        from gallery.store import export
+        return export.export(self, out)
+
+    def index(self, kind: str | None = None, rebuild: bool = False, **params: Any):
+        from gallery import index
+        return index.store_index(self, kind=kind, rebuild=rebuild, **params)
+
+    def search(self, queries: np.ndarray, k: int = 10, **kwargs: Any):
+        from gallery import search
+        return search.search(self, queries, k=k, **kwargs)
+
+    def info(self) -> dict:
+        return {
+            "path": str(self.path), "schema_version": self.schema_version, "dim": self.dim,
+            "dtype": self.dtype, "created": str(self.h5.attrs["created"]),
+            "active_model": self.active_model, "aliases": self.aliases,
+            "rows": self.committed, "live": self.count(),
+            "models": [m.summary() for m in self.models()],
+            "per_model": _per_model_counts(self.columns()),
+        }
+
+
+def _per_model_counts(cols: dict[str, np.ndarray]) -> dict[str, int]:
+    live = ~cols["deleted"]
+    versions, counts = np.unique(cols["model"][live], return_counts=True)
+    return {str(v): int(c) for v, c in zip(versions, counts)}
+
+
+def _write_model(h5: h5py.File, model: ModelInfo) -> None:
+    group = h5["models"].create_group(model.version)
+    for key, value in model.to_attrs().items():
+        group.attrs[key] = value
+
+
+def _init_layout(h5: h5py.File, model: ModelInfo, dtype: str) -> None:
+    h5.attrs.update({
+        "format": schema.FORMAT, "schema_version": schema.SCHEMA_VERSION,
+        "created": schema.now_iso(), "dim": model.dim, "dtype": dtype,
+        "active_model": model.version, "aliases": "{}",
+    })
+    h5.create_group("models")
+    _write_model(h5, model)
+    items = h5.create_group("items")
+    items.attrs["committed"] = 0
+    items.attrs["chain"] = np.bytes_(EMPTY_CHAIN)  # running checksum of committed batches
+    items.attrs["removed"] = 0
+    for name, kind in schema.ITEM_COLUMNS.items():
+        items.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(4096,), dtype=kind)
+    rows = max(1, (1 << 20) // (4 * model.dim))   # ~1 MiB chunks of whole rows
+    items.create_dataset("embedding", shape=(0, model.dim), maxshape=(None, model.dim),
+                         chunks=(rows, model.dim), dtype=dtype)
+    for log_name in ("batches", "history"):
+        bytelog.create(h5, log_name)

@@ -1,0 +1,54 @@
+"""Export the live rows of a store to a plain .h5 or .npz file (no store machinery)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import h5py
+import numpy as np
+
+from gallery.errors import BadInput
+
+if TYPE_CHECKING:
+    from gallery.store.core import Store
+
+SUFFIXES = (".h5", ".hdf5", ".npz")
+
+
+def export(store: "Store", out: str | Path) -> dict:
+    out = Path(out)
+    if out.suffix.lower() not in SUFFIXES:
+        raise BadInput(f"export target must end in {', '.join(SUFFIXES)}: {out}")
+    if not out.parent.is_dir():
+        raise BadInput(f"output folder does not exist: {out.parent}")
+    cols = store.columns()
+    live = np.flatnonzero(~cols["deleted"])
+    arrays = {
+        "embeddings": store.embeddings(live),
+        "ids": cols["id"][live].astype(str),
+        "identities": cols["identity"][live].astype(str),
+        "model_versions": cols["model"][live].astype(str),
+    }
+    models = json.dumps([m.summary() for m in store.models()], sort_keys=True, default=str)
+    # Written beside the target and renamed: a failed export leaves no half file.
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp{out.suffix}")
+    try:
+        if out.suffix.lower() == ".npz":
+            np.savez(tmp, models=np.array(models), active_model=np.array(store.active_model), **arrays)
+        else:
+            with h5py.File(tmp, "w") as h5:
+                for name, values in arrays.items():
+                    if values.dtype.kind == "U":
+                        h5.create_dataset(name, data=values.astype(object), dtype=h5py.string_dtype())
+                    else:
+                        h5.create_dataset(name, data=values)
+                h5.attrs["models"] = models
+                h5.attrs["active_model"] = store.active_model
+                h5.attrs["source"] = str(store.path)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"out": str(out), "rows": int(live.size), "dim": store.dim}

@@ -1,0 +1,240 @@
+"""Rows of a store: enrol (whole committed batches), tombstone, read columns.
+
+Commit protocol: a batch's rows are written past the committed count, its record
+(with the batch sha256 and the new chain checksum) is appended to /batches, and
+only then is /items.attrs["committed"] bumped and the file flushed. Readers only
+look at rows below `committed`, so a writer killed mid-batch leaves a store whose
+gallery is exactly the batches committed before it; the next writer overwrites
+the leftover tail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+
+from gallery.errors import BadInput
+from gallery.preprocess import l2_normalize
+from gallery.store import bytelog
+from gallery.store.schema import ITEM_COLUMNS
+
+if TYPE_CHECKING:
+    from gallery.store.core import Store
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 65536
+
+
+def batch_sha256(ids: Sequence[str], identities: Sequence[str], models: Sequence[str],
+                 embedding: np.ndarray) -> str:
+    """Checksum of one batch as stored: strings, then the embedding bytes."""
+    digest = hashlib.sha256()
+    for column in (ids, identities, models):
+        for value in column:
+            digest.update(str(value).encode("utf-8") + b"\0")
+    digest.update(np.ascontiguousarray(embedding).tobytes())
+    return digest.hexdigest()
+
+
+def chain(previous: str, batch: str) -> str:
+    return hashlib.sha256(f"{previous}:{batch}".encode()).hexdigest()
+
+
+def _validate(store: "Store", emb: np.ndarray, ids: list[str], identities: list[str]) -> None:
+    """Everything is checked before the first byte is written: bad input changes nothing."""
+    if emb.ndim != 2 or emb.shape[0] == 0:
+        raise BadInput(f"embeddings must be a non-empty (N, {store.dim}) array, got shape {emb.shape}")
+    if emb.shape[1] != store.dim:
+        raise BadInput(f"embeddings have dimension {emb.shape[1]}, store {store.path} has {store.dim}")
+    bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
+    if bad.size:
+        raise BadInput(f"embeddings contain NaN or inf in {bad.size} row(s), first row {bad[0]}")
+    zero = np.flatnonzero(np.linalg.norm(emb, axis=1) == 0)
+    if zero.size:
+        raise BadInput(f"embeddings contain {zero.size} all-zero row(s), first row {zero[0]}")
+    if len(ids) != len(emb) or len(identities) != len(emb):
+        raise BadInput(f"{len(emb)} embeddings but {len(ids)} ids and {len(identities)} identities")
+    if any(not i for i in ids):
+        raise BadInput("empty item id in input")
+    for name, values in (("id", ids), ("identity", identities)):
+        width = int(ITEM_COLUMNS[name][1:])
+        long = [v for v in values if len(v.encode("utf-8")) > width]
+        if long:
+            raise BadInput(f"{name} longer than {width} bytes (UTF-8): {long[0][:40]}...")
+    uniq, counts = np.unique(np.asarray(ids, dtype=object).astype(str), return_counts=True)
+    if (counts > 1).any():
+        dup = uniq[counts > 1]
+        raise BadInput(f"duplicate ids in input: {', '.join(dup[:5])}" + (" ..." if dup.size > 5 else ""))
+    existing = set(store.columns()["id"].tolist())
+    clash = [i for i in ids if i in existing]
+    if clash:
+        raise BadInput(f"ids already in store (removed ids are never reused): {', '.join(clash[:5])}"
+                       + (" ..." if len(clash) > 5 else ""))
+
+
+def enroll(
+    store: "Store",
+    embeddings: np.ndarray,
+    ids: Sequence[str],
+    identities: Sequence[str] | None = None,
+    *,
+    model_version: str | None = None,
+    content_hashes: Sequence[str] | None = None,
+    batch_size: int = 4096,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Append rows in committed batches. identities default to the ids."""
+    store.require_writer()
+    version = store.resolve_version(model_version or store.active_model)
+    emb = np.asarray(embeddings)
+    if not np.issubdtype(emb.dtype, np.number):
+        raise BadInput(f"embeddings must be numeric, got dtype {emb.dtype}")
+    ids = [str(i) for i in ids]
+    identities = ids if identities is None else [str(i) for i in identities]
+    emb = emb.astype(np.float32, copy=False)  # values beyond float32 become inf: rejected below
+    _validate(store, emb, ids, identities)
+    if batch_size < 1:
+        raise BadInput(f"batch size must be >= 1, got {batch_size}")
+    stored = l2_normalize(emb).astype(store.dtype)
+    if content_hashes is None:
+        content_hashes = [hashlib.sha256(row.tobytes()).hexdigest() for row in emb]
+    elif len(content_hashes) != len(emb):
+        raise BadInput(f"{len(emb)} embeddings but {len(content_hashes)} content hashes")
+    start = store.committed
+    _truncate_tail(store, start)
+    for lo in range(0, len(stored), batch_size):
+        hi = min(lo + batch_size, len(stored))
+        _commit_batch(store, stored[lo:hi], ids[lo:hi], identities[lo:hi], version,
+                      list(content_hashes[lo:hi]))
+        if progress is not None:
+            progress(hi - lo)
+    store.invalidate()
+    result = {"event": "enroll", "model": version, "rows": len(stored), "start": start,
+              "stop": start + len(stored)}
+    store.append_history(result)
+    return result
+
+
+def _truncate_tail(store: "Store", committed: int) -> None:
+    """Drop rows an interrupted enrol wrote past the committed count."""
+    items = store.h5["items"]
+    for name in (*ITEM_COLUMNS, "embedding"):
+        if items[name].shape[0] != committed:
+            items[name].resize(committed, axis=0)
+    records = batch_records(store)
+    bytelog.truncate(store.h5["batches"], sum(1 for r in records if r["stop"] <= committed))
+
+
+def _commit_batch(store: "Store", emb: np.ndarray, ids: list[str], identities: list[str],
+                  version: str, hashes: list[str]) -> None:
+    items = store.h5["items"]
+    lo = store.committed
+    hi = lo + len(emb)
+    now = time.time()
+    models = [version] * len(emb)
+    values = {
+        "id": _encode(ids), "identity": _encode(identities), "model": _encode(models),
+        "content_hash": _encode(hashes),
+        "enrolled_at": np.full(len(emb), now), "deleted": np.zeros(len(emb), np.uint8),
+        "deleted_at": np.zeros(len(emb)),
+    }
+    for name, column in values.items():
+        items[name].resize(hi, axis=0)
+        items[name][lo:hi] = column
+    items["embedding"].resize(hi, axis=0)
+    items["embedding"][lo:hi] = emb
+    digest = batch_sha256(ids, identities, models, emb)
+    new_chain = chain(store.chain, digest)
+    bytelog.append(store.h5["batches"], {"start": lo, "stop": hi, "sha256": digest, "chain": new_chain,
+                                      "model": version})
+    # The commit point: until these two attrs are flushed the batch does not exist.
+    # Fixed-width bytes (np.bytes_): rewritten in place, unlike a variable-length str.
+    items.attrs["chain"] = np.bytes_(new_chain)
+    items.attrs["committed"] = hi
+    store.h5.flush()
+
+
+def remove(store: "Store", ids: Sequence[str]) -> dict:
+    """Tombstone rows by id. Unknown ids -> BadInput (nothing changed)."""
+    store.require_writer()
+    cols = store.columns()
+    where = {item: row for row, item in enumerate(cols["id"].tolist())}
+    wanted = [str(i) for i in ids]
+    if not wanted:
+        raise BadInput("no ids given to remove")
+    unknown = [i for i in wanted if i not in where]
+    if unknown:
+        raise BadInput(f"unknown ids: {', '.join(unknown[:5])}" + (" ..." if len(unknown) > 5 else ""))
+    rows = np.array(sorted({where[i] for i in wanted}), dtype=np.int64)
+    fresh = rows[~cols["deleted"][rows]]
+    if fresh.size:
+        items = store.h5["items"]
+        # h5py point selection needs increasing indices: `rows` is sorted.
+        items["deleted"][fresh] = np.ones(fresh.size, np.uint8)
+        items["deleted_at"][fresh] = np.full(fresh.size, time.time())
+        items.attrs["removed"] = int(items.attrs.get("removed", 0)) + int(fresh.size)
+        store.h5.flush()
+    store.invalidate()
+    result = {"event": "remove", "removed": int(fresh.size), "already_removed": int(rows.size - fresh.size),
+              "ids": [str(cols["id"][r]) for r in fresh]}
+    store.append_history(result)
+    return result
+
+
+def columns(store: "Store") -> dict[str, np.ndarray]:
+    """Committed rows' metadata columns (cached until the next write)."""
+    if "columns" not in store._cache:
+        n = store.committed
+        items = store.h5["items"]
+        cols: dict[str, np.ndarray] = {}
+        for name, kind in ITEM_COLUMNS.items():
+            ds = items[name]
+            cols[name] = decode(ds[:n]) if kind.startswith("S") else ds[:n]
+        cols["deleted"] = cols["deleted"].astype(bool)
+        store._cache["columns"] = cols
+    return store._cache["columns"]
+
+
+def embeddings(store: "Store", rows: np.ndarray | None = None) -> np.ndarray:
+    """Committed embeddings as float32 (all, or the given row numbers)."""
+    ds = store.h5["items"]["embedding"]
+    n = store.committed
+    if rows is None:
+        out = np.empty((n, store.dim), np.float32)
+        for lo in range(0, n, READ_CHUNK):
+            out[lo : lo + READ_CHUNK] = ds[lo : min(n, lo + READ_CHUNK)]
+        return out
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= n):
+        raise BadInput(f"row numbers out of range 0..{n - 1}")
+    if rows.size > n // 8:
+        return embeddings(store)[rows]
+    # h5py point reads need strictly increasing indices.
+    uniq, inverse = np.unique(rows, return_inverse=True)
+    return np.asarray(ds[uniq] if uniq.size else np.empty((0, store.dim)), np.float32)[inverse]
+
+
+def content_checksum(store: "Store") -> str:
+    """Changes whenever the searchable content changes (an enrol or a removal)."""
+    digest = hashlib.sha256()
+    digest.update(f"{store.committed}:{store.chain}:".encode())
+    digest.update(np.packbits(columns(store)["deleted"]).tobytes())
+    return digest.hexdigest()
+
+
+def batch_records(store: "Store") -> list[dict]:
+    return bytelog.read(store.h5["batches"])
+
+
+def _encode(values: Sequence[str]) -> list[bytes]:
+    return [v.encode("utf-8") for v in values]
+
+
+def decode(raw: np.ndarray) -> np.ndarray:
+    """Fixed-width UTF-8 bytes -> a numpy unicode array."""
+    return np.char.decode(raw, "utf-8") if raw.size else raw.astype(str)

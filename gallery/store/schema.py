@@ -1,0 +1,141 @@
+"""The on-disk layout of a gallery store (one HDF5 file) and the model record.
+
+Layout (schema version 1):
+  /                      attrs: format, schema_version, created, dim, dtype,
+                                active_model (version used for queries), aliases (JSON)
+  /models/<version>      one group per encoder version ("v1", "v2", ...); attrs are
+                         the fields of ModelInfo (dicts stored as JSON strings)
+  /items/<field>         one dataset per column, all the same length; only the first
+                         `committed` rows (attr on /items) are part of the gallery;
+                         rows past it are leftovers of an interrupted enrol
+  /items/embedding       (N, dim) L2-normalised, chunked and resizable
+  /batches               append-only JSON records (bytelog.py), one per committed enrol batch, with
+                         the batch's sha256 and the running chain checksum
+  /history               append-only JSON event log (init, enroll, remove, migrations,
+                         and whatever rollout records: upgrade, alias, rollback)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+import numpy as np
+
+from gallery.errors import BadInput
+
+FORMAT = "gallery.store"
+SCHEMA_VERSION = 1
+DTYPES = ("float32", "float16")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+# Column name -> numpy dtype. Strings are fixed-width UTF-8 bytes, not HDF5
+# variable-length strings: those live in the global heap, which a killed writer
+# can leave corrupt; fixed-width chunks are rewritten in place.
+ITEM_COLUMNS: dict[str, str] = {
+    "id": "S128",
+    "identity": "S128",
+    "model": "S64",           # version that embedded the row
+    "content_hash": "S64",    # hex sha256 of the source image file or of the embedding
+    "enrolled_at": "float64",
+    "deleted": "uint8",      # tombstone: never returned again, id never reused
+    "deleted_at": "float64",
+}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def check_version_name(version: str) -> str:
+    if not isinstance(version, str) or not VERSION_RE.match(version):
+        raise BadInput(f"invalid model version name {version!r} (letters, digits, . _ -)")
+    return version
+
+
+@dataclass
+class ModelInfo:
+    """Everything the store knows about one encoder version.
+
+    `sha256` is the identity of the model file (None for embedding-only galleries,
+    which identify the model by `model_id`). `thresholds` maps a gallery model
+    version to the decision threshold calibrated for queries by *this* model
+    against rows embedded by that version.
+    """
+
+    version: str
+    dim: int
+    sha256: str | None = None
+    model_id: str | None = None
+    path: str | None = None
+    format: str | None = None           # "onnx" | "pt" | "torchscript" | None
+    input_size: tuple[int, int] | None = None
+    color_order: str | None = None
+    channels: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    compatible_with: str | None = None  # the older model this one was trained against
+    thresholds: dict[str, float] = field(default_factory=dict)
+    compat_report: dict | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    created: str = field(default_factory=now_iso)
+
+    @classmethod
+    def from_encoder(cls, version: str, encoder: Any) -> "ModelInfo":
+        """Record an Encoder (gallery.encoder protocol) as model `version`."""
+        spec, ident = encoder.spec, encoder.identity
+        meta = dict(ident.get("metadata") or {})
+        return cls(
+            version=check_version_name(version),
+            dim=int(encoder.dim),
+            sha256=ident.get("sha256"),
+            model_id=ident.get("model_id"),
+            path=ident.get("path"),
+            format=ident.get("format"),
+            input_size=(spec.height, spec.width),
+            color_order=spec.color_order,
+            channels=spec.channels,
+            mean=tuple(spec.mean),
+            std=tuple(spec.std),
+            compatible_with=meta.get("gallery.compatible_with"),
+            metadata={str(k): str(v) for k, v in meta.items()},
+        )
+
+    @property
+    def has_encoder(self) -> bool:
+        return self.sha256 is not None
+
+    def to_attrs(self) -> dict[str, Any]:
+        """HDF5-friendly attrs: None is omitted, containers become JSON strings."""
+        out: dict[str, Any] = {}
+        for key, value in asdict(self).items():
+            if value is None:
+                continue
+            out[key] = json.dumps(value) if isinstance(value, (dict, list, tuple)) else value
+        return out
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> "ModelInfo":
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, raw in attrs.items():
+            if key not in known:
+                continue  # attrs added by later code (rollout) are kept on disk, ignored here
+            value = raw.item() if isinstance(raw, np.generic) else raw
+            if isinstance(value, bytes):
+                value = value.decode()
+            if key in ("thresholds", "compat_report", "metadata", "input_size", "mean", "std"):
+                value = json.loads(value)
+                if key in ("input_size", "mean", "std"):
+                    value = tuple(value)
+            kwargs[key] = value
+        kwargs["dim"] = int(kwargs["dim"])
+        return cls(**kwargs)
+
+    def summary(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("metadata")
+        return data
