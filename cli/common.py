@@ -56,3 +56,22 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return "" if value is None else str(value)
+
+
+TORCH_SUFFIXES = (".pt", ".pth", ".ts")
+
+
+def load_encoder_any(path: str | Path, **kwargs: Any) -> Any:
+    """Load any model file as a gallery Encoder; torch formats only when torch is installed.
+
+    `.pt/.pth/.ts` loaders live in trainer.torch_encoder (needs torch) and register
+    themselves on import; without torch, gallery.encoder's error lists what it can read.
+    """
+    if Path(path).suffix.lower() in TORCH_SUFFIXES:
+        try:
+            import trainer.torch_encoder  # noqa: F401  registers the torch loaders
+        except ImportError:
+            pass
+    from gallery.encoder import load_encoder
+
+    return load_encoder(path, **kwargs)
