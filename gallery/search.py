@@ -136,3 +136,54 @@ def _thresholds(store: "Store", version: str, models: np.ndarray, threshold: flo
     for gallery_version, value in table.items():
         out[models == gallery_version] = value
     return out
+
+
+def search_images(
+    store: "Store",
+    paths: list,
+    k: int = 10,
+    threshold: float | None = None,
+    query_version: str | None = None,
+    model_path: str | None = None,
+    loader: Any = None,
+    batch_size: int = 64,
+    progress: Any = None,
+    **kwargs: Any,
+) -> tuple[SearchResult, list[str]]:
+    """Encode query images with the query model (default: active) and search."""
+    from gallery.encoder import embed_paths
+    from gallery.store.sources import expand_image_args, model_encoder
+
+    files = expand_image_args(paths)
+    load_kwargs = {k_: kwargs.pop(k_) for k_ in ("providers", "require_gpu") if k_ in kwargs}
+    encoder = model_encoder(store, query_version, model_path, loader, **load_kwargs)
+    queries = embed_paths(encoder, files, batch_size=batch_size, progress=progress)
+    result = search(store, queries, k=k, threshold=threshold, query_version=query_version, **kwargs)
+    return result, [str(f) for f in files]
+
+
+def read_query_embeddings(path: str) -> tuple[np.ndarray, list[str]]:
+    """.npy or .h5 (`embeddings`, optional `ids`) query file -> (queries, names)."""
+    from pathlib import Path
+
+    import h5py
+
+    p = Path(path)
+    if not p.is_file():
+        raise BadInput(f"query embeddings file not found: {p}")
+    try:
+        if p.suffix.lower() == ".npy":
+            q = np.load(p, allow_pickle=False)
+            names = None
+        elif p.suffix.lower() in (".h5", ".hdf5"):
+            with h5py.File(p, "r", locking=False) as h5:
+                if "embeddings" not in h5:
+                    raise BadInput(f"{p} has no `embeddings` dataset")
+                q = h5["embeddings"][:]
+                names = [str(s) for s in h5["ids"].asstr()[:]] if "ids" in h5 else None
+        else:
+            raise BadInput(f"query embeddings must be .npy or .h5: {p}")
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"cannot read query embeddings from {p} ({exc.__class__.__name__})") from None
+    q = np.atleast_2d(np.asarray(q))
+    return q, names or [str(i) for i in range(len(q))]

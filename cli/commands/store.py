@@ -1,0 +1,221 @@
+"""Gallery store commands: init, enroll, remove, info, verify, search, migrate."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+from cli.common import console, emit_json, handle_errors, load_encoder_any, render_table
+from gallery.errors import BadInput
+
+JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+REQUIRE_GPU = typer.Option(False, "--require-gpu", help="Fail unless CUDA is the active provider.")
+
+
+def register(app: typer.Typer) -> None:
+    for name, func in (("init", init_cmd), ("enroll", enroll_cmd), ("remove", remove_cmd),
+                       ("info", info_cmd), ("verify", verify_cmd), ("search", search_cmd),
+                       ("migrate", migrate_cmd)):
+        app.command(name)(func)
+
+
+@contextmanager
+def _progress(label: str, total: int, quiet: bool) -> Iterator:
+    if quiet or total <= 0:
+        yield None
+        return
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _load_kwargs(require_gpu: bool, providers: Optional[str]) -> dict:
+    out: dict = {"require_gpu": require_gpu}
+    if providers:
+        out["providers"] = [p.strip() for p in providers.split(",") if p.strip()]
+    return out
+
+
+@handle_errors
+def init_cmd(
+    store: Path = typer.Argument(..., help="Store file to create (.h5)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Encoder (.onnx; .pt/.ts with torch)."),
+    dim: Optional[int] = typer.Option(None, "--dim", help="Embedding-only gallery: dimension."),
+    model_id: Optional[str] = typer.Option(None, "--model-id", help="Embedding-only gallery: model name."),
+    version: str = typer.Option("v1", "--version", help="Name of this model version."),
+    dtype: str = typer.Option("float32", "--dtype", help="Stored embeddings: float32 or float16."),
+    as_json: bool = JSON,
+) -> None:
+    """Create a gallery store with its first model."""
+    from gallery.store import ModelInfo, Store
+
+    if (model is None) == (dim is None):
+        raise BadInput("give either --model FILE or --dim D --model-id NAME")
+    if model is not None:
+        info = ModelInfo.from_encoder(version, load_encoder_any(model))
+    else:
+        if not model_id:
+            raise BadInput("--dim needs --model-id NAME (how the embeddings' model is identified)")
+        info = ModelInfo(version=version, dim=dim, model_id=model_id)
+    with Store.create(store, info, dtype=dtype) as st:
+        result = st.info()
+    if as_json:
+        emit_json(result)
+    else:
+        console.print(f"created {store}: model {info.version}, dim {info.dim}, {dtype}")
+
+
+@handle_errors
+def enroll_cmd(
+    store: Path = typer.Argument(..., help="Store file."),
+    images: Optional[Path] = typer.Option(None, "--images", help="ROOT/<identity>/<image> folder."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="CSV `path,identity` (paths relative to --images)."),
+    embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="Embeddings .npy or .h5."),
+    ids: Optional[Path] = typer.Option(None, "--ids", help="Ids file: one `id[,identity]` per line."),
+    model_version: Optional[str] = typer.Option(None, "--model-version", help="Version that made --embeddings (default: active)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Where the store's model file is now (checked by sha256)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per encoder batch."),
+    require_gpu: bool = REQUIRE_GPU,
+    providers: Optional[str] = typer.Option(None, "--providers", help="onnxruntime providers, comma-separated."),
+    as_json: bool = JSON,
+) -> None:
+    """Add images (encoded with the store's active model) or precomputed embeddings."""
+    from gallery.store import Store
+    from gallery.store import sources
+
+    if (images is None) == (embeddings is None):
+        raise BadInput("give either --images DIR or --embeddings FILE")
+    with Store.open(store, "a") as st:
+        if images is not None:
+            if model_version is not None:
+                raise BadInput("--model-version applies to --embeddings; images use the active model")
+            paths, _, _ = sources.list_labelled_images(images, labels)
+            with _progress("encoding", len(paths), as_json) as advance:
+                result = sources.enroll_images(st, images, labels, model, load_encoder_any, batch_size,
+                                               advance, **_load_kwargs(require_gpu, providers))
+        else:
+            result = sources.enroll_embeddings(st, embeddings, ids, model_version)
+    if as_json:
+        emit_json(result)
+    else:
+        console.print(f"enrolled {result['rows']} items into {store} (model {result['model']})")
+
+
+@handle_errors
+def remove_cmd(
+    store: Path = typer.Argument(..., help="Store file."),
+    item_ids: List[str] = typer.Argument(..., help="Item ids to tombstone."),
+    as_json: bool = JSON,
+) -> None:
+    """Tombstone items: never returned by search again; ids are never reused."""
+    from gallery.store import Store
+
+    with Store.open(store, "a") as st:
+        result = st.remove(item_ids)
+    if as_json:
+        emit_json(result)
+    else:
+        console.print(f"removed {result['removed']} item(s) ({result['already_removed']} already removed)")
+
+
+@handle_errors
+def info_cmd(store: Path = typer.Argument(..., help="Store file."), as_json: bool = JSON) -> None:
+    """Models, aliases, counts."""
+    from gallery.store import Store
+
+    with Store.open(store) as st:
+        info = st.info()
+    if as_json:
+        emit_json(info)
+        return
+    console.print(f"{info['path']}: schema v{info['schema_version']}, dim {info['dim']} {info['dtype']}, "
+                  f"{info['live']} live / {info['rows']} rows, active model {info['active_model']}")
+    render_table("models", ("version", "sha256", "model_id", "input", "colour", "rows", "active"),
+                 [(m["version"], (m["sha256"] or "")[:12], m["model_id"], m["input_size"], m["color_order"],
+                   info["per_model"].get(m["version"], 0), m["version"] == info["active_model"])
+                  for m in info["models"]])
+
+
+@handle_errors
+def verify_cmd(store: Path = typer.Argument(..., help="Store file."), as_json: bool = JSON) -> None:
+    """Integrity: counts, checksums, ids, models, index freshness. Exit 1 if damaged."""
+    from gallery.store import Store
+
+    with Store.open(store) as st:
+        report = st.verify()
+    if as_json:
+        emit_json(report)
+    else:
+        status = "[green]OK[/]" if report["ok"] else "[red]DAMAGED[/]"
+        console.print(f"{status} {report['path']}: {report['live']} live / {report['rows']} rows in "
+                      f"{report['batches']} batches, index {report['index']}")
+        for line in report["problems"]:
+            console.print(f"  [red]problem:[/] {line}")
+        for line in report["warnings"]:
+            console.print(f"  [yellow]warning:[/] {line}")
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+@handle_errors
+def search_cmd(
+    store: Path = typer.Argument(..., help="Store file."),
+    image: Optional[List[Path]] = typer.Option(None, "--image", help="Query image or folder (repeatable)."),
+    embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="Query embeddings .npy or .h5."),
+    k: int = typer.Option(10, "-k", "--k", help="Hits per query."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Reject hits below this cosine score (default: the store's calibrated one, if any)."),
+    query_model: Optional[str] = typer.Option(None, "--query-model", help="Version or alias that made the queries (default: active)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Where the query model file is now (checked by sha256)."),
+    index: Optional[str] = typer.Option(None, "--index", help="flat | ivf | hnsw | ivfpq (default: by size, or the built one)."),
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF cells visited per query."),
+    ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW search breadth."),
+    require_gpu: bool = REQUIRE_GPU,
+    as_json: bool = JSON,
+) -> None:
+    """k nearest gallery items per query, with open-set rejection."""
+    from gallery import search as search_mod
+    from gallery.store import Store
+
+    if bool(image) == (embeddings is not None):
+        raise BadInput("give either --image PATH (repeatable) or --embeddings FILE")
+    opts = dict(k=k, threshold=threshold, query_version=query_model, kind=index, nprobe=nprobe,
+                ef_search=ef_search)
+    with Store.open(store) as st:
+        if image:
+            result, names = search_mod.search_images(st, image, model_path=model, loader=load_encoder_any,
+                                                     require_gpu=require_gpu, **opts)
+        else:
+            queries, names = search_mod.read_query_embeddings(embeddings)
+            result = search_mod.search(st, queries, **opts)
+    records = result.to_records(names)
+    if as_json:
+        emit_json(records)
+        return
+    rows = []
+    for rec in records:
+        if not rec["hits"]:
+            rows.append((rec["query"], "-", "(rejected)", None, None, None))
+        for rank, hit in enumerate(rec["hits"], 1):
+            rows.append((rec["query"] if rank == 1 else "", rank, hit["identity"], hit["item_id"],
+                         hit["score"], hit["model_version"]))
+    render_table(f"search {store} (query model {result.query_model})",
+                 ("query", "rank", "identity", "item", "score", "model"), rows)
+
+
+@handle_errors
+def migrate_cmd(store: Path = typer.Argument(..., help="Store file."), as_json: bool = JSON) -> None:
+    """Bring an older store to the current schema (numbered migrations, logged in history)."""
+    from gallery.store import Store
+
+    with Store.open(store, "a") as st:
+        result = {"path": str(store), "schema_version": st.schema_version}
+    if as_json:
+        emit_json(result)
+    else:
+        console.print(f"{store}: schema v{result['schema_version']}")
+

@@ -1,0 +1,159 @@
+"""Where enrolments and queries come from: image folders, label CSVs, embedding files.
+
+Everything is read, decoded and encoded before the store is touched, so a bad
+file anywhere in the input leaves the store unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import h5py
+import numpy as np
+
+from gallery.errors import BadInput
+from gallery.fingerprint import file_sha256
+from gallery.imagefolder import IMAGE_SUFFIXES, list_image_folder
+
+if TYPE_CHECKING:
+    from gallery.encoder import Encoder
+    from gallery.store import Store
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[..., "Encoder"]
+
+
+def read_ids_file(path: str | Path) -> tuple[list[str], list[str] | None]:
+    """Lines `id` or `id,identity` (an `id[,identity]` header line is skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"ids file not found: {path}")
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = [r for r in csv.reader(handle) if r and any(c.strip() for c in r)]
+    if rows and [c.strip().lower() for c in rows[0]][:1] == ["id"]:
+        rows = rows[1:]
+    if not rows:
+        raise BadInput(f"ids file is empty: {path}")
+    widths = {len(r) for r in rows}
+    if len(widths) != 1 or widths.pop() not in (1, 2):
+        raise BadInput(f"{path}: every line must be `id` or `id,identity`")
+    ids = [r[0].strip() for r in rows]
+    identities = [r[1].strip() for r in rows] if len(rows[0]) == 2 else None
+    return ids, identities
+
+
+def read_embeddings_file(path: str | Path, ids_path: str | Path | None = None
+                         ) -> tuple[np.ndarray, list[str], list[str] | None]:
+    """.npy (ids from `ids_path`) or .h5 with `embeddings` and optional `ids`/`identities`."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"embeddings file not found: {path}")
+    ids = identities = None
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            emb = np.load(path, allow_pickle=False)  # never unpickle user files
+        elif suffix in (".h5", ".hdf5"):
+            with h5py.File(path, "r", locking=False) as h5:
+                if "embeddings" not in h5:
+                    raise BadInput(f"{path} has no `embeddings` dataset")
+                emb = h5["embeddings"][:]
+                ids = [str(v) for v in h5["ids"].asstr()[:]] if "ids" in h5 else None
+                identities = [str(v) for v in h5["identities"].asstr()[:]] if "identities" in h5 else None
+        else:
+            raise BadInput(f"embeddings file must be .npy or .h5: {path}")
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"cannot read embeddings from {path} ({exc.__class__.__name__})") from None
+    if ids_path is not None:
+        ids, identities = read_ids_file(ids_path)
+    if ids is None:
+        raise BadInput(f"no ids for {path}: pass --ids FILE (one `id[,identity]` per line)")
+    emb = np.asarray(emb)
+    if emb.ndim != 2 or len(emb) != len(ids):
+        raise BadInput(f"{path}: {emb.shape} embeddings do not match {len(ids)} ids")
+    return emb, ids, identities
+
+
+def list_labelled_images(root: str | Path, labels: str | Path | None = None
+                         ) -> tuple[list[Path], list[str], list[str]]:
+    """(paths, item ids, identities): ROOT/<identity>/<image>, or a `path,identity` CSV."""
+    root = Path(root)
+    if labels is None:
+        listing = list_image_folder(root)
+        ids = [str(p.relative_to(root)) for p in listing.paths]
+        return listing.paths, ids, listing.identities
+    if not root.is_dir():
+        raise BadInput(f"image folder not found: {root}")
+    rel, identities = read_ids_file(labels)
+    if identities is None:
+        raise BadInput(f"{labels}: each line must be `path,identity`")
+    paths = [root / r for r in rel]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise BadInput(f"{labels}: image not found: {missing[0]}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
+    return paths, rel, identities
+
+
+def expand_image_args(paths: Sequence[str | Path]) -> list[Path]:
+    """Query images: files as given, folders expanded to their images (sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise BadInput(f"no images found under {p}")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise BadInput(f"image not found: {p}")
+    if not out:
+        raise BadInput("no query images given")
+    return out
+
+
+def model_encoder(store: "Store", version: str | None = None, model_path: str | Path | None = None,
+                  loader: Loader | None = None, **load_kwargs: Any) -> "Encoder":
+    """Load the encoder of a store model (default: the active one), checking its identity."""
+    from gallery.encoder import load_encoder
+
+    info = store.model(version)
+    if not info.has_encoder:
+        raise BadInput(f"model {info.version} of {store.path} is embedding-only (no encoder file); "
+                       "use embeddings, not images")
+    path = Path(model_path or info.path or "")
+    if not path.is_file():
+        raise BadInput(f"encoder file of model {info.version} not found: {path} (pass --model PATH)")
+    digest = file_sha256(path)
+    if digest != info.sha256:
+        raise BadInput(f"{path} is not model {info.version} of {store.path} "
+                       f"(sha256 {digest[:12]}..., expected {info.sha256[:12]}...)")
+    return (loader or load_encoder)(path, **load_kwargs)
+
+
+def enroll_images(store: "Store", root: str | Path, labels: str | Path | None = None,
+                  model_path: str | Path | None = None, loader: Loader | None = None,
+                  batch_size: int = 64, progress: Callable[[int], None] | None = None,
+                  **load_kwargs: Any) -> dict:
+    """Encode ROOT's images with the store's active model and enrol them (ids = relative paths)."""
+    from gallery.encoder import embed_paths
+
+    store.require_writer()
+    paths, ids, identities = list_labelled_images(root, labels)
+    encoder = model_encoder(store, None, model_path, loader, **load_kwargs)
+    emb = embed_paths(encoder, paths, batch_size=batch_size, progress=progress)
+    hashes = [file_sha256(p) for p in paths]
+    return store.enroll(emb, ids, identities, model_version=store.active_model, content_hashes=hashes)
+
+
+def enroll_embeddings(store: "Store", path: str | Path, ids_path: str | Path | None = None,
+                      model_version: str | None = None, progress: Callable[[int], None] | None = None,
+                      batch_size: int = 4096) -> dict:
+    """Enrol precomputed embeddings (rows recorded as `model_version`, default the active model)."""
+    emb, ids, identities = read_embeddings_file(path, ids_path)
+    return store.enroll(emb, ids, identities, model_version=model_version,
+                        progress=progress, batch_size=batch_size)
