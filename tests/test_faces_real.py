@@ -107,3 +107,54 @@ def test_enrol_search_obama_first_biden_rejected(sface, tmp_path) -> None:
     obama_col = list(result.identities[-1]).index("Obama")
     assert result.scores[-1, obama_col] < threshold, (float(result.scores[-1, obama_col]), threshold)
     assert result.match()[:4] == ["Obama"] * 4
+
+
+def test_cli_enroll_and_search_with_detect(sface, tmp_path) -> None:
+    """The users' path: import-encoder, init, enroll --detect on a photo folder, search --detect."""
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    photos = tmp_path / "photos"
+    for identity, name in (("Obama", "obama.jpg"), ("Biden", "biden.jpg")):
+        (photos / identity).mkdir(parents=True)
+        shutil.copy(FOUND["photos"] / name, photos / identity / name)
+    run = CliRunner().invoke
+    wrapped, store = tmp_path / "sface.onnx", tmp_path / "g.h5"
+    detector = ["--detector", str(FOUND["yunet"])]
+    steps = [
+        ["import-encoder", str(FOUND["sface"]), "--preset", "sface", "--out", str(wrapped)],
+        ["init", str(store), "--model", str(wrapped)],
+        ["enroll", str(store), "--images", str(photos), "--detect", *detector],
+    ]
+    for args in steps:
+        result = run(app, args)
+        assert result.exit_code == 0, (args[0], result.output)
+    queries = [str(FOUND["photos"] / n) for n in OBAMA_QUERIES]
+    result = run(app, ["search", str(store), *sum((["--image", q] for q in queries), []), "--detect",
+                       *detector, "-k", "2", "--threshold", "0.3", "--json"])
+    assert result.exit_code == 0, result.output
+    records = json.loads(result.stdout)
+    assert [r["match"] for r in records] == ["Obama"] * 4
+    assert all([h["identity"] for h in r["hits"]] == ["Obama"] for r in records)  # Biden rejected
+    # without --detect the whole photo is squashed to 112x112: the encoder sees no aligned face
+    plain = run(app, ["search", str(store), "--image", queries[0], "-k", "1", "--json"])
+    assert plain.exit_code == 0
+    assert json.loads(plain.stdout)[0]["hits"][0]["score"] < records[0]["hits"][0]["score"]
+
+
+def test_landmarks_file_gives_the_detector_crop(sface, tmp_path) -> None:
+    """Given landmarks (here: YuNet's own, written to JSON) align exactly like detection."""
+    import json
+
+    from gallery.faces.enroll import make_cropper
+
+    path = FOUND["photos"] / "obama2.jpg"
+    face = main_face(sface["detector"].detect(load_photo(path)))
+    (tmp_path / "lm.json").write_text(json.dumps({"obama2.jpg": face.landmarks.tolist()}))
+    cropper = make_cropper(sface["encoder"], landmarks=tmp_path / "lm.json")
+    assert cropper.detector is None
+    np.testing.assert_array_equal(cropper.crop(path), sface["cropper"].crop(path))

@@ -14,6 +14,10 @@ from gallery.errors import BadInput
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 REQUIRE_GPU = typer.Option(False, "--require-gpu", help="Fail unless CUDA is the active provider.")
+# Face photos (gallery.faces): detect + align with YuNet, or align with given 5-point landmarks.
+DETECT = typer.Option(False, "--detect", help="Face photos: detect and align faces with YuNet ([faces] extra).")
+DETECTOR = typer.Option(None, "--detector", help="YuNet ONNX for --detect (default: $GALLERY_YUNET_MODEL).")
+LANDMARKS = typer.Option(None, "--landmarks", help="Face photos: 5-point landmarks CSV/JSON per image.")
 
 
 def register(app: typer.Typer) -> None:
@@ -82,6 +86,9 @@ def enroll_cmd(
     batch_size: int = typer.Option(64, "--batch-size", help="Images per encoder batch."),
     require_gpu: bool = REQUIRE_GPU,
     providers: Optional[str] = typer.Option(None, "--providers", help="onnxruntime providers, comma-separated."),
+    detect: bool = DETECT,
+    detector: Optional[Path] = DETECTOR,
+    landmarks: Optional[Path] = LANDMARKS,
     as_json: bool = JSON,
 ) -> None:
     """Add images (encoded with the store's active model) or precomputed embeddings."""
@@ -96,8 +103,15 @@ def enroll_cmd(
                 raise BadInput("--model-version applies to --embeddings; images use the active model")
             paths, _, _ = sources.list_labelled_images(images, labels)
             with _progress("encoding", len(paths), as_json) as advance:
-                result = sources.enroll_images(st, images, labels, model, load_encoder_any, batch_size,
-                                               advance, **_load_kwargs(require_gpu, providers))
+                if detect or landmarks:  # gallery.faces hook: photos -> aligned face crops
+                    from gallery.faces.enroll import enroll_face_images
+
+                    result = enroll_face_images(st, images, labels, model, load_encoder_any, batch_size,
+                                                advance, detector=detector, landmarks=landmarks,
+                                                **_load_kwargs(require_gpu, providers))
+                else:
+                    result = sources.enroll_images(st, images, labels, model, load_encoder_any, batch_size,
+                                                   advance, **_load_kwargs(require_gpu, providers))
         else:
             result = sources.enroll_embeddings(st, embeddings, ids, model_version)
     if as_json:
@@ -175,6 +189,9 @@ def search_cmd(
     nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF cells visited per query."),
     ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW search breadth."),
     require_gpu: bool = REQUIRE_GPU,
+    detect: bool = DETECT,
+    detector: Optional[Path] = DETECTOR,
+    landmarks: Optional[Path] = LANDMARKS,
     as_json: bool = JSON,
 ) -> None:
     """k nearest gallery items per query, with open-set rejection."""
@@ -186,7 +203,13 @@ def search_cmd(
     opts = dict(k=k, threshold=threshold, query_version=query_model, kind=index, nprobe=nprobe,
                 ef_search=ef_search)
     with Store.open(store) as st:
-        if image:
+        if image and (detect or landmarks):  # gallery.faces hook: photos -> aligned face crops
+            from gallery.faces.enroll import search_face_images
+
+            result, names = search_face_images(st, image, detector=detector, landmarks=landmarks,
+                                               model_path=model, loader=load_encoder_any,
+                                               require_gpu=require_gpu, **opts)
+        elif image:
             result, names = search_mod.search_images(st, image, model_path=model, loader=load_encoder_any,
                                                      require_gpu=require_gpu, **opts)
         else:
