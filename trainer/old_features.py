@@ -176,6 +176,8 @@ def _check_same_model(data: OldFeatures, identity: dict, origin: str) -> None:
 def _extract_cached(context: MethodContext, progress: Progress | None) -> OldFeatures:
     dataset = context.dataset
     encoder = load_old_model(context.old_model)
+    if context.embedding_dim and encoder.dim != context.embedding_dim:
+        raise dim_mismatch(context.embedding_dim, encoder.dim)  # before a long extraction
     identity = summary(encoder.identity)
     fingerprint = dataset.listing_fingerprint()
     key = cache_key(str(identity["sha256"]), fingerprint)
@@ -224,11 +226,7 @@ class OldFeatureMethod(CompatMethod):
         """Install old features (N x d, dataset order); subclasses derive masks/prototypes."""
         features = np.asarray(features, dtype=np.float32)
         if features.ndim != 2 or features.shape[1] != embedding_dim:
-            raise BadInput(
-                f"new embedding dim {embedding_dim} != old model dim {features.shape[-1]}: "
-                f"{self.name} compares new and old embeddings directly; train with "
-                f"--dim {features.shape[-1]}"
-            )
+            raise dim_mismatch(embedding_dim, features.shape[-1])
         self.old_raw = torch.from_numpy(features).to(device)
         self.old_identity = dict(identity)
         self.on_old_features(features, np.asarray(labels, dtype=np.int64), device)
@@ -251,3 +249,35 @@ class OldFeatureMethod(CompatMethod):
             info["compatible_with"] = old_model_id(self.old_identity)
             info["old_model"] = {k: v for k, v in self.old_identity.items() if k != "path"}
         return info
+
+
+def precompute_old_features(config: Any, progress: Progress | None = None,
+                            start: Callable[[int], None] | None = None) -> OldFeatures | None:
+    """Fill the cache fit() will read (cache_dir = the model's folder) before training.
+
+    Lets `gallery train-compatible` show an extraction progress bar and fail fast on a
+    dim mismatch before any training starts. `start(n)` gets the number of images.
+    Returns None when the method needs no old features.
+    """
+    from trainer.data import open_dataset
+    from trainer.methods import load_all
+
+    if not load_all().get(config.method).requires_old_model:
+        return None
+    dataset = open_dataset(config.data, config.preprocess_spec())
+    if start is not None:
+        start(len(dataset))
+    context = MethodContext(dataset=dataset, num_classes=dataset.num_classes,
+                            embedding_dim=config.dim, device=torch.device("cpu"), head=None,
+                            old_model=config.old_model, old_features=config.old_features,
+                            cache_dir=config.out_path.parent)
+    data = resolve_old_features(context, progress)
+    if data.features.shape[1] != config.dim:
+        raise dim_mismatch(config.dim, data.features.shape[1])
+    return data
+
+
+def dim_mismatch(new_dim: int, old_dim: int) -> BadInput:
+    return BadInput(f"new embedding dim {new_dim} != old model dim {old_dim}: backward-"
+                    f"compatible training compares new and old embeddings directly; "
+                    f"train with --dim {old_dim}")

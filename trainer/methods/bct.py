@@ -57,9 +57,12 @@ class BCT(OldFeatureMethod):
     def prepare(self, context: MethodContext) -> None:
         self._num_classes = int(context.num_classes)
         self.prepare_old_features(context)
-        if self.bct_scale is not None and head_scale(context.head) is None:
+        scale = head_scale(context.head)
+        if self.bct_scale is not None and scale is None:
             raise BadInput("--bct-scale needs a head with a scale (arcface/cosface), "
                            f"not {type(context.head).__name__}")
+        # record the scale actually used, so the model's metadata is self-explanatory
+        self.hyperparameters["bct_scale"] = self.bct_scale if self.bct_scale is not None else scale
 
     def on_old_features(self, features: np.ndarray, labels: np.ndarray,
                         device: torch.device | str) -> None:

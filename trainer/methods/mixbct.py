@@ -24,7 +24,7 @@ from trainer.old_features import OldFeatureMethod
 class MixBCT(OldFeatureMethod):
     name = "mixbct"
 
-    def __init__(self, mix_ratio: float = 0.3, credible_t: float = 0.9, seed: int = 0) -> None:
+    def __init__(self, mix_ratio: float = 0.3, credible_t: float = 0.9) -> None:
         if not 0.0 <= mix_ratio <= 1.0:
             raise BadInput(f"--mix-ratio must be in [0, 1], got {mix_ratio}")
         if not 0.0 < credible_t <= 1.0:
@@ -32,14 +32,9 @@ class MixBCT(OldFeatureMethod):
         super().__init__(mix_ratio=float(mix_ratio), credible_t=float(credible_t))
         self.mix_ratio = float(mix_ratio)
         self.credible_t = float(credible_t)
-        # own generator: the row choice is reproducible and leaves the global RNG alone
-        self.generator = torch.Generator().manual_seed(int(seed))
         self.register_buffer("credible", torch.zeros(0, dtype=torch.bool), persistent=False)
 
     def prepare(self, context: MethodContext) -> None:
-        seed = context.extras.get("seed")
-        if seed is not None:
-            self.generator.manual_seed(int(seed))
         self.prepare_old_features(context)
 
     def on_old_features(self, features: np.ndarray, labels: np.ndarray,
@@ -53,7 +48,9 @@ class MixBCT(OldFeatureMethod):
         credible = self.credible[indices.to(self.credible.device)].cpu()
         candidates = torch.nonzero(credible).flatten()
         wanted = min(round(self.mix_ratio * len(indices)), len(candidates))
-        order = torch.randperm(len(candidates), generator=self.generator)[:wanted]
+        # torch's global CPU RNG: the fit loop reseeds it every epoch, so a resumed run
+        # picks the same rows as an uninterrupted one
+        order = torch.randperm(len(candidates))[:wanted]
         chosen = torch.zeros(len(indices), dtype=torch.bool)
         chosen[candidates[order]] = True
         return chosen
