@@ -41,9 +41,9 @@ def default_kind(n: int) -> str:
 class IndexParams:
     kind: str = "flat"
     nlist: int | None = None         # ivf/ivfpq cells; default 4*sqrt(n)
-    nprobe: int | None = None        # ivf/ivfpq cells visited; default nlist/8, at least 16
+    nprobe: int | None = None        # ivf/ivfpq cells visited; default nlist/4, at least 32
     hnsw_m: int = 32
-    ef_construction: int = 200
+    ef_construction: int = 100
     ef_search: int = 128
     pq_m: int | None = None          # ivfpq sub-quantisers; default: a divisor of dim near dim/4
     pq_bits: int | None = None
@@ -56,7 +56,8 @@ class IndexParams:
         if p.kind in ("ivf", "ivfpq"):
             # faiss wants ~39 training points per cell; fewer cells for small galleries.
             p.nlist = p.nlist or max(1, min(int(4 * math.sqrt(max(n, 1))), max(1, n // 39)))
-            p.nprobe = min(p.nlist, p.nprobe or max(16, p.nlist // 8))
+            # Recall first: a missed face is a false reject; --nprobe trades it for speed.
+            p.nprobe = min(p.nlist, p.nprobe or max(32, p.nlist // 4))
         if p.kind == "ivfpq":
             p.pq_m = p.pq_m or max(d for d in range(1, dim + 1) if dim % d == 0 and d <= max(1, dim // 4))
             if dim % p.pq_m:
