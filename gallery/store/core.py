@@ -233,8 +233,11 @@ class Store:
         if not np.isfinite(value):
             raise BadInput(f"threshold must be finite, got {value}")
         info = self.model(query_version)
-        info.thresholds[self.resolve_version(gallery_version)] = float(value)
+        gallery_version = self.resolve_version(gallery_version)
+        info.thresholds[gallery_version] = float(value)
         self.update_model(info)
+        self.append_history({"event": "threshold", "query": info.version, "gallery": gallery_version,
+                             "value": float(value)})
 
     # ---- history -----------------------------------------------------------------
     def append_history(self, record: dict) -> None:

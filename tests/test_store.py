@@ -1,0 +1,212 @@
+"""Store: round trip, bad input leaves the file byte-identical, tombstones, verify, migrations."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from gallery.errors import BadInput, GalleryError
+from gallery.fingerprint import file_sha256
+from gallery.preprocess import l2_normalize
+from gallery.store import ModelInfo, Store, migrations, schema
+
+DIM = 12
+
+
+@pytest.fixture()
+def store_path(tmp_path):
+    path = tmp_path / "g.h5"
+    rng = np.random.default_rng(0)
+    with Store.create(path, ModelInfo(version="v1", dim=DIM, model_id="m1")) as store:
+        x = rng.normal(size=(300, DIM)).astype(np.float32)
+        store.enroll(x, [f"i{i}" for i in range(300)], [f"p{i % 30}" for i in range(300)], batch_size=64)
+    return path
+
+
+def test_python_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, DIM)).astype(np.float32) * 3
+    ids = [f"item-{i}" for i in range(200)]
+    people = [f"person{i % 20}" for i in range(200)]
+    with Store.create(tmp_path / "s.h5", ModelInfo(version="v1", dim=DIM, model_id="m")) as store:
+        result = store.enroll(x, ids, people, batch_size=50)
+        assert result == {"event": "enroll", "model": "v1", "rows": 200, "start": 0, "stop": 200}
+    with Store.open(tmp_path / "s.h5") as store:
+        cols = store.columns()
+        assert cols["id"].tolist() == ids and cols["identity"].tolist() == people
+        assert set(cols["model"].tolist()) == {"v1"}
+        np.testing.assert_allclose(store.embeddings(), l2_normalize(x), atol=1e-6)
+        np.testing.assert_allclose(store.embeddings(np.array([5, 3, 5])), l2_normalize(x)[[5, 3, 5]], atol=1e-6)
+        hits = store.search(x[:20] + 0.01, k=3)
+        assert hits.ids[:, 0].tolist() == ids[:20]
+        assert hits.identities[:, 0].tolist() == people[:20]
+        assert store.verify()["ok"]
+    with Store.open(tmp_path / "s.h5", "a") as store:
+        store.remove(["item-0", "item-1"])
+        assert store.search(x[:2], k=1).ids[:, 0].tolist() != ["item-0", "item-1"]
+        assert store.count() == 198
+        assert [h["event"] for h in store.history()] == ["init", "enroll", "remove"]
+
+
+def _rejects(path, match, action):
+    before = file_sha256(path)
+    with Store.open(path, "a") as store:
+        with pytest.raises(BadInput, match=match):
+            action(store)
+    assert file_sha256(path) == before  # nothing half-written
+
+
+def test_bad_input_leaves_store_unchanged(store_path):
+    rng = np.random.default_rng(2)
+    good = rng.normal(size=(4, DIM)).astype(np.float32)
+    ids = ["a", "b", "c", "d"]
+    _rejects(store_path, "dimension 5", lambda s: s.enroll(np.ones((4, 5)), ids))
+    nan = good.copy()
+    nan[2, 3] = np.nan
+    _rejects(store_path, "NaN or inf", lambda s: s.enroll(nan, ids))
+    inf = good.copy()
+    inf[0, 0] = np.inf
+    _rejects(store_path, "NaN or inf", lambda s: s.enroll(inf, ids))
+    _rejects(store_path, "duplicate ids in input: a", lambda s: s.enroll(good, ["a", "b", "a", "d"]))
+    _rejects(store_path, "already in store.*i3", lambda s: s.enroll(good, ["i3", "x", "y", "z"]))
+    _rejects(store_path, "unknown model version 'v9'", lambda s: s.enroll(good, ids, model_version="v9"))
+    _rejects(store_path, "unknown ids: nope", lambda s: s.remove(["i1", "nope"]))
+    _rejects(store_path, "all-zero", lambda s: s.enroll(np.zeros((4, DIM)), ids))
+
+
+def test_missing_and_corrupt_files(tmp_path, store_path):
+    with pytest.raises(BadInput, match="store not found"):
+        Store.open(tmp_path / "absent.h5")
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"\x89HDF\r\n" + bytes(range(256)) * 4)
+    with pytest.raises(BadInput, match="not a readable HDF5"):
+        Store.open(junk)
+    with h5py.File(tmp_path / "other.h5", "w") as h5:
+        h5["x"] = [1, 2]
+    with pytest.raises(BadInput, match="not a gallery store"):
+        Store.open(tmp_path / "other.h5")
+    truncated = tmp_path / "trunc.h5"
+    truncated.write_bytes(store_path.read_bytes()[:2000])
+    with pytest.raises(BadInput):
+        Store.open(truncated).verify()
+    with pytest.raises(BadInput, match="already exists"):
+        Store.create(store_path, ModelInfo(version="v1", dim=DIM))
+
+
+def test_removed_ids_never_return_nor_reused(store_path):
+    with Store.open(store_path, "a") as store:
+        x = store.embeddings()
+        assert store.remove(["i5", "i6"])["removed"] == 2
+        assert store.remove(["i5"]) == {"event": "remove", "removed": 0, "already_removed": 1, "ids": []}
+        result = store.search(x[[5, 6]], k=300)
+        assert not {"i5", "i6"} & set(result.ids.ravel().tolist())
+        with pytest.raises(BadInput, match="never reused"):
+            store.enroll(x[:1], ["i5"])
+        assert store.verify()["removed"] == 2
+
+
+def test_verify_detects_tampering(store_path):
+    with Store.open(store_path) as store:
+        assert store.verify()["ok"]
+    with h5py.File(store_path, "r+") as h5:
+        h5["items/embedding"][100, 0] += 0.5
+    with Store.open(store_path) as store:
+        report = store.verify()
+    assert not report["ok"] and "checksum mismatch in rows 64..128" in report["problems"][0]
+    with h5py.File(store_path, "r+") as h5:
+        h5["items"].attrs["committed"] = 290
+    with Store.open(store_path) as store:
+        assert not store.verify()["ok"]
+
+
+def test_writer_lock_and_readers(store_path):
+    from gallery.errors import StoreLocked
+
+    writer = Store.open(store_path, "a")
+    with pytest.raises(StoreLocked, match="locked by another writer"):
+        Store.open(store_path, "a")
+    with Store.open(store_path) as reader:  # readers are never blocked
+        assert reader.committed == 300
+        with pytest.raises(GalleryError, match="read-only"):
+            reader.remove(["i1"])
+    writer.close()
+    Store.open(store_path, "a").close()  # released on close
+
+
+def test_models_aliases_thresholds_and_mixed_versions(store_path):
+    rng = np.random.default_rng(3)
+    with Store.open(store_path, "a") as store:
+        store.add_model(ModelInfo(version="v2", dim=DIM, model_id="m2", compatible_with="m1"))
+        with pytest.raises(BadInput, match="dimension 7"):
+            store.add_model(ModelInfo(version="v3", dim=7))
+        with pytest.raises(BadInput, match="already exists"):
+            store.add_model(ModelInfo(version="v2", dim=DIM))
+        new = rng.normal(size=(10, DIM)).astype(np.float32)
+        store.enroll(new, [f"n{i}" for i in range(10)], model_version="v2")
+        store.set_active_model("v2")
+        store.set_alias("prod", "v2")
+        store.set_alias("previous", "v1")
+        store.set_threshold("v2", "v1", 0.99)   # v2 queries vs v1 rows: strict
+        store.set_threshold("v2", "v2", -1.0)   # v2 vs v2: accept everything
+        assert store.resolve_version("prod") == "v2" and store.model("previous").version == "v1"
+        result = store.search(np.vstack([new[:3], store.embeddings(np.array([0]))]), k=2)
+        assert result.query_model == "v2"
+        assert result.models[:3, 0].tolist() == ["v2"] * 3
+        assert result.models[3, 0] == "v1" and result.thresholds[3, 0] == pytest.approx(0.99)
+        assert not result.rejected[:3].any()
+        explicit = store.search(new[:3] * -1, k=1, threshold=0.999)  # opposite vectors: rejected
+        assert explicit.rejected.all() and explicit.match() == [None] * 3
+        info = store.info()
+        assert info["per_model"] == {"v1": 300, "v2": 10} and info["aliases"]["prod"] == "v2"
+        assert store.verify()["ok"]
+    with Store.open(store_path) as store:
+        events = [h["event"] for h in store.history()]
+    assert events == ["init", "enroll", "add_model", "enroll", "activate", "alias", "alias",
+                      "threshold", "threshold"]
+
+
+def test_export_matches_live_rows(tmp_path, store_path):
+    with Store.open(store_path, "a") as store:
+        store.remove(["i0", "i10"])
+        live = np.flatnonzero(~store.columns()["deleted"])
+        expected = store.embeddings(live)
+        assert store.export(tmp_path / "out.npz")["rows"] == 298
+        store.export(tmp_path / "out.h5")
+    npz = np.load(tmp_path / "out.npz")
+    np.testing.assert_array_equal(npz["embeddings"], expected)
+    assert "i0" not in npz["ids"].tolist() and npz["ids"][0] == "i1"
+    with h5py.File(tmp_path / "out.h5") as h5:
+        np.testing.assert_array_equal(h5["embeddings"][:], expected)
+        assert h5["model_versions"].asstr()[0] == "v1"
+    with Store.open(store_path) as store, pytest.raises(BadInput, match="must end in"):
+        store.export(tmp_path / "out.csv")
+
+
+def test_numbered_migrations(store_path, monkeypatch):
+    def v1_to_v2(h5):
+        h5["items"].attrs["note"] = "migrated"
+
+    with Store.open(store_path) as store:
+        pass
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
+    monkeypatch.setitem(migrations.MIGRATIONS, 1, v1_to_v2)
+    with pytest.raises(BadInput, match="run `gallery migrate"):
+        Store.open(store_path)
+    with Store.open(store_path, "a") as store:
+        assert store.schema_version == 2
+        assert store.h5["items"].attrs["note"] == "migrated"
+        assert store.history()[-1]["event"] == "migrate"
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 1)
+    with pytest.raises(BadInput, match="newer than this gallery"):
+        Store.open(store_path)
+
+
+def test_float16_store(tmp_path):
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(50, DIM)).astype(np.float32)
+    with Store.create(tmp_path / "h.h5", ModelInfo(version="v1", dim=DIM), dtype="float16") as store:
+        store.enroll(x, [str(i) for i in range(50)])
+        assert store.h5["items/embedding"].dtype == np.float16
+        assert store.search(x[:5], k=1).ids[:, 0].tolist() == ["0", "1", "2", "3", "4"]
+        assert store.verify()["ok"]
