@@ -138,3 +138,22 @@ def test_bad_input_is_one_clear_line(tmp_path, kwargs, needle) -> None:
     with pytest.raises(BadInput, match=needle.replace("(", r"\(").replace(")", r"\)")):
         import_encoder(src, kwargs["preset"], out, overrides=kwargs.get("overrides"))
     assert not (tmp_path / "w.onnx").exists() and not (tmp_path / "w.onnx.part").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--size", "12y"], "--size must be HxW"),
+    (["--mean", "a,b,c"], "--mean must be comma-separated numbers"),
+    (["--preset", "nope"], "unknown encoder preset"),
+])
+def test_cli_bad_options_exit_2(tmp_path, args, needle) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    src = _tiny_model(tmp_path / "m.onnx")
+    base = ["import-encoder", str(src), "--out", str(tmp_path / "w.onnx")]
+    if "--preset" not in args:
+        base += ["--preset", "raw"]
+    result = CliRunner().invoke(app, base + args)
+    assert result.exit_code == 2 and needle in result.output, result.output
+    assert not (tmp_path / "w.onnx").exists()
