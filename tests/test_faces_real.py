@@ -158,3 +158,29 @@ def test_landmarks_file_gives_the_detector_crop(sface, tmp_path) -> None:
     cropper = make_cropper(sface["encoder"], landmarks=tmp_path / "lm.json")
     assert cropper.detector is None
     np.testing.assert_array_equal(cropper.crop(path), sface["cropper"].crop(path))
+
+
+def test_old_model_features_use_the_declared_preprocessing(sface, tmp_path) -> None:
+    """`train-compatible --old sface.onnx`: the trainer's old features of aligned crops equal
+    our embeddings of the same crops, though the new model trains at 32x32."""
+    pytest.importorskip("torch", reason="training needs the [train] extra")
+    from PIL import Image
+
+    from trainer.data.imagefolder import read_image_folder
+    from trainer.old_features import extract_old_features
+    from trainer.old_model import load_old_model
+    from gallery.preprocess import PreprocessSpec
+
+    names = {"Obama": ["obama.jpg", "obama2.jpg"], "Biden": ["biden.jpg"]}
+    crops = {}
+    for identity, files in names.items():
+        (tmp_path / "train" / identity).mkdir(parents=True)
+        for name in files:
+            crop = sface["cropper"].crop(FOUND["photos"] / name)
+            Image.fromarray(crop).save(tmp_path / "train" / identity / (name + ".png"))
+            crops[(identity, name)] = crop
+    dataset = read_image_folder(tmp_path / "train", PreprocessSpec(32, 32))
+    old = extract_old_features(load_old_model(str(sface["path"])), dataset)
+    order = sorted(crops)  # ImageFolder order: identity, then file name
+    expected = embed_images(sface["encoder"], np.stack([crops[k] for k in order]))
+    np.testing.assert_allclose(old, expected, rtol=1e-4, atol=1e-4)
