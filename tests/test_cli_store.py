@@ -1,0 +1,143 @@
+"""CLI round trip with a real ONNX encoder on real digit images, and every bad input:
+one line on stderr, exit code 2, the store file byte-identical."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from gallery.fingerprint import file_sha256
+from gallery.preprocess import PreprocessSpec, l2_normalize, load_image
+
+pytest.importorskip("torch")
+from test_encoder import _reference, make_onnx_encoder, write_digit_folder  # noqa: E402
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def ok(*args):
+    result = run(*args)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    return json.loads(result.stdout) if "--json" in args else result
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    net, spec = make_onnx_encoder(root / "enc.onnx")
+    paths = write_digit_folder(root / "gallery", n_per_class=6, seed=0)
+    probes = write_digit_folder(root / "probes", n_per_class=2, seed=1)
+    store = root / "g.h5"
+    ok("init", store, "--model", root / "enc.onnx")
+    return root, net, spec, paths, probes, store
+
+
+def test_cli_round_trip(setup, tmp_path):
+    root, net, spec, paths, probes, store = setup
+    enrolled = ok("enroll", store, "--images", root / "gallery", "--json")
+    assert enrolled["rows"] == 60 and enrolled["model"] == "v1"
+
+    # Embeddings made elsewhere by the same model, with an `id,identity` file.
+    extra = np.random.default_rng(7).normal(size=(5, 16)).astype(np.float32)
+    np.save(tmp_path / "extra.npy", extra)
+    (tmp_path / "ids.csv").write_text("id,identity\n" + "".join(f"e{i},extra{i}\n" for i in range(5)))
+    assert ok("enroll", store, "--embeddings", tmp_path / "extra.npy", "--ids", tmp_path / "ids.csv",
+              "--json")["rows"] == 5
+
+    # Search with images: compare with an independent reference (torch net + numpy cosine).
+    rgb = lambda ps: np.stack([load_image(p, PreprocessSpec(32, 32)) for p in ps])  # noqa: E731
+    gallery_emb = np.vstack([l2_normalize(_reference(net, rgb(paths), spec)), l2_normalize(extra)])
+    gallery_ids = [str(p.relative_to(root / "gallery")) for p in paths] + [f"e{i}" for i in range(5)]
+    query = l2_normalize(_reference(net, rgb(probes[:4]), spec))
+    records = ok("search", store, *sum((["--image", p] for p in probes[:4]), []), "-k", "3", "--json")
+    for rec, q in zip(records, query):
+        expected = np.argsort(-(gallery_emb @ q))[:3]
+        assert [h["item_id"] for h in rec["hits"]] == [gallery_ids[i] for i in expected]
+        assert rec["hits"][0]["model_version"] == "v1" and not rec["rejected"]
+
+    # Search with embeddings and an open-set threshold.
+    np.save(tmp_path / "q.npy", np.vstack([extra[:2], -extra[:1]]))
+    records = ok("search", store, "--embeddings", tmp_path / "q.npy", "--threshold", "0.99", "--json")
+    assert [r["match"] for r in records] == ["extra0", "extra1", None]
+    assert records[2]["rejected"] and records[2]["hits"] == []
+
+    ok("remove", store, "e0", paths[0].parent.name + "/" + paths[0].name)
+    records = ok("search", store, "--embeddings", tmp_path / "q.npy", "-k", "70", "--json")
+    returned = {h["item_id"] for r in records for h in r["hits"]}
+    assert "e0" not in returned and f"{paths[0].parent.name}/{paths[0].name}" not in returned
+    assert len(returned) == 63
+
+    assert ok("verify", store, "--json")["ok"]
+    info = ok("info", store, "--json")
+    assert info["live"] == 63 and info["models"][0]["sha256"] == file_sha256(root / "enc.onnx")
+    assert info["models"][0]["input_size"] == [32, 32] and info["models"][0]["color_order"] == "RGB"
+    assert ok("export", store, "--out", tmp_path / "x.npz", "--json")["rows"] == 63
+    assert "v1" in ok("search", store, "--embeddings", tmp_path / "q.npy").stdout  # table output
+
+
+def _fails(store, *args, code=2, match=""):
+    before = file_sha256(store) if store.exists() else None
+    result = run(*args)
+    assert result.exit_code == code, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], result.stderr
+    if before is not None:
+        assert file_sha256(store) == before
+
+
+def test_cli_bad_inputs(setup, tmp_path):
+    root, _, _, _, _, store = setup
+    np.save(tmp_path / "wide.npy", np.ones((2, 20), np.float32))
+    (tmp_path / "two.csv").write_text("a\nb\n")
+    _fails(store, "enroll", store, "--embeddings", tmp_path / "wide.npy", "--ids", tmp_path / "two.csv",
+           match="dimension 20")
+    nan = np.ones((2, 16), np.float32)
+    nan[1, 4] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    _fails(store, "enroll", store, "--embeddings", tmp_path / "nan.npy", "--ids", tmp_path / "two.csv",
+           match="NaN or inf")
+    np.save(tmp_path / "good.npy", np.ones((2, 16), np.float32))
+    (tmp_path / "dup.csv").write_text("same\nsame\n")
+    _fails(store, "enroll", store, "--embeddings", tmp_path / "good.npy", "--ids", tmp_path / "dup.csv",
+           match="duplicate ids")
+    _fails(store, "enroll", store, "--embeddings", tmp_path / "good.npy", "--ids", tmp_path / "two.csv",
+           "--model-version", "v9", match="unknown model version 'v9'")
+    bad = tmp_path / "bad" / "alice"
+    bad.mkdir(parents=True)
+    write_digit_folder(tmp_path / "bad", n_per_class=1)
+    (bad / "photo.png").write_text("not a png")
+    _fails(store, "enroll", store, "--images", tmp_path / "bad", match="photo.png")
+    (tmp_path / "empty").mkdir()
+    _fails(store, "enroll", store, "--images", tmp_path / "empty", match="no images")
+    _fails(store, "search", store, "--image", bad / "photo.png", match="photo.png")
+    _fails(store, "info", tmp_path / "absent.h5", match="store not found")
+    corrupt = tmp_path / "corrupt.h5"
+    corrupt.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 512)
+    _fails(corrupt, "verify", corrupt, match="not a readable HDF5")
+    (tmp_path / "text.onnx").write_text("hello")
+    _fails(tmp_path / "new.h5", "init", tmp_path / "new.h5", "--model", tmp_path / "text.onnx",
+           match="cannot load ONNX")
+    assert not (tmp_path / "new.h5").exists()
+    make_onnx_encoder(tmp_path / "bare.onnx", metadata=False)
+    _fails(tmp_path / "new.h5", "init", tmp_path / "new.h5", "--model", tmp_path / "bare.onnx",
+           match="not a gallery image encoder")
+    assert not (tmp_path / "new.h5").exists()
+
+
+def test_cli_lock_and_embedding_only(setup, tmp_path):
+    from gallery.store import Store
+
+    _, _, _, _, _, store = setup
+    with Store.open(store, "a"):
+        _fails(store, "remove", store, "e1", code=3, match="locked by another writer")
+        assert ok("info", store, "--json")["rows"] >= 60  # readers are not blocked
+    emb_store = tmp_path / "emb.h5"
+    ok("init", emb_store, "--dim", "8", "--model-id", "dlib-like", "--version", "legacy")
+    _fails(emb_store, "enroll", emb_store, "--images", setup[0] / "gallery", match="embedding-only")
+    _fails(tmp_path / "x.h5", "init", tmp_path / "x.h5", "--dim", "8", match="--model-id")
