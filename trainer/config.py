@@ -19,7 +19,8 @@ from gallery.preprocess import PreprocessSpec
 OPTIMIZERS = ("sgd", "adamw")
 # Fields that may differ between an interrupted run and its resumption: they do not
 # change what is computed, only where results go or how far this invocation runs.
-RUN_ONLY_FIELDS = frozenset({"out", "onnx", "resume", "stop_after", "num_workers", "device"})
+RUN_ONLY_FIELDS = frozenset({"out", "onnx", "resume", "stop_after", "num_workers", "device",
+                             "threads"})
 
 
 @dataclass
@@ -48,6 +49,7 @@ class TrainConfig:
     flip: bool = True
     seed: int = 0
     num_workers: int = 0
+    threads: int | None = None  # torch CPU threads (None: torch's default)
     device: str = "auto"        # auto | cpu | cuda | cuda:N
     onnx: str | None = None
     resume: bool = False

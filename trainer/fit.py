@@ -69,6 +69,8 @@ def fit(config: TrainConfig, progress: Callable[[int], None] | None = None,
     img_s} every LOG_EVERY steps. Both are called on rank 0 only.
     """
     config.validate()
+    if config.threads:
+        torch.set_num_threads(int(config.threads))
     info = distributed.setup(config.device)
     try:
         return _fit(config, info, progress, on_log)

@@ -32,6 +32,8 @@ WarmupOpt = Annotated[Optional[float], typer.Option(
     "--warmup-epochs", help="Linear warm-up length in epochs.")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for weights and data order.")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Data-loader processes.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", help="torch CPU threads (default: torch's choice).")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda.")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Model file to write (.pt).")]
 OnnxOpt = Annotated[Optional[Path], typer.Option("--onnx", help="Also export ONNX here.")]
@@ -99,14 +101,16 @@ def register(app: typer.Typer) -> None:
               seed: SeedOpt = None, out: OutOpt = None, onnx: OnnxOpt = None,
               batch_size: BatchSizeOpt = None, lr: LrOpt = None, optimizer: OptimizerOpt = None,
               warmup_epochs: WarmupOpt = None, scale: ScaleOpt = None, margin: MarginOpt = None,
-              workers: WorkersOpt = None, device: DeviceOpt = None, resume: ResumeOpt = False,
+              workers: WorkersOpt = None, threads: ThreadsOpt = None,
+              device: DeviceOpt = None, resume: ResumeOpt = False,
               config: ConfigOpt = None, json: JsonOpt = False) -> None:
         """Train an encoder (no compatibility constraint) and save it as a .pt (+ ONNX)."""
         cfg = build_config(config, data=data, arch=arch, head=head, dim=dim,
                            image_size=image_size, epochs=epochs, seed=seed, out=out, onnx=onnx,
                            batch_size=batch_size, lr=lr, optimizer=optimizer,
                            warmup_epochs=warmup_epochs, scale=scale, margin=margin,
-                           num_workers=workers, device=device, resume=resume)
+                           num_workers=workers, threads=threads, device=device,
+                           resume=resume)
         cfg.method = "independent"
         cfg.validate()
         run_fit(cfg, json)
