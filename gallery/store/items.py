@@ -196,12 +196,23 @@ def columns(store: "Store") -> dict[str, np.ndarray]:
             ds = items[name]
             cols[name] = decode(ds[:n]) if kind.startswith("S") else ds[:n]
         cols["deleted"] = cols["deleted"].astype(bool)
+        if "rollout" in store.h5:  # rows re-embedded by a backfill (gallery/rollout/overlay.py)
+            from gallery.rollout.overlay import apply_columns
+            apply_columns(store, cols)
         store._cache["columns"] = cols
     return store._cache["columns"]
 
 
 def embeddings(store: "Store", rows: np.ndarray | None = None) -> np.ndarray:
     """Committed embeddings as float32 (all, or the given row numbers)."""
+    out = _raw_embeddings(store, rows)
+    if "rollout" in store.h5:  # rows re-embedded by a backfill (gallery/rollout/overlay.py)
+        from gallery.rollout.overlay import apply_embeddings
+        out = apply_embeddings(store, out, rows)
+    return out
+
+
+def _raw_embeddings(store: "Store", rows: np.ndarray | None = None) -> np.ndarray:
     ds = store.h5["items"]["embedding"]
     n = store.committed
     if rows is None:
@@ -213,7 +224,7 @@ def embeddings(store: "Store", rows: np.ndarray | None = None) -> np.ndarray:
     if rows.size and (rows.min() < 0 or rows.max() >= n):
         raise BadInput(f"row numbers out of range 0..{n - 1}")
     if rows.size > n // 8:
-        return embeddings(store)[rows]
+        return _raw_embeddings(store)[rows]
     # h5py point reads need strictly increasing indices.
     uniq, inverse = np.unique(rows, return_inverse=True)
     return np.asarray(ds[uniq] if uniq.size else np.empty((0, store.dim)), np.float32)[inverse]
@@ -224,6 +235,9 @@ def content_checksum(store: "Store") -> str:
     digest = hashlib.sha256()
     digest.update(f"{store.committed}:{store.chain}:".encode())
     digest.update(np.packbits(columns(store)["deleted"]).tobytes())
+    if "rollout" in store.h5:  # a backfill or a query-model switch over backfilled rows
+        from gallery.rollout.overlay import checksum_part
+        digest.update(checksum_part(store).encode())
     return digest.hexdigest()
 
 

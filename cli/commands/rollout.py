@@ -1,0 +1,229 @@
+"""Rollout commands: upgrade, alias, rollback, history, prune, shadow, backfill.
+
+Exit codes: 0 done, 1 a gate refused the upgrade, 2 bad input, 3 store locked.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+from cli.common import console, emit_json, handle_errors, load_encoder_any, render_table
+
+JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+STORE_OPT = typer.Option(..., "--store", envvar="GALLERY_STORE", help="Store file (or $GALLERY_STORE).")
+
+alias_app = typer.Typer(help="Name model versions (aliases pin models against prune).", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    for name, func in (("upgrade", upgrade_cmd), ("rollback", rollback_cmd), ("history", history_cmd),
+                       ("prune", prune_cmd), ("shadow", shadow_cmd), ("backfill", backfill_cmd)):
+        app.command(name)(func)
+    app.add_typer(alias_app, name="alias")
+
+
+@contextmanager
+def _bar(label: str, quiet: bool) -> Iterator[tuple[Any, Any]]:
+    """(on_total, advance) callbacks driving one Rich bar; (None, None) when quiet."""
+    if quiet:
+        yield None, None
+        return
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield (lambda n: bar.update(task, total=n)), (lambda n: bar.advance(task, n))
+
+
+@handle_errors
+def upgrade_cmd(
+    store: Path = typer.Argument(..., help="Store file."),
+    model: Path = typer.Option(..., "--model", help="New encoder (.onnx; .pt/.ts with torch)."),
+    report: Path = typer.Option(..., "--report", help="check-compat JSON report for (store's query model, --model)."),
+    version: Optional[str] = typer.Option(None, "--version", help="Name of the new version (default v<N>)."),
+    force: bool = typer.Option(False, "--force", help="Upgrade despite a failed gate (recorded in history)."),
+    as_json: bool = JSON,
+) -> None:
+    """Make --model the query model, admitted by a passing compatibility report."""
+    from gallery.rollout import upgrade
+
+    result = upgrade(store, model, report, version=version, force=force, loader=load_encoder_any)
+    if as_json:
+        emit_json(result)
+        return
+    forced = f" [red]FORCED over: {'; '.join(result['forced_over'])}[/]" if result["forced"] else ""
+    console.print(f"upgraded {store}: query model {result['from']} -> {result['to']}{forced}")
+    for t in result["thresholds"]:
+        console.print(f"  threshold {t['query']} queries vs {t['gallery']} rows: {t['threshold']:.4f}")
+
+
+@handle_errors
+def rollback_cmd(
+    store: Path = typer.Argument(..., help="Store file."),
+    to: Optional[str] = typer.Option(None, "--to", help="An earlier query model (default: the one replaced)."),
+    as_json: bool = JSON,
+) -> None:
+    """Restore the previous query model (one atomic switch; models and rows are kept)."""
+    from gallery.rollout import rollback
+
+    result = rollback(store, to)
+    if as_json:
+        emit_json(result)
+    else:
+        console.print(f"rolled back {store}: query model {result['from']} -> {result['to']}")
+
+
+@handle_errors
+def history_cmd(
+    store: Path = typer.Argument(..., help="Store file."),
+    everything: bool = typer.Option(False, "--all", help="Also enrol/remove events."),
+    as_json: bool = JSON,
+) -> None:
+    """Every upgrade, rollback, alias, backfill and prune: when, who, which report, what was forced."""
+    from gallery.rollout import history
+
+    events = history(store, everything)
+    if as_json:
+        emit_json(events)
+        return
+    rows = []
+    for e in events:
+        detail = {k: v for k, v in e.items() if k not in ("at", "event", "user", "host", "pid", "report",
+                                                          "thresholds", "config")}
+        if "report" in e:
+            detail["report"] = f"{Path(e['report']['path']).name} (passed={e['report']['passed']})"
+        rows.append((e.get("at"), e.get("event"), e.get("user", ""),
+                     ", ".join(f"{k}={v}" for k, v in detail.items() if v not in (None, [], False))))
+    render_table(f"history of {store}", ("at", "event", "who", "detail"), rows)
+
+
+@handle_errors
+def prune_cmd(
+    store: Path = typer.Argument(..., help="Store file."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
+    drop_rollback: bool = typer.Option(False, "--drop-rollback", help="Also drop rollback targets without rows."),
+    as_json: bool = JSON,
+) -> None:
+    """Remove model versions no row, alias, query model or rollback target needs."""
+    from gallery.rollout import prune
+
+    result = prune(store, dry_run=dry_run, drop_rollback=drop_rollback)
+    if as_json:
+        emit_json(result)
+        return
+    verb = "would remove" if dry_run else "removed"
+    console.print(f"{verb}: {', '.join(result['removed']) or 'nothing'}")
+    for version, why in sorted(result["kept"].items()):
+        console.print(f"  kept {version}: {why}")
+
+
+@alias_app.command("set")
+@handle_errors
+def alias_set_cmd(
+    name: str = typer.Argument(..., help="Alias name."),
+    version: str = typer.Argument(..., help="Model version (or another alias)."),
+    store: Path = STORE_OPT,
+    as_json: bool = JSON,
+) -> None:
+    """Point NAME at VERSION."""
+    from gallery.rollout import set_alias
+
+    result = set_alias(store, name, version)
+    emit_json(result) if as_json else console.print(f"{name} -> {result['model']}")
+
+
+@alias_app.command("remove")
+@handle_errors
+def alias_remove_cmd(name: str = typer.Argument(..., help="Alias name."), store: Path = STORE_OPT,
+                     as_json: bool = JSON) -> None:
+    """Delete an alias."""
+    from gallery.rollout import set_alias
+
+    result = set_alias(store, name, None)
+    emit_json(result) if as_json else console.print(f"removed alias {name}")
+
+
+@alias_app.command("list")
+@handle_errors
+def alias_list_cmd(store: Path = STORE_OPT, as_json: bool = JSON) -> None:
+    """Aliases and the versions they name."""
+    from gallery.rollout import list_aliases
+
+    aliases = list_aliases(store)
+    if as_json:
+        emit_json(aliases)
+    else:
+        render_table(f"aliases of {store}", ("alias", "version"), sorted(aliases.items()))
+
+
+@handle_errors
+def shadow_cmd(
+    store: Path = typer.Argument(..., help="Store file."),
+    queries: Path = typer.Option(..., "--queries", help="Query images: ROOT/<identity>/<image> (labelled) or a flat folder."),
+    old: Optional[str] = typer.Option(None, "--old", help="Old query model (default: the one the query model replaced)."),
+    new: Optional[str] = typer.Option(None, "--new", help="New query model (default: the query model)."),
+    k: int = typer.Option(10, "-k", "--k", help="Hits per query."),
+    old_model: Optional[Path] = typer.Option(None, "--old-model", help="Where the old model file is now."),
+    new_model: Optional[Path] = typer.Option(None, "--new-model", help="Where the new model file is now."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON report (with its config) here."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per encoder batch."),
+    as_json: bool = JSON,
+) -> None:
+    """Same queries through the old and new query path: top-k overlap, rank changes, decision flips."""
+    from gallery.rollout import ShadowConfig, shadow
+
+    config = ShadowConfig(store=str(store), queries=str(queries), old=old, new=new, k=k,
+                          old_model=None if old_model is None else str(old_model),
+                          new_model=None if new_model is None else str(new_model), batch_size=batch_size)
+    with _bar("embedding queries", as_json) as (_, advance):
+        result = shadow(config, loader=load_encoder_any, progress=advance)
+    if out is not None:
+        emit_json(result, out)
+    if as_json:
+        emit_json(result)
+        return
+    d, o = result["decisions"], result["topk_overlap"]
+    console.print(f"shadow {result['old']} vs {result['new']} on {result['queries']} queries (k={result['k']}): "
+                  f"top-k overlap {o['mean']:.3f} (min {o['min']:.2f}), same top-1 item "
+                  f"{result['top1_same_item']:.3f}, mean rank shift {result['rank_shift']['mean']:.2f}")
+    console.print(f"accepted: {d['old_accepted']} -> {d['new_accepted']}; flips {d['flips']}")
+    if "accuracy" in result:
+        a = result["accuracy"]
+        console.print(f"rank-1: {a['old_rank1']:.3f} -> {a['new_rank1']:.3f}")
+
+
+@handle_errors
+def backfill_cmd(
+    store: Path = typer.Argument(..., help="Store file."),
+    images: Optional[Path] = typer.Option(None, "--images", help="ROOT: each row's image is ROOT/<item id>."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Rows per committed batch (fixed for a run)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Where the query model file is now."),
+    trust_images: bool = typer.Option(False, "--trust-images", help="Skip the check that each image is the one enrolled."),
+    show_status: bool = typer.Option(False, "--status", help="Only show backfill progress."),
+    as_json: bool = JSON,
+) -> None:
+    """Re-embed older rows whose images exist with the query model (resumable; readers keep searching)."""
+    from gallery.errors import BadInput
+    from gallery.rollout import BackfillConfig, backfill
+    from gallery.rollout.backfill import status
+
+    if show_status:
+        result = status(store)
+        emit_json(result) if as_json else console.print(result)
+        return
+    if images is None:
+        raise BadInput("give --images ROOT (or --status)")
+    config = BackfillConfig(store=str(store), images=str(images), batch_size=batch_size,
+                            model=None if model is None else str(model), trust_images=trust_images)
+    with _bar("backfilling", as_json) as (on_total, advance):
+        result = backfill(config, loader=load_encoder_any, progress=advance, on_total=on_total)
+    if as_json:
+        emit_json(result)
+    else:
+        console.print(f"backfilled {result['embedded']} of {result['planned']} planned rows with {result['model']} "
+                      f"({result['skipped_no_image']} without image stay as they are; "
+                      f"{result['remaining_older_rows']} older rows remain)")

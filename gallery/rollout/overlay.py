@@ -1,0 +1,201 @@
+"""Backfilled rows: embeddings re-made by a newer model, kept beside the original rows.
+
+A backfill never rewrites a committed row. It appends (row number, new embedding)
+to /rollout/backfill/<version>, so
+- the store's batch checksums (`gallery verify`) still hold for the original rows;
+- a rollback is exact: the overlay of a model applies only while that model (or a
+  model that upgraded from it) is the query model, so rolling back to v1 shows the
+  v1 embeddings again, and upgrading again shows the backfilled ones;
+- readers see whole batches only: rows past the committed count are ignored and are
+  overwritten by the next writer (the same commit protocol as an enrol).
+
+Per version group: datasets row (int64), embedding (n, dim), content_hash (S64), plan
+(int64: the rows a backfill run will visit, fixed when it starts) and one attr
+`state` = [committed rows, plan cursor, plan length] written in one go, so the
+committed count and the resume point can never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import h5py
+import numpy as np
+
+from gallery.rollout.state import GROUP, lineage
+
+if TYPE_CHECKING:
+    from gallery.store import Store
+
+BACKFILL = "backfill"
+
+
+@dataclass
+class OverlayView:
+    """Rows re-embedded by models in the query model's lineage (latest wins)."""
+
+    rows: np.ndarray        # (m,) int64 store rows, unique
+    versions: np.ndarray    # (m,) str: the model that re-embedded each row
+    embedding: np.ndarray   # (m, dim) float32, unit length
+
+
+def group(store: "Store", version: str, create: bool = False) -> h5py.Group | None:
+    path = f"{GROUP}/{BACKFILL}/{version}"
+    if path in store.h5:
+        return store.h5[path]
+    if not create:
+        return None
+    store.require_writer()
+    g = store.h5.require_group(path)
+    g.create_dataset("row", shape=(0,), maxshape=(None,), chunks=(4096,), dtype="i8")
+    rows = max(1, (1 << 20) // (4 * store.dim))
+    g.create_dataset("embedding", shape=(0, store.dim), maxshape=(None, store.dim),
+                     chunks=(rows, store.dim), dtype=store.dtype)
+    g.create_dataset("content_hash", shape=(0,), maxshape=(None,), chunks=(4096,), dtype="S64")
+    g.create_dataset("plan", shape=(0,), maxshape=(None,), chunks=(4096,), dtype="i8")
+    g.attrs["state"] = np.zeros(3, np.int64)
+    store.h5.flush()
+    return g
+
+
+def state(g: h5py.Group) -> tuple[int, int, int]:
+    """(committed rows, plan cursor, plan length)."""
+    committed, cursor, plan_len = (int(v) for v in g.attrs["state"])
+    return committed, cursor, plan_len
+
+
+def _set_state(store: "Store", g: h5py.Group, committed: int, cursor: int, plan_len: int) -> None:
+    g.attrs["state"] = np.array([committed, cursor, plan_len], np.int64)  # the commit point
+    store.h5.flush()
+    store.invalidate()
+
+
+def versions(store: "Store") -> list[str]:
+    path = f"{GROUP}/{BACKFILL}"
+    return sorted(store.h5[path].keys()) if path in store.h5 else []
+
+
+def committed_rows(store: "Store", version: str) -> np.ndarray:
+    g = group(store, version)
+    return np.empty(0, np.int64) if g is None else g["row"][: state(g)[0]]
+
+
+def start_plan(store: "Store", version: str, rows: np.ndarray, meta: dict) -> None:
+    """Fix the rows a backfill run visits (in order) so a resumed run makes the same batches."""
+    g = group(store, version, create=True)
+    committed = state(g)[0]
+    g["plan"].resize((len(rows),))
+    g["plan"][:] = np.asarray(rows, np.int64)
+    g.attrs["plan_meta"] = json.dumps(meta, sort_keys=True)
+    _set_state(store, g, committed, 0, len(rows))
+
+
+def plan(store: "Store", version: str) -> tuple[np.ndarray, int, dict] | None:
+    """(plan rows, cursor, plan meta) of an unfinished run, or None."""
+    g = group(store, version)
+    if g is None:
+        return None
+    _, cursor, plan_len = state(g)
+    if plan_len == 0:
+        return None
+    return g["plan"][:plan_len], cursor, json.loads(g.attrs.get("plan_meta", "{}"))
+
+
+def commit_batch(store: "Store", version: str, rows: np.ndarray, embedding: np.ndarray,
+                 hashes: list[str], cursor: int) -> None:
+    """Append re-embedded rows (unit length) and advance the plan cursor, in one commit."""
+    store.require_writer()
+    g = group(store, version, create=True)
+    committed, _, plan_len = state(g)
+    hi = committed + len(rows)
+    for name, values in (("row", np.asarray(rows, np.int64)), ("embedding", embedding),
+                         ("content_hash", np.array([h.encode() for h in hashes], "S64"))):
+        g[name].resize(hi, axis=0)  # also drops any tail an interrupted batch left
+        if len(rows):
+            g[name][committed:hi] = values
+    _set_state(store, g, hi, cursor, plan_len)
+
+
+def finish_plan(store: "Store", version: str) -> None:
+    g = group(store, version)
+    if g is not None:
+        _set_state(store, g, state(g)[0], 0, 0)
+
+
+def drop(store: "Store", version: str) -> int:
+    """Delete a version's overlay (prune); returns how many rows it held."""
+    g = group(store, version)
+    if g is None:
+        return 0
+    count = state(g)[0]
+    del store.h5[f"{GROUP}/{BACKFILL}/{version}"]
+    store.h5.flush()
+    store.invalidate()
+    return count
+
+
+def view(store: "Store", version: str | None = None) -> OverlayView | None:
+    """The overlay seen by queries of `version` (default: the active model), or None."""
+    present = versions(store)
+    if not present:
+        return None
+    rows, names, blocks = [], [], []
+    for v in lineage(store, version):
+        g = group(store, v)
+        if v not in present or g is None:
+            continue
+        n = state(g)[0]
+        rows.append(g["row"][:n])
+        names.append(np.full(n, v, dtype=object))
+        blocks.append(np.asarray(g["embedding"][:n], np.float32))
+    if not rows:
+        return None
+    all_rows = np.concatenate(rows)
+    # Later lineage entries (newer models) win: keep the last occurrence of each row.
+    _, last = np.unique(all_rows[::-1], return_index=True)
+    keep = np.sort(len(all_rows) - 1 - last)
+    return OverlayView(all_rows[keep], np.concatenate(names)[keep].astype(str), np.concatenate(blocks)[keep])
+
+
+def apply_columns(store: "Store", cols: dict[str, np.ndarray]) -> None:
+    """Store hook: rows re-embedded for the active model report that model's version."""
+    v = _active_view(store)
+    if v is not None and len(v.rows):
+        inside = v.rows < len(cols["model"])
+        model = cols["model"].astype(object)
+        model[v.rows[inside]] = v.versions[inside]
+        cols["model"] = model.astype(str)
+
+
+def apply_embeddings(store: "Store", out: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    """Store hook: substitute re-embedded rows into `out` (all committed rows, or `rows`)."""
+    v = _active_view(store)
+    if v is None or not len(v.rows):
+        return out
+    n = store.committed
+    where = np.full(n, -1, np.int64)
+    inside = v.rows < n
+    where[v.rows[inside]] = np.flatnonzero(inside)
+    pick = where if rows is None else where[np.asarray(rows, np.int64)]
+    hit = pick >= 0
+    out[hit] = v.embedding[pick[hit]]
+    return out
+
+
+def checksum_part(store: "Store") -> str:
+    """Store hook: what the searchable content depends on beyond the committed batches."""
+    present = versions(store)
+    if not present:
+        return ""
+    counts = {v: state(group(store, v))[0] for v in present}
+    return json.dumps({"lineage": lineage(store), "overlay": counts}, sort_keys=True)
+
+
+def _active_view(store: "Store") -> OverlayView | None:
+    if GROUP not in store.h5:
+        return None  # the common case: no rollout has happened, no cost
+    if "overlay_view" not in store._cache:
+        store._cache["overlay_view"] = view(store)
+    return store._cache["overlay_view"]

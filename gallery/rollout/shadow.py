@@ -1,0 +1,165 @@
+"""Shadow queries: the same query images through the old and the new query path.
+
+Each path embeds the queries with its own model and searches the gallery as that
+model sees it (rows backfilled for a later model are only seen by that model's
+lineage) with exact inner-product search, applying that model's threshold for each
+(query model, row model) pair. The report is what an operator wants before (or
+right after) a cut-over: top-k overlap, rank changes of items found by both, and the
+open-set decisions that flip at the thresholds.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from gallery.errors import BadInput
+from gallery.preprocess import l2_normalize
+from gallery.rollout import overlay, state
+from gallery.store import Store
+from gallery.store.items import decode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShadowConfig:
+    store: str
+    queries: str
+    old: str | None = None          # default: the model the query model replaced
+    new: str | None = None          # default: the query model
+    k: int = 10
+    old_model: str | None = None    # where the old model's file is now
+    new_model: str | None = None
+    batch_size: int = 64
+    max_examples: int = 20
+
+    def validate(self) -> None:
+        if self.k < 1:
+            raise BadInput(f"k must be >= 1, got {self.k}")
+        if not Path(self.queries).exists():
+            raise BadInput(f"queries not found: {self.queries}")
+
+
+@dataclass
+class PathResult:
+    version: str
+    scores: np.ndarray      # (nq, k)
+    rows: np.ndarray        # (nq, k), -1 = no hit
+    accepted: np.ndarray    # (nq,) top hit at or above its pair threshold
+    identity: np.ndarray    # (nq,) top hit identity ("" if none)
+
+
+def list_queries(root: Path) -> tuple[list[Path], list[str] | None]:
+    """ROOT/<identity>/<image> gives labels; a flat folder or one file gives none."""
+    from gallery.imagefolder import list_image_folder
+    from gallery.store.sources import expand_image_args
+
+    if root.is_dir() and any(p.is_dir() for p in root.iterdir()):
+        listing = list_image_folder(root)
+        return list(listing.paths), list(listing.identities)
+    return expand_image_args([root]), None
+
+
+def gallery_view(store: Store, version: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(live row numbers, their embeddings, their model versions) as `version`'s queries see them."""
+    n = store.committed
+    items = store.h5["items"]
+    emb = np.asarray(items["embedding"][:n], np.float32)
+    models = decode(items["model"][:n]).astype(object)
+    view = overlay.view(store, version)
+    if view is not None and len(view.rows):
+        emb[view.rows] = view.embedding
+        models[view.rows] = view.versions
+    live = np.flatnonzero(items["deleted"][:n] == 0)
+    return live, emb[live], models[live].astype(str)
+
+
+def search_path(store: Store, version: str, queries: np.ndarray, k: int) -> PathResult:
+    import faiss
+
+    live, emb, models = gallery_view(store, version)
+    index = faiss.IndexFlatIP(store.dim)
+    index.add(np.ascontiguousarray(emb))
+    scores, pos = index.search(np.ascontiguousarray(l2_normalize(queries), np.float32), k)
+    rows = np.where(pos >= 0, live[np.maximum(pos, 0)], -1) if len(live) else np.full_like(pos, -1)
+    table = store.model(version).thresholds
+    top = pos[:, 0]
+    top_model = np.where(top >= 0, models[np.maximum(top, 0)], "") if len(live) else np.full(len(top), "")
+    limit = np.array([table.get(str(m), -np.inf) for m in top_model], np.float32)
+    accepted = (top >= 0) & (scores[:, 0] >= limit)
+    identities = decode(store.h5["items"]["identity"][: store.committed])
+    top_identity = np.where(rows[:, 0] >= 0, identities[np.maximum(rows[:, 0], 0)], "") if len(live) else \
+        np.full(len(top), "")
+    return PathResult(version, scores, rows, accepted, top_identity)
+
+
+def compare(old: PathResult, new: PathResult, k: int, labels: list[str] | None, names: list[str],
+            max_examples: int) -> dict:
+    """Overlap, rank shifts and decision flips between two paths' results."""
+    overlaps, shifts, examples = [], [], []
+    for q in range(len(old.rows)):
+        a = [r for r in old.rows[q] if r >= 0]
+        b = [r for r in new.rows[q] if r >= 0]
+        common = set(a) & set(b)
+        overlaps.append(len(common) / k)
+        shifts.extend(abs(a.index(r) - b.index(r)) for r in common)
+    old_dec = np.where(old.accepted, old.identity, None)
+    new_dec = np.where(new.accepted, new.identity, None)
+    flips = {
+        "accept_to_reject": int((old.accepted & ~new.accepted).sum()),
+        "reject_to_accept": int((~old.accepted & new.accepted).sum()),
+        "identity_changed": int((old.accepted & new.accepted & (old.identity != new.identity)).sum()),
+    }
+    for q in np.flatnonzero(old_dec != new_dec)[:max_examples]:
+        examples.append({"query": names[q], "label": labels[q] if labels else None,
+                         "old": {"decision": old_dec[q], "top_identity": str(old.identity[q]),
+                                 "score": float(old.scores[q, 0])},
+                         "new": {"decision": new_dec[q], "top_identity": str(new.identity[q]),
+                                 "score": float(new.scores[q, 0])}})
+    overlaps_arr = np.asarray(overlaps)
+    report = {
+        "queries": len(old.rows), "k": k,
+        "topk_overlap": {"mean": float(overlaps_arr.mean()), "min": float(overlaps_arr.min()),
+                         "full": int((overlaps_arr == 1).sum())},
+        "top1_same_item": float((old.rows[:, 0] == new.rows[:, 0]).mean()),
+        "rank_shift": {"mean": float(np.mean(shifts)) if shifts else 0.0,
+                       "max": int(max(shifts)) if shifts else 0, "items_in_both": len(shifts)},
+        "decisions": {"old_accepted": int(old.accepted.sum()), "new_accepted": int(new.accepted.sum()),
+                      "flips": flips, "changed": int(sum(flips.values()))},
+        "examples": examples,
+    }
+    if labels is not None:
+        truth = np.asarray(labels)
+        report["accuracy"] = {"old_rank1": float((old.identity == truth).mean()),
+                              "new_rank1": float((new.identity == truth).mean()),
+                              "old_accepted_correct": float((old.accepted & (old.identity == truth)).mean()),
+                              "new_accepted_correct": float((new.accepted & (new.identity == truth)).mean())}
+    return report
+
+
+def shadow(config: ShadowConfig, loader: Callable[..., Any] | None = None,
+           progress: Callable[[int], None] | None = None) -> dict:
+    """Run the queries through both paths (reads only) and compare them."""
+    from gallery.encoder import embed_paths
+    from gallery.store.sources import model_encoder
+
+    config.validate()
+    paths, labels = list_queries(Path(config.queries))
+    with Store.open(config.store, "r") as st:
+        new = st.resolve_version(config.new or st.active_model)
+        old = st.resolve_version(config.old) if config.old else state.previous_model(st, new)
+        if old == new:
+            raise BadInput(f"old and new query models are both {old}: nothing to compare")
+        results = {}
+        for version, model_path in ((old, config.old_model), (new, config.new_model)):
+            encoder = model_encoder(st, version, model_path, loader)
+            queries = embed_paths(encoder, paths, batch_size=config.batch_size, progress=progress)
+            results[version] = search_path(st, version, queries, config.k)
+    report = compare(results[old], results[new], config.k, labels, [str(p) for p in paths],
+                     config.max_examples)
+    return {"old": old, "new": new, **report, "config": asdict(config)}

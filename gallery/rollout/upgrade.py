@@ -1,0 +1,203 @@
+"""Upgrade the query model of a live gallery from a check-compat report, and roll it back.
+
+Every check runs on a read-only handle first, so a refused upgrade (failed gate,
+report for other models, bad file) leaves the store byte-identical. The checks
+are repeated under the writer lock (the store may have moved on meanwhile); the
+query model is switched last, by one attribute write (`Store.set_active_model`):
+that write is the commit point of an upgrade and of a rollback.
+
+Thresholds: the report calibrates one per (query, gallery) comparison. The new
+model's pairs (new->old, new/new) and old->new (used by old queries against new
+rows after a rollback) are stored. The old model's own old/old threshold is left
+as the operator set it, so a rollback restores today's behaviour exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+from gallery.errors import BadInput, GateFailed
+from gallery.fingerprint import file_sha256
+from gallery.rollout import state
+from gallery.store import ModelInfo, Store
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[..., Any]
+REPORT_KEYS = ("schema_version", "created", "passed", "failed_gates", "gates", "models", "criterion",
+               "gain", "headline", "new_drop")
+
+
+def gate_failures(report: dict) -> list[str]:
+    """Why a report does not admit an upgrade ([] = it does)."""
+    reasons = [f"gate {name} failed" for name in report.get("failed_gates", [])]
+    if not report["passed"] and not reasons:
+        reasons.append("report says passed=false")
+    # A report that requested no gates would pass vacuously: then the criterion is the gate.
+    if not report.get("gates") and not report.get("criterion", {}).get("passed", False):
+        crit = report.get("criterion", {})
+        reasons.append(f"no gates requested and the criterion fails (new->old {crit.get('new_to_old')} "
+                       f"<= old/old {crit.get('old_old')})")
+    return reasons
+
+
+def _same_file(ident: dict, info: ModelInfo) -> bool:
+    if info.sha256 is not None:
+        return ident.get("sha256") == info.sha256
+    # Embedding-only galleries have no file: their model is named by model_id.
+    return info.model_id is not None and ident.get("model_id") == info.model_id
+
+
+def _mismatch(role: str, ident: dict, info: ModelInfo) -> str:
+    have = info.sha256 or info.model_id
+    got = ident.get("sha256") if info.sha256 else ident.get("model_id")
+    hint = ""
+    if info.model_id and ident.get("model_id") == info.model_id:
+        hint = " (same weights, different file: rerun check-compat with that file)"
+    return (f"compat report's {role} model ({str(got)[:12]}...) is not {info.version} "
+            f"({str(have)[:12]}...){hint}")
+
+
+def _next_version(store: Store) -> str:
+    taken = set(store.model_versions()) | set(store.aliases)
+    n = len(taken) + 1
+    while f"v{n}" in taken:
+        n += 1
+    return f"v{n}"
+
+
+def _plan(store: Store, report: dict, new: ModelInfo, version: str | None) -> dict:
+    """Every check of an upgrade; returns what would be written. Reads only."""
+    old = store.model()
+    if new.dim != store.dim:
+        raise BadInput(f"model gives {new.dim}-d embeddings, store {store.path} holds {store.dim}-d")
+    if not _same_file(report["models"]["old"], old):
+        raise BadInput(_mismatch("old", report["models"]["old"], old) + f", the query model of {store.path}")
+    if report["models"]["new"].get("sha256") != new.sha256:
+        raise BadInput(_mismatch("new", report["models"]["new"], new) + " given with --model")
+    existing = [m.version for m in store.models() if m.sha256 == new.sha256]
+    if old.version in existing:
+        raise BadInput(f"{new.path} is already the query model ({old.version}) of {store.path}")
+    target = existing[0] if existing else (version or _next_version(store))
+    if existing and version not in (None, target):
+        raise BadInput(f"{new.path} is already registered as {target}, not {version}")
+    if not existing:
+        from gallery.store.schema import check_version_name
+        check_version_name(target)
+        if target in store.aliases:
+            raise BadInput(f"version name {target!r} is an alias in {store.path}")
+    roles = {"old": old.version, "new": target}
+    thresholds, unsupported = [], []
+    for entry in report["thresholds"]:
+        q, g = roles.get(entry["query"]), roles.get(entry["gallery"])
+        if q is None or g is None or (q, g) == (old.version, old.version):
+            continue  # reference model pairs; old/old is the operator's own setting
+        value = entry["threshold"]
+        if value is None or not math.isfinite(float(value)):
+            continue
+        thresholds.append((q, g, float(value), entry.get("far")))
+        if entry.get("supported") is False:
+            unsupported.append(f"{q}->{g}")
+    return {"old": old.version, "new": target, "register": not existing, "thresholds": thresholds,
+            "unsupported": unsupported, "failures": gate_failures(report)}
+
+
+def _summary(report: dict, path: Path, digest: str) -> dict:
+    """What the store keeps of the report that admitted a model (not its curves)."""
+    kept = {k: report.get(k) for k in REPORT_KEYS}
+    kept["thresholds"] = [{k: e.get(k) for k in ("query", "gallery", "threshold", "far", "supported")}
+                          for e in report["thresholds"]]
+    return {"path": str(path.resolve()), "sha256": digest, **kept}
+
+
+def upgrade(store_path: str | Path, model_path: str | Path, report_path: str | Path,
+            version: str | None = None, force: bool = False, loader: Loader | None = None) -> dict:
+    """Register `model_path` (if new), store its thresholds and make it the query model."""
+    from gallery.compat.report import load_report
+
+    report_path, model_path = Path(report_path), Path(model_path)
+    report = load_report(report_path)
+    if not model_path.is_file():
+        raise BadInput(f"model file not found: {model_path}")
+    if loader is None:
+        from gallery.encoder import load_encoder as loader
+    info = ModelInfo.from_encoder(version or "pending", loader(model_path))
+    info.path = str(model_path.resolve())
+    with Store.open(store_path, "r") as st:
+        plan = _plan(st, report, info, version)
+    if plan["failures"] and not force:
+        raise GateFailed(f"upgrade refused: {'; '.join(plan['failures'])} (report {report_path}); "
+                         "--force overrides and is recorded in the store's history")
+    digest = file_sha256(report_path)
+    with Store.open(store_path, "a") as st:
+        plan = _plan(st, report, info, version)  # again, under the lock
+        return _apply(st, plan, info, _summary(report, report_path, digest), force)
+
+
+def _apply(st: Store, plan: dict, info: ModelInfo, summary: dict, force: bool) -> dict:
+    old, new = plan["old"], plan["new"]
+    per_model: dict[str, dict[str, float]] = {}
+    for q, g, value, _ in plan["thresholds"]:
+        per_model.setdefault(q, {})[g] = value
+    if plan["register"]:
+        info.version = new
+        info.thresholds.update(per_model.pop(new, {}))
+        info.compat_report = summary
+        st.add_model(info)
+    for q, table in per_model.items():
+        record = st.model(q)
+        record.thresholds.update(table)
+        if q == new:
+            record.compat_report = summary
+        st.update_model(record)
+    state.set_parent(st, new, old)
+    st.set_active_model(new)  # the commit point
+    st.invalidate()
+    forced_over = plan["failures"] if force else []
+    result = state.record(
+        st, "upgrade", **{"from": old, "to": new, "registered": plan["register"],
+                          "report": {k: summary[k] for k in ("path", "sha256", "passed", "failed_gates")},
+                          "forced": bool(forced_over), "forced_over": forced_over,
+                          "thresholds": [{"query": q, "gallery": g, "threshold": v, "far": far}
+                                         for q, g, v, far in plan["thresholds"]],
+                          "unsupported_far": plan["unsupported"]})
+    if forced_over:
+        log.warning("upgrade of %s forced over: %s", st.path, "; ".join(forced_over))
+    return result
+
+
+def rollback(store_path: str | Path, to: str | None = None) -> dict:
+    """Make the model the current one replaced the query model again (one attribute write)."""
+    with Store.open(store_path, "a") as st:
+        current = st.active_model
+        target = st.resolve_version(to) if to else state.previous_model(st)
+        if target == current:
+            raise BadInput(f"{target} is already the query model of {store_path}")
+        if target not in state.lineage(st, current):
+            chain = " -> ".join(state.lineage(st, current))
+            raise BadInput(f"{target} is not an earlier query model of {current} (lineage {chain})")
+        st.set_active_model(target)  # the commit point
+        st.invalidate()
+        return state.record(st, "rollback", **{"from": current, "to": target})
+
+
+def set_alias(store_path: str | Path, name: str, version: str | None) -> dict:
+    """Point alias `name` at a version (None removes it); aliases pin models against prune."""
+    with Store.open(store_path, "a") as st:
+        if version is None and name not in st.aliases:
+            raise BadInput(f"no alias {name!r} in {store_path}; aliases: {', '.join(st.aliases) or 'none'}")
+        st.set_alias(name, version)
+        return {"alias": name, "model": st.aliases.get(name), "aliases": st.aliases}
+
+
+def list_aliases(store_path: str | Path) -> dict[str, str]:
+    with Store.open(store_path, "r") as st:
+        return st.aliases
+
+
+def history(store_path: str | Path, everything: bool = False) -> list[dict]:
+    with Store.open(store_path, "r") as st:
+        return state.rollout_history(st, everything)
