@@ -202,13 +202,14 @@ def run_check(
     if load is None:
         from gallery.encoder import load_encoder as load
     evalset, pre = _open(config)
-    encoders, identities = _load_models(config, load, pre)
-    _check_dims(encoders, pre)
+    # protocols first: a malformed meta file fails before any model is loaded or run
     protocol_config = config.protocol()
     search = evalset.search_protocol(protocol_config)
     pairs = evalset.pair_protocol(protocol_config)
     if pairs is None and search is not None:
         pairs = pairs_from_search(search, protocol_config)
+    encoders, identities = _load_models(config, load, pre)
+    _check_dims(encoders, pre)
     items = _embed(evalset, encoders, pre, config, progress, on_total)
     if config.save_embeddings:
         write_embeddings(config.save_embeddings, items, identities, evalset.unit_labels()
