@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,13 @@ def onnx_metadata(meta: dict[str, Any]) -> dict[str, str]:
 
 
 def _torch_export(backbone: torch.nn.Module, sample: torch.Tensor, path: Path) -> None:
-    # the TorchScript-based exporter is fast and handles every op our backbones use
-    torch.onnx.export(backbone, (sample,), str(path), input_names=["input"],
-                      output_names=["embedding"], opset_version=OPSET, dynamo=False,
-                      dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}})
+    # the TorchScript-based exporter is fast (no torch.export tracing) and handles every
+    # op our backbones use; its deprecation notice is not actionable for users
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(backbone, (sample,), str(path), input_names=["input"],
+                          output_names=["embedding"], opset_version=OPSET, dynamo=False,
+                          dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}})
 
 
 def export_onnx(pt_path: str | Path, out_path: str | Path, images: np.ndarray | None = None,
