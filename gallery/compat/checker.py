@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from gallery.compat.evalsets import EmbeddingSet, EvalSet, open_evalset, read_embeddings, write_embeddings
-from gallery.compat.gates import evaluate_gates, headline_value, pick_headline
+from gallery.compat.gates import check_same_dim, evaluate_gates, headline_value, pick_headline
 from gallery.compat.protocols import PairProtocol, ProtocolConfig, SearchProtocol, pairs_from_search
 from gallery.compat.report import build_report
 from gallery.errors import BadInput
@@ -118,12 +118,7 @@ def _check_dims(encoders: dict, pre: dict | None) -> None:
     dims = {r: e.dim for r, e in encoders.items()}
     if pre is not None:
         dims.update({r: a.shape[1] for r, a in pre["features"].items() if r not in dims})
-    if dims["old"] != dims["new"]:
-        raise BadInput(
-            f"old model gives {dims['old']}-d embeddings, new model {dims['new']}-d: not compatible by "
-            "construction (a new query cannot be compared with an old gallery entry); train the new "
-            "model with the old model's dimension"
-        )
+    check_same_dim(dims["old"], dims["new"])
 
 
 def _embed(evalset, encoders, pre, config, progress, on_total) -> dict[str, np.ndarray]:

@@ -11,6 +11,16 @@ from __future__ import annotations
 from gallery.errors import BadInput
 
 
+def check_same_dim(old_dim: int, new_dim: int) -> None:
+    """Cross-model comparison needs one embedding space: different widths can never match."""
+    if old_dim != new_dim:
+        raise BadInput(
+            f"old model gives {old_dim}-d embeddings, new model {new_dim}-d: not compatible by "
+            "construction (a new query cannot be compared with an old gallery entry); train the new "
+            "model with the old model's dimension"
+        )
+
+
 def pick_headline(mode: str, comparisons: dict, target_far: float) -> dict:
     base = comparisons["old/old"]
     if mode == "rank1" or (mode == "auto" and "identification" in base):
