@@ -141,3 +141,29 @@ def test_cli_lock_and_embedding_only(setup, tmp_path):
     ok("init", emb_store, "--dim", "8", "--model-id", "dlib-like", "--version", "legacy")
     _fails(emb_store, "enroll", emb_store, "--images", setup[0] / "gallery", match="embedding-only")
     _fails(tmp_path / "x.h5", "init", tmp_path / "x.h5", "--dim", "8", match="--model-id")
+
+
+def test_python_api_round_trip_with_images(setup, tmp_path):
+    """The same round trip through the library: images -> store -> search -> remove -> verify."""
+    from gallery.encoder import embed_paths, load_encoder
+    from gallery.search import search_images
+    from gallery.store import ModelInfo, Store, sources
+
+    root, _, _, paths, probes, _ = setup
+    encoder = load_encoder(root / "enc.onnx")
+    with Store.create(tmp_path / "api.h5", ModelInfo.from_encoder("v1", encoder)) as store:
+        assert sources.enroll_images(store, root / "gallery")["rows"] == 60
+        extra = embed_paths(encoder, probes[:3])
+        store.enroll(extra, ["x0", "x1", "x2"], ["extra", "extra", "extra"])
+        result, names = search_images(store, probes[:3], k=2)
+        assert result.ids[:, 0].tolist() == ["x0", "x1", "x2"]
+        assert result.models[:, 0].tolist() == ["v1"] * 3 and names == [str(p) for p in probes[:3]]
+        assert np.allclose(result.scores[:, 0], 1.0, atol=1e-5)
+        store.remove(["x0"])
+        again, _ = search_images(store, probes[:1], k=61)
+        assert "x0" not in again.ids.tolist()[0] and (again.rows >= 0).sum() == 61
+        report = store.verify()
+    assert report["ok"] and report["live"] == 62
+    with Store.open(tmp_path / "api.h5") as store:
+        assert store.model().sha256 == encoder.identity["sha256"]
+        assert store.model().input_size == (32, 32) and store.model().mean == (127.5, 127.5, 127.5)
