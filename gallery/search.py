@@ -131,7 +131,7 @@ def assemble(store: "Store", version: str, scores: np.ndarray, rows: np.ndarray,
 def _thresholds(store: "Store", version: str, models: np.ndarray, threshold: float | None) -> np.ndarray:
     if threshold is not None:
         return np.full(models.shape, float(threshold), np.float32)
-    table = store.model(version).thresholds
+    table = store.thresholds(version)
     out = np.full(models.shape, -np.inf, np.float32)
     for gallery_version, value in table.items():
         out[models == gallery_version] = value

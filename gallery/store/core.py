@@ -175,6 +175,15 @@ class Store:
         version = self.resolve_version(version or self.active_model)
         return ModelInfo.from_attrs(self.h5["models"][version].attrs)
 
+    def thresholds(self, query_version: str | None = None) -> dict[str, float]:
+        """Calibrated thresholds for queries by a model, per gallery version (cached: search
+        calls this per batch, and decoding a model's attrs costs milliseconds)."""
+        version = self.resolve_version(query_version or self.active_model)
+        cache = self._cache.setdefault("thresholds", {})
+        if version not in cache:
+            cache[version] = self.model(version).thresholds
+        return dict(cache[version])
+
     def models(self) -> list[ModelInfo]:
         return [self.model(v) for v in self.model_versions()]
 
@@ -205,6 +214,7 @@ class Store:
         self.resolve_version(model.version)
         del self.h5["models"][model.version]
         _write_model(self.h5, model)
+        self._cache.pop("thresholds", None)
         self.h5.flush()
 
     def set_active_model(self, version: str) -> None:
