@@ -147,3 +147,22 @@ def test_resume_equals_uninterrupted(data_file, tmp_path):
         fit(_config(data_file, tmp_path / "part.pt", epochs=3, lr=0.01, resume=True))
     with pytest.raises(BadInput, match="no checkpoint"):
         fit(_config(data_file, tmp_path / "none.pt", resume=True))
+
+
+def test_torchscript_encoder_matches_pt(trained, tmp_path):
+    from gallery.encoder import load_encoder
+
+    import trainer.torch_encoder  # noqa: F401  registers .pt and .ts
+    from trainer.export import export_torchscript
+
+    out, _, _ = trained
+    export_torchscript(out, tmp_path / "v1.ts")
+    ts_enc, pt_enc = load_encoder(tmp_path / "v1.ts"), load_encoder(out)
+    assert ts_enc.identity["format"] == "torchscript" and ts_enc.dim == 32
+    assert ts_enc.identity["model_id"] == pt_enc.identity["model_id"]
+    images, _ = fashion_mnist("test", per_class=1)
+    pixels = np.stack([np.repeat(np.pad(im, 2)[:, :, None], 3, axis=2) for im in images])
+    batch = to_tensor(pixels, ts_enc.spec)
+    np.testing.assert_allclose(ts_enc.embed(batch), pt_enc.embed(batch), atol=1e-5)
+    with pytest.raises(BadInput, match="expected"):
+        pt_enc.embed(batch[:, :, :16])

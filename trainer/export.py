@@ -104,3 +104,21 @@ def _parity(path: Path, batch: np.ndarray, expected: np.ndarray) -> float:
     full = session.run(None, {name: batch})[0]
     single = session.run(None, {name: batch[:1]})[0]
     return float(max(np.abs(full - expected).max(), np.abs(single - expected[:1]).max()))
+
+
+def export_torchscript(pt_path: str | Path, out_path: str | Path, atol: float = 1e-4) -> dict:
+    """Trace a .pt to TorchScript with its metadata in `_extra_files['gallery.json']`."""
+    loaded = load_model(pt_path)
+    meta = {k: v for k, v in loaded.meta.items() if k not in ("parity_images", "config")}
+    meta["dim"] = int(meta["arch"]["dim"])
+    batch = torch.from_numpy(to_tensor(loaded.meta["parity_images"].numpy(), loaded.spec))
+    with torch.no_grad():
+        traced = torch.jit.trace(loaded.backbone, batch[:2])
+        diff = float((traced(batch) - loaded.backbone(batch)).abs().max())
+    if not diff <= atol:
+        raise GateFailed(f"TorchScript trace of {pt_path} disagrees with torch: {diff:.3g}")
+    out_path = Path(out_path)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    torch.jit.save(traced, str(tmp), _extra_files={"gallery.json": json.dumps(meta, default=str)})
+    os.replace(tmp, out_path)
+    return {"torchscript": str(out_path), "model_id": meta["model_id"], "max_abs_diff": diff}

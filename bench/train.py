@@ -1,0 +1,126 @@
+"""Throughput of the fit loop vs a bare forward/backward/step loop on the same net and batch.
+
+The bare loop feeds one pre-made batch already on the device: no data loading,
+no lr schedule, no clipping, no logging. The fit loop is trainer.fit.fit() end
+to end on an in-memory dataset of the same size and shape. Target: fit / bare
+>= 0.9. Timed epochs exclude the first (warm-up: allocator, oneDNN/cuDNN plans).
+
+CPU:  .venv/bin/python bench/train.py --threads 2 --out bench/results/train_cpu.json
+GPU:  .venv/bin/python bench/train.py --config configs/gpu_iresnet50.toml \
+          --out bench/results/train_gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainer.backbones import arch_config, build_backbone
+from trainer.config import TrainConfig
+from trainer.data.samples import fashion_mnist
+from trainer.distributed import resolve_device
+from trainer.fit import fit
+from trainer.heads import build_head
+
+
+def make_data(path: Path, config: TrainConfig, count: int) -> None:
+    """Real Fashion-MNIST at small sizes; at 112 px random pixels (throughput only)."""
+    if config.image_size <= 64:
+        images, labels = fashion_mnist(per_class=-(-count // 10))
+        images, labels = images[:count], labels[:count]
+    else:
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (count, config.image_size, config.image_size, 3), np.uint8)
+        labels = np.arange(count) % 1000
+    np.savez(path, images=images, labels=labels)
+
+
+def bare_loop(config: TrainConfig, num_classes: int, steps: int, warmup: int) -> float:
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    channels = 1 if config.color_order == "GRAY" else 3
+    net = build_backbone(arch_config(config.arch, config.dim, config.image_size, channels))
+    head = build_head(config.head, config.dim, num_classes, **config.head_params)
+    net.to(device).train()
+    head.to(device)
+    params = list(net.parameters()) + list(head.parameters())
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    amp = bool(config.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    x = torch.randn(config.batch_size, channels, config.image_size, config.image_size,
+                    device=device)
+    y = torch.randint(0, num_classes, (config.batch_size,), device=device)
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(device)
+            start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            loss = head(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    _sync(device)
+    return steps * config.batch_size / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def fit_loop(config: TrainConfig, steps: int, epochs: int) -> tuple[float, int]:
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data.npz"
+        make_data(data, config, steps * config.batch_size)
+        run = TrainConfig.from_dict({**config.to_dict(), "data": str(data), "epochs": epochs,
+                                     "out": str(Path(tmp) / "m.pt"), "onnx": None})
+        result = fit(run)
+    timed = result.metrics["epochs"][1:]
+    images = sum(e["steps"] for e in timed) * config.batch_size
+    return images / sum(e["seconds"] for e in timed), result.metrics["num_classes"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, help="TOML/JSON TrainConfig (e.g. the GPU one)")
+    parser.add_argument("--steps", type=int, default=40, help="steps per timed epoch")
+    parser.add_argument("--epochs", type=int, default=3, help="fit epochs (first is warm-up)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, help="write the result JSON here")
+    args = parser.parse_args()
+    defaults = dict(arch="small", image_size=32, dim=128, batch_size=128, head="arcface",
+                    device="auto", seed=0)
+    config = (TrainConfig.from_file(args.config) if args.config
+              else TrainConfig.from_dict(defaults))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    fit_rate, classes = fit_loop(config, args.steps, args.epochs)
+    bare_rate = bare_loop(config, classes, args.steps, warmup=5)
+    device = resolve_device(config.device)
+    result = {
+        "arch": config.arch, "image_size": config.image_size, "batch_size": config.batch_size,
+        "dim": config.dim, "amp": bool(config.amp and device.type == "cuda"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(), "fit_img_s": round(fit_rate, 1),
+        "bare_img_s": round(bare_rate, 1), "ratio": round(fit_rate / bare_rate, 3),
+        "torch": torch.__version__,
+    }
+    print(f"{'arch':>10} {'size':>4} {'batch':>5} {'device':>12} {'fit img/s':>10} "
+          f"{'bare img/s':>10} {'ratio':>6}")
+    print(f"{config.arch:>10} {config.image_size:>4} {config.batch_size:>5} "
+          f"{result['device'][:12]:>12} {fit_rate:>10.0f} {bare_rate:>10.0f} "
+          f"{result['ratio']:>6.3f}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
