@@ -109,3 +109,18 @@ def test_average_precision_hand_computed():
     assert average_precision([[0.9, 0.5, 0.1]], [[True, False, True]])[0] == pytest.approx(5 / 6)
     # all tied: precision 2/3 for both relevant items
     assert average_precision([[0.5, 0.5, 0.5]], [[True, False, True]])[0] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("quantise", [False, True])
+def test_map_sort_path_equals_counting_path(monkeypatch, quantise):
+    import gallery.metrics.retrieval as retrieval
+
+    rng = np.random.default_rng(11)
+    queries, gallery = rng.normal(size=(50, 4)), rng.normal(size=(70, 4))
+    if quantise:
+        queries, gallery = np.round(queries), np.round(gallery)
+    query_labels, gallery_labels = rng.integers(0, 6, 50), rng.integers(0, 6, 70)
+    fast = mean_average_precision(queries, gallery, query_labels, gallery_labels)
+    monkeypatch.setattr(retrieval, "FAST_MAX_RELEVANT", 0)
+    slow = mean_average_precision(queries, gallery, query_labels, gallery_labels)
+    assert fast[1] == slow[1] and fast[0] == pytest.approx(slow[0], abs=1e-9)
