@@ -189,6 +189,7 @@ def search_cmd(
     nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF cells visited per query."),
     ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW search breadth."),
     require_gpu: bool = REQUIRE_GPU,
+    providers: Optional[str] = typer.Option(None, "--providers", help="onnxruntime providers, comma-separated."),
     detect: bool = DETECT,
     detector: Optional[Path] = DETECTOR,
     landmarks: Optional[Path] = LANDMARKS,
@@ -211,7 +212,7 @@ def search_cmd(
                                                require_gpu=require_gpu, **opts)
         elif image:
             result, names = search_mod.search_images(st, image, model_path=model, loader=load_encoder_any,
-                                                     require_gpu=require_gpu, **opts)
+                                                     **_load_kwargs(require_gpu, providers), **opts)
         else:
             queries, names = search_mod.read_query_embeddings(embeddings)
             result = search_mod.search(st, queries, **opts)
