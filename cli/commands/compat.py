@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from cli.common import console, emit_json, handle_errors, render_table
+from cli.common import console, emit_json, handle_errors
 
 
 def _load_any(path: str) -> Any:
@@ -27,21 +27,25 @@ def _load_any(path: str) -> Any:
 
 
 def _fmt(value: Any) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    return "-" if value is None else f"{value:.3f}"
+
+
+SHORT = {"reference/reference": "ref/ref"}
 
 
 def _render(report: dict) -> None:
-    rows = []
+    from rich.table import Table
+
+    table = Table(title=f"compatibility (headline: {report['headline']['metric']})")
+    for column in ("pair", "TAR@1e-4", "TAR@1e-3", "AUC", "rank-1", "rank-5", "mAP", "headline"):
+        table.add_column(column, no_wrap=True)
     for name, comp in report["comparisons"].items():
         ver, ident = comp.get("verification", {}), comp.get("identification", {})
         tars = {p["far"]: p["tar"] for p in ver.get("tar_at_far", [])}
-        rows.append([name, _fmt(tars.get(1e-4)), _fmt(tars.get(1e-3)), _fmt(tars.get(1e-2)),
-                     _fmt(ver.get("auc")), _fmt(ident.get("rank1")), _fmt(ident.get("rank5")),
-                     _fmt(ident.get("rank10")), _fmt(comp.get("retrieval", {}).get("map")),
-                     _fmt(report["headline"]["values"][name])])
-    render_table(f"compatibility (headline: {report['headline']['metric']})",
-                 ["comparison", "TAR@1e-4", "TAR@1e-3", "TAR@1e-2", "AUC", "rank-1", "rank-5",
-                  "rank-10", "mAP", "headline"], rows)
+        table.add_row(SHORT.get(name, name), _fmt(tars.get(1e-4)), _fmt(tars.get(1e-3)), _fmt(ver.get("auc")),
+                      _fmt(ident.get("rank1")), _fmt(ident.get("rank5")),
+                      _fmt(comp.get("retrieval", {}).get("map")), _fmt(report["headline"]["values"][name]))
+    console.print(table)
     crit = report["criterion"]
     verdict = "[green]holds[/]" if crit["passed"] else "[red]fails[/]"
     console.print(f"criterion new->old > old/old: {verdict} "
