@@ -6,6 +6,7 @@ The option aliases below are shared with `gallery train-compatible`
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -70,9 +71,12 @@ def run_fit(config: Any, as_json: bool) -> Any:
 
     from trainer.fit import fit
 
+    # under torchrun every rank runs this; only rank 0 draws and prints
+    main = int(os.environ.get("RANK", "0")) == 0
     columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[stats]}"), TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=as_json, disable=as_json) as bar:
+    with Progress(*columns, console=console, transient=as_json,
+                  disable=as_json or not main) as bar:
         task = bar.add_task("train", total=None, stats="")
 
         def on_log(values: dict) -> None:
@@ -83,6 +87,8 @@ def run_fit(config: Any, as_json: bool) -> Any:
                                    f"lr {values['lr']:.4g} {values['img_s']:.0f} img/s")
 
         result = fit(config, progress=lambda n: bar.advance(task, n), on_log=on_log)
+    if not main:
+        return result
     if as_json:
         emit_json(result.to_dict())
     else:
