@@ -179,3 +179,34 @@ def test_bad_inputs_exit_2(setup, tmp_path):
     assert result.exit_code == 2 and "identity" in result.output
     result = _run("--old", paths["old"], "--new", paths["compat"], "--data", data, "--min-gain", "0.1")
     assert result.exit_code == 2 and "--reference" in result.output
+
+
+def _pt_model(path, dim, seed):
+    """An untrained `small` backbone saved in the trainer's .pt format."""
+    from trainer.backbones import arch_config, build_backbone
+    from trainer.checkpoint import atomic_save, model_payload
+
+    torch.manual_seed(seed)
+    arch = arch_config("small", dim, 32, in_channels=1)
+    backbone = build_backbone(arch).eval()
+    spec = PreprocessSpec(32, 32, "GRAY", (127.5,), (127.5,))
+    atomic_save(model_payload(backbone, arch, spec, [], "", {"name": "independent"}, {},
+                              torch.zeros(1, 1, 32, 32), {}), path)
+
+
+def test_pt_models_and_identical_models(setup):
+    root, _, data = setup
+    _pt_model(root / "a.pt", 16, 0)
+    _pt_model(root / "b.pt", 24, 1)
+    report_path = root / "same.json"
+    result = _run("--old", root / "a.pt", "--new", root / "a.pt", "--data", data, "--json", report_path,
+                  "--require-criterion", "--impostor-pairs", "2000")
+    # the same model on both sides: new->old equals old/old, which is not an improvement
+    assert result.exit_code == 1, result.output
+    report = json.loads(report_path.read_text())
+    comps = report["comparisons"]
+    assert comps["new->old"]["verification"]["auc"] == pytest.approx(comps["old/old"]["verification"]["auc"])
+    assert report["criterion"]["margin"] == pytest.approx(0.0, abs=1e-12)
+    assert report["models"]["old"]["format"] == "pt" and report["models"]["old"]["model_id"]
+    result = _run("--old", root / "a.pt", "--new", root / "b.pt", "--data", data)
+    assert result.exit_code == 2 and "16-d" in result.output and "24-d" in result.output
