@@ -135,6 +135,11 @@ def test_recordio_insightface_layout(tmp_path, fmnist):
     assert [data.classes[v] for v in data.labels] == [str(int(v) + 100) for v in labels[:n]]
     for i in (0, 5, n - 1):
         np.testing.assert_array_equal(data.images_uint8([i])[0], _reference(images[i]))
+    # worker processes open their own map and decode the same pixels
+    single = [b[0] for b in make_loader(data, 5)]
+    workers = [b[0] for b in make_loader(data, 5, num_workers=2)]
+    for a, b in zip(single, workers, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_recordio_multipart_record_and_writer(tmp_path, fmnist):
@@ -154,17 +159,25 @@ def test_recordio_multipart_record_and_writer(tmp_path, fmnist):
     np.testing.assert_array_equal(data.images_uint8([3])[0], _reference(images[3]))
     from trainer.data.recordio import read_record, unpack_header
 
-    (tmp_path / "m.rec").write_bytes(expected)
-    with open(tmp_path / "m.rec", "rb") as handle:
-        joined = read_record(handle, 0)
+    joined = read_record(expected, 0)
     assert joined == payload
     assert unpack_header(joined)[1] == magic + body
 
 
-def test_recordio_without_index(tmp_path):
+def test_recordio_without_index_or_truncated(tmp_path):
     (tmp_path / "train.rec").write_bytes(b"")
     with pytest.raises(BadInput, match="no index train.idx"):
         open_dataset(tmp_path / "train.rec", SPEC)
+    (tmp_path / "train.idx").write_text("")
+    with pytest.raises(BadInput, match="empty"):
+        open_dataset(tmp_path / "train.rec", SPEC)
+    from trainer.data.recordio import read_record
+
+    whole = pack_record(struct.pack("<IfQQ", 0, 1.0, 0, 0) + b"x" * 10)
+    with pytest.raises(BadInput, match="truncated"):
+        read_record(whole[:-8], 0)
+    with pytest.raises(BadInput, match="bad RecordIO magic"):
+        read_record(b"\0" * 16, 0)
 
 
 # --- loaders ---
