@@ -228,3 +228,41 @@ def test_every_method_trains_a_tiny_net(name):
         losses.append(value.item())
     assert all(math.isfinite(v) for v in losses)
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def naive_real_arcface(e: np.ndarray, y: int, w: np.ndarray, s: float, m: float) -> float:
+    """ArcFace with insightface's fallback past theta = pi - m (as trainer.heads.arcface)."""
+    u = unit(e)
+    logits = []
+    for c in range(len(w)):
+        cos = float(np.dot(u, unit(w[c])))
+        if c == y:
+            cos = math.cos(math.acos(cos) + m) if cos > math.cos(math.pi - m) else cos - math.sin(m) * m
+        logits.append(s * cos)
+    top = max(logits)
+    return -(logits[y] - top - math.log(sum(math.exp(v - top) for v in logits)))
+
+
+@pytest.mark.parametrize("name", ["l2", "bct", "mixbct"])
+def test_with_the_real_arcface_head(name):
+    from trainer.heads import build_head
+
+    method, _, e, y, idx, old = setup(name, torch.float32)
+    head = build_head("arcface", D, C, s=64.0, m=0.5)
+    torch.nn.init.normal_(head.weight)
+    state = torch.get_rng_state()
+    value, _ = method.loss(e, y, idx, head)
+    torch.set_rng_state(state)
+    w = head.weight.detach().double().numpy()
+    en = e.detach().double().numpy()
+    rows = en
+    if name == "mixbct":
+        chosen = method.choose_rows(idx).numpy()
+        rows = [unit(old[int(idx[i])]) if chosen[i] else en[i] for i in range(B)]
+    expected = np.mean([naive_real_arcface(rows[i], int(y[i]), w, 64.0, 0.5) for i in range(B)])
+    if name == "l2":
+        expected += 10 * np.mean([math.dist(unit(old[int(idx[i])]), unit(en[i])) for i in range(B)])
+    if name == "bct":
+        p = method.prototypes.double().numpy()
+        expected += np.mean([naive_real_arcface(en[i], int(y[i]), p, 64.0, 0.5) for i in range(B)])
+    assert value.item() == pytest.approx(expected, rel=1e-4)
