@@ -107,6 +107,13 @@ def test_checker_on_bin_matches_sklearn(tmp_path):
     assert ver["auc"] == pytest.approx(roc_auc_score(issame, cross), abs=1e-6)
     assert result.report["headline"]["metric"] == "tar@far=0.1"
     assert "identification" not in result.report["comparisons"]["old/old"]
+    # the saved embeddings are a standalone evaluation set giving the same numbers
+    saved = tmp_path / "saved.h5"
+    run_check(CheckConfig(old="old", new="new", data=str(tmp_path / "set.bin"), target_far=0.1,
+                          save_embeddings=str(saved)), load=ENCODERS.__getitem__)
+    again = run_check(CheckConfig(embeddings=str(saved), target_far=0.1))
+    assert again.report["comparisons"]["new->old"]["verification"]["auc"] == pytest.approx(ver["auc"])
+    assert again.report["models"]["new"]["sha256"] == ENCODERS["new"].identity["sha256"]
 
 
 # ----------------------------------------------------------------------------- IJB-C
@@ -170,6 +177,28 @@ def test_checker_on_ijbc(tmp_path):
     hits = [new[2] @ old[1] > new[2] @ old[4], new[3] @ old[4] > new[3] @ old[1]]
     assert ident["rank1"] == pytest.approx(np.mean(hits))
     assert result.report["data"]["kind"] == "ijbc" and result.report["data"]["num_templates"] == 5
+
+
+def _landmark_run(tmp_path, points):
+    rows = [f"{k}.jpg " + " ".join(f"{v:.6f}" for v in points.ravel()) + " 0.9" for k in range(len(FACES))]
+    (tmp_path / "meta" / "ijbc_name_5pts_score.txt").write_text("\n".join(rows) + "\n")
+    return run_check(CheckConfig(old="old", new="new", data=str(tmp_path), target_far=0.34),
+                     load=ENCODERS.__getitem__).report
+
+
+def test_ijbc_landmarks_align_faces(tmp_path):
+    from gallery.faces.align import template_for
+
+    _write_ijbc(tmp_path, FACES, PAIRS)
+    plain = run_check(CheckConfig(old="old", new="new", data=str(tmp_path), target_far=0.34),
+                      load=ENCODERS.__getitem__).report
+    # landmarks already on the template: the warp is the identity, scores are unchanged
+    same = _landmark_run(tmp_path, template_for(8))
+    shifted = _landmark_run(tmp_path, template_for(8) * 0.7 + 1.0)
+    assert same["data"]["aligned"] is True and plain["data"]["aligned"] is False
+    thresholds = [r["thresholds"][2]["threshold"] for r in (plain, same, shifted)]
+    assert thresholds[1] == pytest.approx(thresholds[0], abs=1e-4)
+    assert thresholds[2] != pytest.approx(thresholds[0], abs=1e-3)
 
 
 @pytest.mark.parametrize("name, content, message", [

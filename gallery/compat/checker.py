@@ -180,6 +180,16 @@ def _thresholds(name_roles, curves, identities, target_far) -> list[dict]:
     return entries
 
 
+def _save(path: str, evalset: EvalSet, items: dict, identities: dict, pairs: PairProtocol) -> None:
+    """Write item embeddings plus whatever makes the file a standalone evaluation set."""
+    if evalset.kind == "ijbc":  # pairs are over templates: reuse the file with --data
+        write_embeddings(path, items, identities)
+    elif evalset.unit_labels() is not None:
+        write_embeddings(path, items, identities, labels=evalset.unit_labels())
+    else:
+        write_embeddings(path, items, identities, pairs=pairs)
+
+
 def _open(config: CheckConfig) -> tuple[EvalSet, dict | None]:
     pre = read_embeddings(config.embeddings) if config.embeddings else None
     evalset = open_evalset(config.data) if config.data else EmbeddingSet(config.embeddings, pre)
@@ -207,8 +217,7 @@ def run_check(
     _check_dims(encoders, pre)
     items = _embed(evalset, encoders, pre, config, progress, on_total)
     if config.save_embeddings:
-        write_embeddings(config.save_embeddings, items, identities, evalset.unit_labels()
-                         if evalset.num_items == len(items["old"]) else None)
+        _save(config.save_embeddings, evalset, items, identities, pairs)
     units = {role: l2_normalize(evalset.to_units(f)) for role, f in items.items()}
     names = ["old/old", "new/new", "new->old"] + (["old->new"] if config.old_to_new else [])
     names += ["reference/reference"] if config.reference else []

@@ -88,7 +88,7 @@ def _check(path: Path, features: dict, labels, pairs, issame) -> None:
 
 
 def write_embeddings(path: str | Path, features: dict[str, np.ndarray], identities: dict[str, dict],
-                     labels: np.ndarray | None = None) -> None:
+                     labels: np.ndarray | None = None, pairs: PairProtocol | None = None) -> None:
     """Write item embeddings in the format read_embeddings reads (atomic rename)."""
     import h5py
 
@@ -103,6 +103,9 @@ def write_embeddings(path: str | Path, features: dict[str, np.ndarray], identiti
         if labels is not None:
             labels = np.asarray(labels)
             handle.create_dataset("labels", data=labels.astype("S") if labels.dtype.kind == "U" else labels)
+        if pairs is not None:
+            handle.create_dataset("pairs", data=np.stack([pairs.left, pairs.right], axis=1).astype(np.int64))
+            handle.create_dataset("issame", data=np.asarray(pairs.issame, dtype=bool))
     tmp.replace(path)
 
 
