@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -21,13 +22,13 @@ import numpy as np
 
 from gallery.errors import BadInput, GalleryError
 from gallery.store import bytelog, migrations, schema
+from gallery.store.layout import EMPTY_CHAIN, init_layout, write_model  # noqa: F401
 from gallery.store.locking import WriterLock
 from gallery.store.schema import ModelInfo
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None] | None
-EMPTY_CHAIN = "0" * 64  # fixed width, so later updates rewrite the attribute in place
 
 
 def _open_h5(path: Path, mode: str) -> h5py.File:
@@ -37,6 +38,9 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
         return h5py.File(path, mode, locking=False)
     except (OSError, ValueError) as exc:
         reason = str(exc).split("(")[0].strip() or type(exc).__name__
+        cut = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", str(exc))
+        if cut:  # say how much is missing: a copy cut short, or a write that hit a size limit
+            reason = f"truncated: {cut[1]} of {cut[2]} bytes"
         raise BadInput(f"cannot open store {path}: not a readable HDF5 file ({reason})") from None
 
 
@@ -66,7 +70,7 @@ class Store:
         try:
             # Built under a temporary name, renamed when complete: no half-made store.
             with h5py.File(tmp, "w", locking=False) as h5:
-                _init_layout(h5, model, dtype)
+                init_layout(h5, model, dtype)
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -205,7 +209,7 @@ class Store:
             raise BadInput(f"model version {model.version!r} already exists in {self.path}")
         if model.dim != self.dim:
             raise BadInput(f"model {model.version} has dimension {model.dim}, store has {self.dim}")
-        _write_model(self.h5, model)
+        write_model(self.h5, model)
         self.append_history({"event": "add_model", "model": model.version, "sha256": model.sha256})
 
     def update_model(self, model: ModelInfo) -> None:
@@ -213,7 +217,7 @@ class Store:
         self.require_writer()
         self.resolve_version(model.version)
         del self.h5["models"][model.version]
-        _write_model(self.h5, model)
+        write_model(self.h5, model)
         self._cache.pop("thresholds", None)
         self.h5.flush()
 
@@ -317,30 +321,3 @@ def _per_model_counts(cols: dict[str, np.ndarray]) -> dict[str, int]:
     live = ~cols["deleted"]
     versions, counts = np.unique(cols["model"][live], return_counts=True)
     return {str(v): int(c) for v, c in zip(versions, counts)}
-
-
-def _write_model(h5: h5py.File, model: ModelInfo) -> None:
-    group = h5["models"].create_group(model.version)
-    for key, value in model.to_attrs().items():
-        group.attrs[key] = value
-
-
-def _init_layout(h5: h5py.File, model: ModelInfo, dtype: str) -> None:
-    h5.attrs.update({
-        "format": schema.FORMAT, "schema_version": schema.SCHEMA_VERSION,
-        "created": schema.now_iso(), "dim": model.dim, "dtype": dtype,
-        "active_model": model.version, "aliases": "{}",
-    })
-    h5.create_group("models")
-    _write_model(h5, model)
-    items = h5.create_group("items")
-    items.attrs["committed"] = 0
-    items.attrs["chain"] = np.bytes_(EMPTY_CHAIN)  # running checksum of committed batches
-    items.attrs["removed"] = 0
-    for name, kind in schema.ITEM_COLUMNS.items():
-        items.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(4096,), dtype=kind)
-    rows = max(1, (1 << 20) // (4 * model.dim))   # ~1 MiB chunks of whole rows
-    items.create_dataset("embedding", shape=(0, model.dim), maxshape=(None, model.dim),
-                         chunks=(rows, model.dim), dtype=dtype)
-    for log_name in ("batches", "history"):
-        bytelog.create(h5, log_name)

@@ -55,7 +55,7 @@ def _check_lengths(store: "Store", n: int, problems: list[str], warnings: list[s
 def _check_batches(store: "Store", n: int, problems: list[str]) -> None:
     """Recompute every committed batch's checksum and the running chain."""
     group = store.h5["items"]
-    from gallery.store.core import EMPTY_CHAIN
+    from gallery.store.layout import EMPTY_CHAIN
 
     chain = EMPTY_CHAIN
     expected_start = 0
