@@ -9,6 +9,7 @@ faiss ids are store row numbers, and tombstoned rows are never added.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -109,11 +110,18 @@ class GalleryIndex:
 
         meta_path = Path(str(path) + ".json")
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        faiss.write_index(self.faiss, str(tmp))
-        os.replace(tmp, path)  # atomic: readers see the old or the new index, never half
         tmp_meta = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
-        tmp_meta.write_text(json.dumps(self.meta, indent=2, sort_keys=True))
-        os.replace(tmp_meta, meta_path)
+        try:
+            faiss.write_index(self.faiss, str(tmp))
+            os.replace(tmp, path)  # atomic: readers see the old or the new index, never half
+            tmp_meta.write_text(json.dumps(self.meta, indent=2, sort_keys=True))
+            os.replace(tmp_meta, meta_path)
+        except RuntimeError as exc:  # faiss reports I/O failures (read-only, disk full) this way
+            raise OSError(str(exc).strip().splitlines()[-1]) from None
+        finally:  # a failed write (disk full) leaves no temporary files behind
+            for leftover in (tmp, tmp_meta):
+                with contextlib.suppress(OSError):
+                    leftover.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: Path) -> "GalleryIndex":

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import time
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from gallery.errors import BadInput
+from gallery.errors import BadInput, GalleryError
 from gallery.preprocess import l2_normalize
 from gallery.store import bytelog
 from gallery.store.schema import ITEM_COLUMNS
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 65536
+SPACE_HEADROOM = 4 << 20  # one new chunk of every column (~3 MiB at dim 512) plus the logs
 
 
 def batch_sha256(ids: Sequence[str], identities: Sequence[str], models: Sequence[str],
@@ -96,7 +98,8 @@ def enroll(
         raise BadInput(f"embeddings must be numeric, got dtype {emb.dtype}")
     ids = [str(i) for i in ids]
     identities = ids if identities is None else [str(i) for i in identities]
-    emb = emb.astype(np.float32, copy=False)  # values beyond float32 become inf: rejected below
+    with np.errstate(over="ignore"):  # no RuntimeWarning line: the BadInput below says it
+        emb = emb.astype(np.float32, copy=False)  # values beyond float32 become inf: rejected below
     _validate(store, emb, ids, identities)
     if batch_size < 1:
         raise BadInput(f"batch size must be >= 1, got {batch_size}")
@@ -105,6 +108,7 @@ def enroll(
         content_hashes = [hashlib.sha256(row.tobytes()).hexdigest() for row in emb]
     elif len(content_hashes) != len(emb):
         raise BadInput(f"{len(emb)} embeddings but {len(content_hashes)} content hashes")
+    _check_space(store, len(stored))
     start = store.committed
     _truncate_tail(store, start)
     for lo in range(0, len(stored), batch_size):
@@ -120,6 +124,23 @@ def enroll(
     return result
 
 
+def _check_space(store: "Store", rows: int) -> None:
+    """Refuse an enrol the disk cannot hold, before the first byte is written.
+
+    HDF5 does not reliably report a full disk at the write that hit it (chunks sit in
+    its cache until a flush or close), and a store whose file could not be extended
+    can be left unopenable; so the free space is checked up front: twice the rows'
+    bytes plus one fresh chunk of every column (chunks are allocated whole).
+    """
+    row_bytes = store.dim * np.dtype(store.dtype).itemsize + sum(
+        np.dtype(kind).itemsize for kind in ITEM_COLUMNS.values())
+    need = 2 * rows * row_bytes + SPACE_HEADROOM
+    free = shutil.disk_usage(store.path.parent).free
+    if free < need:
+        raise GalleryError(f"not enough free disk space for {store.path}: enrolling {rows} rows needs "
+                           f"~{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free; nothing was written")
+
+
 def _truncate_tail(store: "Store", committed: int) -> None:
     """Drop rows an interrupted enrol wrote past the committed count."""
     items = store.h5["items"]
@@ -132,6 +153,7 @@ def _truncate_tail(store: "Store", committed: int) -> None:
 
 def _commit_batch(store: "Store", emb: np.ndarray, ids: list[str], identities: list[str],
                   version: str, hashes: list[str]) -> None:
+    _check_space(store, len(emb))  # again per batch: another process may be filling the disk
     items = store.h5["items"]
     lo = store.committed
     hi = lo + len(emb)
@@ -148,6 +170,9 @@ def _commit_batch(store: "Store", emb: np.ndarray, ids: list[str], identities: l
         items[name][lo:hi] = column
     items["embedding"].resize(hi, axis=0)
     items["embedding"][lo:hi] = emb
+    # Rows reach the file before the commit record: a write that fails (disk full)
+    # raises here, while the batch does not exist yet.
+    store.h5.flush()
     digest = batch_sha256(ids, identities, models, emb)
     new_chain = chain(store.chain, digest)
     bytelog.append(store.h5["batches"], {"start": lo, "stop": hi, "sha256": digest, "chain": new_chain,

@@ -11,7 +11,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from gallery.errors import StoreLocked
+from gallery.errors import BadInput, StoreLocked
 
 
 def lock_path(store_path: str | Path) -> Path:
@@ -25,7 +25,10 @@ class WriterLock:
         self._fd: int | None = None
 
     def acquire(self) -> "WriterLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # read-only file system, no permission, missing folder
+            raise BadInput(f"cannot write store {self.store_path}: {exc.strerror} ({self.path})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
