@@ -18,8 +18,8 @@ Ablations: `--set methods.params.mixbct.mix_ratio=0.5 --methods mixbct --tag mr0
 from __future__ import annotations
 
 import argparse
-import copy
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -63,6 +63,7 @@ class Runner:
     def __init__(self, work: Path) -> None:
         self.work = work
         self.timings: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}  # CPU seconds (user+sys) per step: comparable under load
         self.log = (work / "reproduce.log").open("a")
 
     def step(self, name: str, output: Path, args: list[str], ok_codes=(0,)) -> None:
@@ -72,14 +73,20 @@ class Runner:
         print(f"[run ] {name}: gallery {' '.join(args[:2])} ...", flush=True)
         self.log.write(f"$ gallery {' '.join(args)}\n")
         self.log.flush()
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), _children_cpu()
         proc = subprocess.run([sys.executable, "-m", "cli.main", *args], stdout=self.log,
                               stderr=subprocess.STDOUT)
         seconds = time.perf_counter() - start
         self.timings[name] = round(seconds, 1)
+        self.cpu[name] = round(_children_cpu() - cpu0, 1)
         if proc.returncode not in ok_codes or not output.exists():
             sys.exit(f"error: step {name} failed (exit {proc.returncode}); see {self.work / 'reproduce.log'}")
         print(f"[done] {name} in {seconds:.0f} s", flush=True)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def train_config(preset: dict, section: dict, data: Path, out: Path) -> dict:
@@ -179,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     models = train_new(run, preset, data, olds, args.tag)
     reports = check_all(run, preset, data, olds, models)
     total = time.perf_counter() - start
-    md = write_results(run.work, suffix, preset, reports, run.timings, total)
+    md = write_results(run.work, suffix, preset, reports, run.timings, total, run.cpu)
     print(md)
 
 

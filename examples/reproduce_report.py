@@ -8,6 +8,7 @@ the compatible methods, MixBCT new/new vs L2's).
 from __future__ import annotations
 
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def _fmt(value, digits: int = 4) -> str:
 
 
 def markdown(preset: dict, table: dict[str, dict[str, dict]], verdicts: dict, timings: dict, total: float,
-             metric: str) -> str:
+             metric: str, cpu: dict | None = None) -> str:
     lines = [f"### Preset `{preset.get('name', 'custom')}` — headline metric: {metric}", ""]
     for kind, rows in table.items():
         lines += [f"**Old model: {kind}** (old/old = {_fmt(next(iter(rows.values()))['old_old'])})", "",
@@ -76,8 +77,10 @@ def markdown(preset: dict, table: dict[str, dict[str, dict]], verdicts: dict, ti
                   f"- best cross-test among compatible methods: {v['best_cross_among_compatible'] or '-'}",
                   f"- MixBCT new/new >= L2 new/new: {_fmt(v['mixbct_new_new_ge_l2'])}", ""]
     steps = ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
-    lines += [f"Wall time {total / 60:.1f} min on {platform.node() or 'this machine'} "
-              f"({platform.processor() or platform.machine()}). Steps run: {steps or 'none (all cached)'}.", ""]
+    cpu_total = sum((cpu or {}).values())
+    lines += [f"Wall time {total / 60:.1f} min, CPU time (user+sys, all steps) {cpu_total / 60:.1f} min, "
+              f"{os.cpu_count()} CPU(s), load average at the end {os.getloadavg()[0]:.1f} "
+              f"({platform.machine()}). Steps run (wall): {steps or 'none (all cached)'}.", ""]
     return "\n".join(lines)
 
 
@@ -104,14 +107,15 @@ def plot(table: dict[str, dict[str, dict]], path: Path, metric: str) -> None:
     plt.close(fig)
 
 
-def write_results(work: Path, suffix: str, preset: dict, reports: dict, timings: dict, total: float) -> str:
+def write_results(work: Path, suffix: str, preset: dict, reports: dict, timings: dict, total: float,
+                  cpu: dict | None = None) -> str:
     table = {kind: {m: summarize(r) for m, r in by_method.items()} for kind, by_method in reports.items()}
     verdicts = {kind: claims(rows) for kind, rows in table.items()}
     metric = next(iter(next(iter(reports.values())).values()))["headline"]["metric"]
-    md = markdown(preset, table, verdicts, timings, total, metric)
+    md = markdown(preset, table, verdicts, timings, total, metric, cpu)
     (work / f"results{suffix}.md").write_text(md)
     (work / f"results{suffix}.json").write_text(json.dumps(
-        {"preset": preset, "metric": metric, "table": table, "claims": verdicts, "timings_s": timings,
+        {"preset": preset, "metric": metric, "table": table, "claims": verdicts, "timings_s": timings, "cpu_s": cpu or {},
          "wall_s": round(total, 1)}, indent=2, sort_keys=True) + "\n")
     plot(table, work / f"results{suffix}.png", metric)
     return md
