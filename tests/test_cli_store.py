@@ -167,3 +167,22 @@ def test_python_api_round_trip_with_images(setup, tmp_path):
     with Store.open(tmp_path / "api.h5") as store:
         assert store.model().sha256 == encoder.identity["sha256"]
         assert store.model().input_size == (32, 32) and store.model().mean == (127.5, 127.5, 127.5)
+
+
+def test_cli_labels_csv(setup, tmp_path):
+    root, _, _, paths, _, _ = setup
+    store = tmp_path / "labels.h5"
+    ok("init", store, "--model", root / "enc.onnx", "--version", "enc-1")
+    rel = [str(p.relative_to(root / "gallery")) for p in paths[:4]]
+    (tmp_path / "labels.csv").write_text("".join(f"{r},person{i % 2}\n" for i, r in enumerate(rel)))
+    assert ok("enroll", store, "--images", root / "gallery", "--labels", tmp_path / "labels.csv",
+              "--json")["rows"] == 4
+    from gallery.store import Store
+
+    with Store.open(store) as st:
+        assert st.columns()["id"].tolist() == rel
+        assert st.columns()["identity"].tolist() == ["person0", "person1", "person0", "person1"]
+        assert set(st.columns()["model"].tolist()) == {"enc-1"}
+    (tmp_path / "missing.csv").write_text("nowhere.png,someone\n")
+    _fails(store, "enroll", store, "--images", root / "gallery", "--labels", tmp_path / "missing.csv",
+           match="image not found")
