@@ -46,6 +46,7 @@ def test_train_json_writes_model_and_onnx(folder, tmp_path):
     (["--arch", "resnet7"], "unknown backbone 'resnet7'; valid: iresnet100, iresnet18"),
     (["--head", "sphere"], "unknown head 'sphere'; valid: arcface, cosface, softmax"),
     (["--dim", "0"], "--dim must be >= 1"),
+    (["--onnx", "model.pt"], "--onnx must name a .onnx file"),
 ])
 def test_bad_names_and_values_exit_2(folder, tmp_path, args, message):
     result = _train("--data", str(folder), "--image-size", "32", "--epochs", "1",

@@ -77,6 +77,10 @@ class TrainConfig:
             raise BadInput(f"dropout must be in [0, 1) (got {self.dropout})")
         if self.stop_after is not None and self.stop_after < 1:
             raise BadInput(f"stop_after must be >= 1 (got {self.stop_after})")
+        if Path(self.out).suffix not in (".pt", ".pth"):
+            raise BadInput(f"--out must name a .pt (or .pth) model file, got {self.out}")
+        if self.onnx and Path(self.onnx).suffix != ".onnx":
+            raise BadInput(f"--onnx must name a .onnx file, got {self.onnx}")
         self.preprocess_spec()  # validates colour order
 
     def preprocess_spec(self) -> PreprocessSpec:
