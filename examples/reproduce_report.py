@@ -101,7 +101,7 @@ def plot(table: dict[str, dict[str, dict]], path: Path, metric: str) -> None:
         ax.set_title(f"old model: {kind}")
         ax.set_ylabel(metric)
         ax.set_ylim(0, 1)
-        ax.legend(loc="lower left", fontsize=8)
+        ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
