@@ -76,7 +76,33 @@ def bench(dim: int, repeat: int) -> list[dict]:
                  "rank1": report["rank1"]})
     t, (m, _) = _best(lambda: mean_average_precision(probes, gallery, p_labels, g_labels), repeat)
     rows.append({"task": "1:N mAP", "size": f"10k x 10k, d={dim}", "seconds": t, "map": m})
+    rows.append(_bench_checker(rng, dim))
     return rows
+
+
+def _bench_checker(rng, dim: int) -> dict:
+    """The whole check from precomputed embeddings: 3 comparisons, 1:1 + 1:N + mAP each."""
+    import tempfile
+
+    import h5py
+
+    from gallery.compat.checker import CheckConfig, run_check
+
+    labels = np.repeat(np.arange(10_000), 2)
+    centres = rng.normal(size=(10_000, dim)).astype(np.float32)
+    old = centres[labels] + 0.9 * rng.normal(size=(20_000, dim)).astype(np.float32)
+    new = centres[labels] + 0.6 * rng.normal(size=(20_000, dim)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/emb.h5"
+        with h5py.File(path, "w") as handle:
+            handle["old"], handle["new"], handle["labels"] = old, new, labels
+        start = time.perf_counter()
+        result = run_check(CheckConfig(embeddings=path, impostor_pairs=1_000_000))
+        seconds = time.perf_counter() - start
+    search = result.report["protocol"]["search"]
+    size = f"1M pairs + {search['num_mated_probes'] + search['num_nonmated_probes']} x {search['gallery_size']}"
+    return {"task": "run_check from embeddings (3 comparisons)", "size": size, "seconds": seconds,
+            "new_to_old_rank1": result.report["criterion"]["new_to_old"]}
 
 
 def main() -> None:
@@ -87,9 +113,9 @@ def main() -> None:
     args = parser.parse_args()
     rows = bench(args.dim, args.repeat)
     width = max(len(r["task"]) for r in rows)
-    print(f"{'task':<{width}}  {'size':<20} seconds")
+    print(f"{'task':<{width}}  {'size':<26} seconds")
     for r in rows:
-        print(f"{r['task']:<{width}}  {r['size']:<20} {r['seconds']:.3f}")
+        print(f"{r['task']:<{width}}  {r['size']:<26} {r['seconds']:.3f}")
     meta = {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
             "numpy": np.__version__, "repeat": args.repeat, "load_avg": os.getloadavg()[0]}
     args.out.parent.mkdir(parents=True, exist_ok=True)

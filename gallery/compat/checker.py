@@ -20,7 +20,7 @@ from gallery.errors import BadInput
 from gallery.fingerprint import file_sha256
 from gallery.metrics.identification import identification_report, search_stats
 from gallery.metrics.retrieval import mean_average_precision
-from gallery.metrics.verification import DEFAULT_FARS, roc_curve, threshold_at_far, verification_report
+from gallery.metrics.verification import DEFAULT_FARS, threshold_at_far, verification_report
 from gallery.preprocess import l2_normalize
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class CheckConfig:
 @dataclass
 class CheckResult:
     report: dict
-    curves: dict = field(default_factory=dict)  # comparison -> {"roc": (far, tar), "cmc": array}
+    curves: dict = field(default_factory=dict)  # comparison -> {"genuine", "impostor", "cmc"} arrays
 
     @property
     def passed(self) -> bool:
@@ -152,8 +152,7 @@ def _compare(q, g, pairs, search, fars) -> tuple[dict, dict]:
         scores = _pair_scores(q, g, pairs)
         genuine, impostor = scores[pairs.issame], scores[~pairs.issame]
         result["verification"] = verification_report(genuine, impostor, fars)
-        far, tar, _ = roc_curve(genuine, impostor)
-        curves["roc"], curves["impostor"] = (far, tar), impostor
+        curves["genuine"], curves["impostor"] = genuine, impostor  # ROC is drawn only on --plot
     if search is not None:
         stats = search_stats(q[search.probes], g[search.gallery], search.probe_labels, search.gallery_labels)
         result["identification"] = identification_report(stats)

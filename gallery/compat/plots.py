@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gallery.metrics.verification import roc_curve
+
 STYLES = {"old/old": ("tab:blue", "-"), "new/new": ("tab:green", "-"), "new->old": ("tab:red", "--"),
           "old->new": ("tab:orange", "--"), "reference/reference": ("tab:gray", ":")}
 
@@ -20,13 +22,13 @@ def _thin(far: np.ndarray, tar: np.ndarray, points: int = 2000) -> tuple[np.ndar
 
 
 def plot_curves(curves: dict, path: str | Path, title: str = "compatibility check") -> None:
-    """curves: comparison -> {"roc": (far, tar), "cmc": array}; either may be absent."""
+    """curves: comparison -> {"genuine", "impostor", "cmc"} score arrays; either kind may be absent."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    has_roc = any("roc" in c for c in curves.values())
+    has_roc = any("impostor" in c for c in curves.values())
     has_cmc = any("cmc" in c for c in curves.values())
     panels = int(has_roc) + int(has_cmc)
     fig, axes = plt.subplots(1, max(panels, 1), figsize=(6 * max(panels, 1), 4.5), squeeze=False)
@@ -34,8 +36,9 @@ def plot_curves(curves: dict, path: str | Path, title: str = "compatibility chec
     if has_roc:
         ax = axes.pop(0)
         for name, curve in curves.items():
-            if "roc" in curve:
-                far, tar = _thin(*curve["roc"])
+            if "impostor" in curve:
+                far, tar, _ = roc_curve(curve["genuine"], curve["impostor"])
+                far, tar = _thin(far, tar)
                 keep = far > 0
                 colour, style = STYLES.get(name, ("black", "-"))
                 ax.step(far[keep], tar[keep], where="post", color=colour, linestyle=style, label=name)

@@ -89,15 +89,15 @@ def check_labels(labels: np.ndarray) -> np.ndarray:
 def genuine_pairs(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every (i, j), i < j, with the same identity, in index order."""
     order = np.argsort(codes, kind="mergesort")
-    starts = np.r_[0, np.flatnonzero(np.diff(codes[order])) + 1, codes.size]
+    starts = np.r_[0, np.flatnonzero(np.diff(codes[order])) + 1]
+    sizes = np.diff(np.r_[starts, codes.size])
     lefts, rights = [], []
-    for begin, end in zip(starts[:-1], starts[1:]):
-        if end - begin < 2:
-            continue
-        members = order[begin:end]
-        a, b = np.triu_indices(end - begin, k=1)
-        lefts.append(members[a])
-        rights.append(members[b])
+    # identities of equal size share one triu pattern: one vectorised step per distinct size
+    for size in np.unique(sizes[sizes >= 2]):
+        members = order[starts[sizes == size][:, None] + np.arange(size)[None, :]]
+        a, b = np.triu_indices(size, k=1)
+        lefts.append(members[:, a].ravel())
+        rights.append(members[:, b].ravel())
     if not lefts:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     left, right = np.concatenate(lefts), np.concatenate(rights)

@@ -40,13 +40,16 @@ def _encode_labels(probe_labels: np.ndarray, gallery_labels: np.ndarray) -> tupl
 
 def identity_scores(scores: np.ndarray, gallery_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Reduce (P x G) entry scores to (P x I) identity scores (max over an identity's entries)."""
-    order = np.argsort(gallery_codes, kind="mergesort")
-    sorted_codes = gallery_codes[order]
+    if np.all(gallery_codes[1:] >= gallery_codes[:-1]):  # search_stats pre-sorts: no column copy
+        sorted_codes, ordered = gallery_codes, scores
+    else:
+        order = np.argsort(gallery_codes, kind="mergesort")
+        sorted_codes, ordered = gallery_codes[order], scores[:, order]
     starts = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1]
     identities = sorted_codes[starts]
-    if identities.size == gallery_codes.size:  # one entry per identity: just reorder
-        return scores[:, order], identities
-    return np.maximum.reduceat(scores[:, order], starts, axis=1), identities
+    if identities.size == gallery_codes.size:  # one entry per identity
+        return ordered, identities
+    return np.maximum.reduceat(ordered, starts, axis=1), identities
 
 
 def cmc_ranks(scores: np.ndarray, probe_labels: np.ndarray, gallery_labels: np.ndarray) -> SearchStats:
@@ -91,6 +94,8 @@ def search_stats(
     if len(gallery) == 0 or len(probes) == 0:
         raise BadInput("identification needs at least one probe and one gallery entry")
     probe_codes, gallery_codes = _encode_labels(probe_labels, gallery_labels)
+    order = np.argsort(gallery_codes, kind="mergesort")  # once, instead of per chunk
+    gallery, gallery_codes = gallery[order], gallery_codes[order]
     parts = [
         _stats_from_codes(probes[i : i + chunk] @ gallery.T, probe_codes[i : i + chunk], gallery_codes)
         for i in range(0, len(probes), chunk)
