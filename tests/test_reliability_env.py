@@ -1,0 +1,215 @@
+"""Environment failures (RELIABILITY.md): read-only file system, disk full, file-size
+limit, stale or corrupt index, a concurrent writer, a lock file left by a dead writer.
+
+Read-only and disk-full cases run the real `gallery` CLI inside a private mount
+namespace (`unshare -rm`: a read-only bind mount, a 8 MiB tmpfs), so the kernel itself
+returns EROFS / ENOSPC; they are skipped where unshare is not permitted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from gallery.fingerprint import file_sha256
+from gallery.store import ModelInfo, Store
+
+DIM = 16
+GALLERY = str(Path(sys.executable).with_name("gallery"))
+ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def _vectors(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
+
+
+def _store(path: Path, rows: int = 20) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with Store.create(path, ModelInfo(version="v1", dim=DIM, model_id="synthetic")) as st:
+        if rows:
+            st.enroll(_vectors(rows, 0), [f"s{i}" for i in range(rows)])
+    return path
+
+
+def _inputs(tmp: Path, n: int, prefix: str, seed: int) -> tuple[Path, Path]:
+    np.save(tmp / f"{prefix}.npy", _vectors(n, seed))
+    (tmp / f"{prefix}.txt").write_text("".join(f"{prefix}{i}\n" for i in range(n)))
+    return tmp / f"{prefix}.npy", tmp / f"{prefix}.txt"
+
+
+def _namespace_ok() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
+
+
+needs_ns = pytest.mark.skipif(not _namespace_ok(), reason="unshare -rm (user+mount namespace) not permitted")
+
+
+def _in_namespace(mount: str, *command: str | Path) -> subprocess.CompletedProcess:
+    """Run one gallery command after `mount` (shell) in a private mount namespace."""
+    cmd = " ".join(f"'{c}'" for c in (GALLERY, *command))
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    return subprocess.run(["unshare", "-rm", "bash", "-c", f"{mount} && exec {cmd}"], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+def _one_error_line(proc, code: int, pattern: str) -> None:
+    lines = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith("WARNING")]
+    assert proc.returncode == code, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(pattern, lines[0]), proc.stderr
+
+
+@needs_ns
+@pytest.mark.parametrize("command,code,pattern", [
+    ("enroll", 2, r"cannot write store .*Read-only file system"),
+    ("remove", 2, r"cannot write store .*Read-only file system"),
+    ("init", 2, r"cannot write store .*Read-only file system"),
+], ids=["readonly-fs-enroll", "readonly-fs-remove", "readonly-fs-init"])
+def test_readonly_filesystem_writers_refused(tmp_path, command, code, pattern):
+    ro = tmp_path / "ro"
+    store = _store(ro / "g.h5")
+    emb, ids = _inputs(tmp_path, 3, "n", 1)
+    before = file_sha256(store)
+    args = {"enroll": ("enroll", store, "--embeddings", emb, "--ids", ids), "remove": ("remove", store, "s1"),
+            "init": ("init", ro / "new.h5", "--dim", "8", "--model-id", "x")}[command]
+    proc = _in_namespace(f"mount --bind '{ro}' '{ro}' && mount -o remount,ro,bind '{ro}'", *args)
+    _one_error_line(proc, code, pattern)
+    assert file_sha256(store) == before and not (ro / "new.h5").exists()
+
+
+@needs_ns
+def test_readonly_filesystem_search_still_answers(tmp_path):
+    """`readonly-fs-search`: readers need no write access; the index cache is skipped with a warning."""
+    ro = tmp_path / "ro"
+    store = _store(ro / "g.h5")
+    np.save(tmp_path / "q.npy", _vectors(20, 0)[:3])
+    proc = _in_namespace(f"mount --bind '{ro}' '{ro}' && mount -o remount,ro,bind '{ro}'",
+                         "search", store, "--embeddings", tmp_path / "q.npy", "-k", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert [r["hits"][0]["item_id"] for r in json.loads(proc.stdout)] == ["s0", "s1", "s2"]
+    assert "could not write index sidecar" in proc.stderr and "Read-only file system" in proc.stderr
+    assert not list(ro.glob("*.index*")) and not list(ro.glob(".*tmp"))
+
+
+TMPFS = "mount -t tmpfs -o size=8m tmpfs '{d}'"
+
+
+@needs_ns
+def test_disk_full_refused_before_writing(tmp_path):
+    """`disk-full`: the enrol is refused up front (exit 1); the store is untouched and still usable."""
+    d = tmp_path / "small"
+    d.mkdir()
+    emb, ids = _inputs(tmp_path, 20_000, "big", 1)   # ~9 MiB of rows for an 8 MiB disk
+    small, small_ids = _inputs(tmp_path, 5, "ok", 2)
+    script = (f"{TMPFS.format(d=d)} && '{GALLERY}' init '{d}/g.h5' --dim {DIM} --model-id m >/dev/null"
+              f" && '{GALLERY}' enroll '{d}/g.h5' --embeddings '{small}' --ids '{small_ids}' >/dev/null"
+              f" && sha256sum '{d}/g.h5' && ('{GALLERY}' enroll '{d}/g.h5' --embeddings '{emb}' --ids '{ids}';"
+              f" echo rc=$?) && sha256sum '{d}/g.h5' && '{GALLERY}' verify '{d}/g.h5' --json")
+    proc = subprocess.run(["unshare", "-rm", "bash", "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": ROOT}, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    assert "rc=1" in out and out[0].split()[0] == out[2].split()[0], proc.stdout  # byte-identical
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
+    assert len(errors) == 1 and re.search(r"not enough free disk space .* nothing was written", errors[0])
+    report = json.loads("\n".join(out[3:]))
+    assert report["ok"] and report["rows"] == 5 and report["warnings"] == []
+
+
+@needs_ns
+def test_disk_filled_by_another_process_mid_enrol_is_detected(tmp_path):
+    """`disk-full-race`: if the disk fills *during* an enrol (after the free-space check), HDF5
+    may not report the failed chunk writes; `verify` then flags the damaged batches (exit 1)."""
+    d = tmp_path / "small"
+    d.mkdir()
+    child = (f"import numpy as np; from gallery.store import Store, items; items._check_space = lambda *a: None; "
+             f"st = Store.open('{d}/g.h5', 'a'); "
+             f"st.enroll(np.random.default_rng(0).normal(size=(20000, {DIM})).astype('float32'), "
+             f"[f'z{{i}}' for i in range(20000)], batch_size=4096)")
+    script = (f"{TMPFS.format(d=d)} && '{GALLERY}' init '{d}/g.h5' --dim {DIM} --model-id m >/dev/null"
+              f" && ('{sys.executable}' -c \"{child}\" >/dev/null 2>&1; '{GALLERY}' verify '{d}/g.h5' --json;"
+              f" echo rc=$?)")
+    proc = subprocess.run(["unshare", "-rm", "bash", "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": ROOT}, timeout=180)
+    out = proc.stdout.strip().splitlines()
+    if out[-1] == "rc=0":  # nothing committed past the failure: also acceptable
+        assert json.loads("\n".join(out[:-1]))["ok"]
+        return
+    assert out[-1] in ("rc=1", "rc=2"), proc.stdout + proc.stderr
+    if out[-1] == "rc=1":
+        assert any("checksum mismatch" in p for p in json.loads("\n".join(out[:-1]))["problems"])
+
+
+def test_file_size_limit_leaves_committed_rows_recoverable(tmp_path):
+    """`file-size-limit`: a write past `ulimit -f` (a quota) can leave the file shorter than
+    HDF5 recorded; open says `truncated: X of Y bytes`, and extending it back to Y bytes
+    restores every batch committed before the failure."""
+    store = _store(tmp_path / "g.h5", rows=5)
+    emb, ids = _inputs(tmp_path, 20_000, "big", 1)
+    limit = store.stat().st_size + 2_000_000
+
+    def cap() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() then fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([GALLERY, "enroll", str(store), "--embeddings", str(emb), "--ids", str(ids)],
+                          preexec_fn=cap, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT},
+                          timeout=120)
+    assert proc.returncode != 0
+    opened = CliRunner().invoke(app, ["verify", str(store), "--json"])
+    if opened.exit_code == 0:  # the failure hit before HDF5 recorded a longer file
+        assert json.loads(opened.stdout)["ok"]
+        return
+    match = re.search(r"truncated: (\d+) of (\d+) bytes", opened.stderr)
+    assert opened.exit_code == 2 and match, opened.stderr
+    os.truncate(store, int(match[2]))  # the documented recovery: `truncate -s Y store.h5`
+    report = json.loads(CliRunner().invoke(app, ["verify", str(store), "--json"]).stdout)
+    assert report["ok"] and report["rows"] >= 5 and (report["rows"] - 5) % 4096 == 0
+    with Store.open(store) as st:
+        assert st.columns()["id"][:5].tolist() == [f"s{i}" for i in range(5)]
+
+
+def test_stale_and_corrupt_index_are_rebuilt(tmp_path):
+    """`stale-index` and `corrupt-index`: warnings, never wrong answers."""
+    store = _store(tmp_path / "g.h5")
+    np.save(tmp_path / "q.npy", _vectors(1, 42))
+    run = lambda *a: CliRunner().invoke(app, [str(x) for x in a])  # noqa: E731
+    assert run("search", store, "--embeddings", tmp_path / "q.npy", "--json").exit_code == 0  # builds the sidecar
+    emb, ids = _inputs(tmp_path, 1, "new", 42)  # the query's own vector
+    assert run("enroll", store, "--embeddings", emb, "--ids", ids).exit_code == 0
+    report = json.loads(run("verify", store, "--json").stdout)
+    assert report["ok"] and report["index"] == "stale" and "index is stale" in report["warnings"][0]
+    hits = json.loads(run("search", store, "--embeddings", tmp_path / "q.npy", "--json").stdout)
+    assert hits[0]["hits"][0]["item_id"] == "new0"
+    assert json.loads(run("verify", store, "--json").stdout)["index"] == "fresh"
+    # Garbage in the faiss file: the search rebuilds instead of failing or answering wrong.
+    Path(str(store) + ".index").write_bytes(b"garbage" * 10)
+    hits = run("search", store, "--embeddings", tmp_path / "q.npy", "--json")
+    assert hits.exit_code == 0 and json.loads(hits.stdout)[0]["hits"][0]["item_id"] == "new0"
+    Path(str(store) + ".index.json").write_text("{not json")
+    report = json.loads(run("verify", store, "--json").stdout)
+    assert report["ok"] and report["index"] == "corrupt" and "unreadable" in report["warnings"][0]
+
+
+def test_concurrent_writer_and_dead_writers_lock(tmp_path):
+    """`concurrent-writer` (exit 3) and `stale-lock-file` (a dead writer's lock is no obstacle)."""
+    store = _store(tmp_path / "g.h5")
+    emb, ids = _inputs(tmp_path, 2, "n", 3)
+    with Store.open(store, "a"):
+        result = CliRunner().invoke(app, ["enroll", str(store), "--embeddings", str(emb), "--ids", str(ids)])
+        assert result.exit_code == 3 and re.search(rf"locked by another writer \(pid {os.getpid()}\)", result.stderr)
+    Path(str(store) + ".lock").write_text("999999\n")  # what a SIGKILLed writer leaves
+    assert CliRunner().invoke(app, ["enroll", str(store), "--embeddings", str(emb), "--ids", str(ids)]).exit_code == 0
