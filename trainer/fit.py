@@ -79,85 +79,106 @@ def fit(config: TrainConfig, progress: Callable[[int], None] | None = None,
 
 
 def _fit(config: TrainConfig, info: distributed.DistInfo, progress, on_log) -> TrainResult:
+    config.out_path.parent.mkdir(parents=True, exist_ok=True)  # also the methods' cache dir
     parts = build_run(config, info)
-    model = _Trainable(parts.backbone, parts.head, parts.method).to(info.device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _optimizer(config, params)
-    scaler = torch.amp.GradScaler("cuda", enabled=parts.use_amp)
+    loop = _Loop(config, info, parts)
     ckpt_path = config.sibling(".ckpt")
     state = {"epoch": 0, "step": 0, "history": {"epochs": [], "step_loss": []}}
     if config.resume:
-        state = _resume(ckpt_path, config, parts, model, optimizer, scaler)
-    runner = model
-    if info.enabled:
-        device_ids = [info.device.index] if info.device.type == "cuda" else None
-        runner = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    history, step = state["history"], state["step"]
-    steps_per_epoch = len(parts.loader)
-    total = config.epochs * steps_per_epoch
-    warmup = int(round(config.warmup_epochs * steps_per_epoch))
-    epoch = state["epoch"]
+        state = _resume(ckpt_path, config, parts, loop.model, loop.optimizer, loop.scaler)
+    loop.wrap_ddp()
+    history, loop.step, epoch = state["history"], state["step"], state["epoch"]
     if on_log is not None and info.is_main:  # lets the CLI size its progress bar
         last = min(config.epochs, config.stop_after or config.epochs)
-        on_log({"total": float(max(last - epoch, 0) * steps_per_epoch * config.batch_size)})
+        images = max(last - epoch, 0) * len(parts.loader) * config.batch_size
+        on_log({"total": float(images)})
     while epoch < config.epochs:
-        parts.loader.set_epoch(epoch)
-        torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout / method sampling
-        model.train()
-        started, images_seen, sums, count = time.perf_counter(), 0, {}, 0
-        window, window_n, epoch_loss = torch.zeros((), device=info.device), 0, 0.0
-        for images, labels, indices in parts.loader:
-            lr = lr_at(step, total, config.lr, warmup, config.poly_power)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images = images.to(info.device, non_blocking=True)
-            labels = labels.to(info.device, non_blocking=True)
-            indices = indices.to(info.device, non_blocking=True)
-            with torch.autocast(info.device.type, dtype=torch.float16, enabled=parts.use_amp):
-                loss, logs = runner(images, labels, indices)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(params, config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            step, count, images_seen = step + 1, count + 1, images_seen + len(labels)
-            window += loss.detach().float()
-            window_n += 1
-            for key, value in logs.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-            if step % LOG_EVERY == 0 or count == steps_per_epoch:
-                total_loss = float(window)
-                mean, epoch_loss = total_loss / window_n, epoch_loss + total_loss
-                window.zero_()
-                window_n = 0
-                if not math.isfinite(mean):
-                    raise GalleryError(f"training diverged: loss is {mean} at step {step}; "
-                                       f"lower --lr or check the data")
-                history["step_loss"].append([step, mean])
-                if on_log is not None and info.is_main:
-                    on_log({"loss": mean, "lr": lr, "epoch": epoch + 1,
-                            "img_s": images_seen / (time.perf_counter() - started)})
-            if progress is not None and info.is_main:
-                progress(len(labels))
-        seconds = time.perf_counter() - started
-        history["epochs"].append(_epoch_record(epoch, step, lr, sums, count, images_seen,
-                                               seconds, epoch_loss, info))
+        history["epochs"].append(loop.run_epoch(epoch, history["step_loss"], progress, on_log))
         epoch += 1
         if info.is_main:
-            atomic_save(_checkpoint(config, parts, model, optimizer, scaler, epoch, step,
-                                    history), ckpt_path)
+            atomic_save(_checkpoint(config, parts, loop, epoch, history), ckpt_path)
         distributed.barrier(info)
         if config.stop_after is not None and epoch >= config.stop_after and epoch < config.epochs:
             break
     finished = epoch >= config.epochs
-    metrics = _metrics(config, parts, history, step, epoch, info)
-    result = TrainResult(None, None, str(ckpt_path), epoch, step, finished, metrics)
+    metrics = _metrics(parts, history, loop.step, epoch, info)
+    result = TrainResult(None, None, str(ckpt_path), epoch, loop.step, finished, metrics)
     if info.is_main:
-        _write_outputs(config, parts, model, metrics, result)
+        _write_outputs(config, parts, loop.model, metrics, result)
     distributed.barrier(info)
     return result
+
+
+class _Loop:
+    """Optimizer, scaler and schedule around the model; one epoch / one step at a time."""
+
+    def __init__(self, config: TrainConfig, info: distributed.DistInfo, parts: RunParts) -> None:
+        self.config, self.info, self.parts = config, info, parts
+        self.model = _Trainable(parts.backbone, parts.head, parts.method).to(info.device)
+        self.runner: nn.Module = self.model
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = _optimizer(config, self.params)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=parts.use_amp)
+        self.steps_per_epoch = len(parts.loader)
+        self.total = config.epochs * self.steps_per_epoch
+        self.warmup = int(round(config.warmup_epochs * self.steps_per_epoch))
+        self.step = 0
+
+    def wrap_ddp(self) -> None:
+        if self.info.enabled:
+            ids = [self.info.device.index] if self.info.device.type == "cuda" else None
+            self.runner = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    def run_epoch(self, epoch: int, step_loss: list, progress, on_log) -> dict[str, Any]:
+        self.parts.loader.set_epoch(epoch)
+        torch.manual_seed(self.config.seed * 1_000_003 + epoch)  # dropout / method sampling
+        self.model.train()
+        started, images_seen, sums, count = time.perf_counter(), 0, {}, 0
+        window, window_n, epoch_loss = torch.zeros((), device=self.info.device), 0, 0.0
+        lr = 0.0
+        for images, labels, indices in self.parts.loader:
+            lr = lr_at(self.step, self.total, self.config.lr, self.warmup, self.config.poly_power)
+            loss, logs = self.train_step(images, labels, indices, lr)
+            count, images_seen = count + 1, images_seen + len(labels)
+            window, window_n = window + loss, window_n + 1
+            for key, value in logs.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            if self.step % LOG_EVERY == 0 or count == self.steps_per_epoch:
+                # one host sync per LOG_EVERY steps, not per step
+                total_loss = float(window)
+                mean, epoch_loss = total_loss / window_n, epoch_loss + total_loss
+                window, window_n = torch.zeros_like(window), 0
+                if not math.isfinite(mean):
+                    raise GalleryError(f"training diverged: loss is {mean} at step "
+                                       f"{self.step}; lower --lr or check the data")
+                step_loss.append([self.step, mean])
+                if on_log is not None and self.info.is_main:
+                    on_log({"loss": mean, "lr": lr, "epoch": epoch + 1,
+                            "img_s": images_seen / (time.perf_counter() - started)})
+            if progress is not None and self.info.is_main:
+                progress(len(labels))
+        seconds = time.perf_counter() - started
+        return _epoch_record(epoch, self.step, lr, sums, count, images_seen, seconds,
+                             epoch_loss, self.info)
+
+    def train_step(self, images, labels, indices, lr: float) -> tuple[torch.Tensor, dict]:
+        device = self.info.device
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        indices = indices.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=self.parts.use_amp):
+            loss, logs = self.runner(images, labels, indices)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        return loss.detach().float(), logs
 
 
 def _optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -175,11 +196,12 @@ def _epoch_record(epoch, step, lr, sums, count, images, seconds, loss_sum, info)
     return record
 
 
-def _checkpoint(config, parts: RunParts, model, optimizer, scaler, epoch, step, history) -> dict:
+def _checkpoint(config, parts: RunParts, loop: _Loop, epoch: int, history: dict) -> dict:
     return {"format": CKPT_FORMAT, "signature": config.signature(),
             "data_fingerprint": parts.dataset.listing_fingerprint(), "epoch": epoch,
-            "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(), "history": history}
+            "step": loop.step, "model": loop.model.state_dict(),
+            "optimizer": loop.optimizer.state_dict(), "scaler": loop.scaler.state_dict(),
+            "history": history}
 
 
 def _resume(path: Path, config, parts: RunParts, model, optimizer, scaler) -> dict:
@@ -199,7 +221,7 @@ def _resume(path: Path, config, parts: RunParts, model, optimizer, scaler) -> di
     return {"epoch": int(ckpt["epoch"]), "step": int(ckpt["step"]), "history": ckpt["history"]}
 
 
-def _metrics(config, parts: RunParts, history, step, epoch, info) -> dict:
+def _metrics(parts: RunParts, history, step, epoch, info) -> dict:
     losses = history["step_loss"]
     return {"epochs": history["epochs"], "step_loss": losses, "total_steps": step,
             "epochs_completed": epoch, "final_loss": losses[-1][1] if losses else None,
