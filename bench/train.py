@@ -45,7 +45,9 @@ def make_data(path: Path, config: TrainConfig, count: int) -> None:
     np.savez(path, images=images, labels=labels)
 
 
-def bare_loop(config: TrainConfig, num_classes: int, steps: int, windows: int) -> float:
+def bare_loop(config: TrainConfig, num_classes: int, steps: int,
+              windows: int) -> tuple[float, float]:
+    """Best (wall img/s, img per CPU-second) over `windows` timed windows of `steps`."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     channels = 1 if config.color_order == "GRAY" else 3
@@ -60,10 +62,10 @@ def bare_loop(config: TrainConfig, num_classes: int, steps: int, windows: int) -
     x = torch.randn(config.batch_size, channels, config.image_size, config.image_size,
                     device=device)
     y = torch.randint(0, num_classes, (config.batch_size,), device=device)
-    rates = []
+    rates, cpu_rates = [], []
     for window in range(windows + 1):  # window 0 is warm-up
         _sync(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(steps):
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
                 loss = head(net(x), y)
@@ -74,7 +76,8 @@ def bare_loop(config: TrainConfig, num_classes: int, steps: int, windows: int) -
         _sync(device)
         if window:
             rates.append(steps * config.batch_size / (time.perf_counter() - start))
-    return max(rates)
+            cpu_rates.append(steps * config.batch_size / (time.process_time() - cpu_start))
+    return max(rates), max(cpu_rates)
 
 
 def _sync(device: torch.device) -> None:
@@ -82,15 +85,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def fit_loop(config: TrainConfig, steps: int, epochs: int) -> tuple[float, int]:
+def fit_loop(config: TrainConfig, steps: int, epochs: int) -> tuple[float, float, int]:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data.npz"
         make_data(data, config, steps * config.batch_size)
         run = TrainConfig.from_dict({**config.to_dict(), "data": str(data), "epochs": epochs,
                                      "out": str(Path(tmp) / "m.pt"), "onnx": None})
         result = fit(run)
-    best = max(e["img_per_s"] for e in result.metrics["epochs"][1:])
-    return best, result.metrics["num_classes"]
+    timed = result.metrics["epochs"][1:]
+    best = max(e["img_per_s"] for e in timed)
+    best_cpu = max(e["steps"] * config.batch_size / e["cpu_seconds"] for e in timed)
+    return best, best_cpu, result.metrics["num_classes"]
 
 
 def main() -> None:
@@ -108,11 +113,14 @@ def main() -> None:
               else TrainConfig.from_dict(defaults))
     if args.threads:
         torch.set_num_threads(args.threads)
-    fit_rates, bare_rates = [], []
+    fit_rates, bare_rates, fit_cpu, bare_cpu = [], [], [], []
     for _ in range(args.rounds):
-        rate, classes = fit_loop(config, args.steps, args.epochs)
+        rate, cpu_rate, classes = fit_loop(config, args.steps, args.epochs)
         fit_rates.append(rate)
-        bare_rates.append(bare_loop(config, classes, args.steps, windows=args.epochs - 1))
+        fit_cpu.append(cpu_rate)
+        rate, cpu_rate = bare_loop(config, classes, args.steps, windows=args.epochs - 1)
+        bare_rates.append(rate)
+        bare_cpu.append(cpu_rate)
     fit_rate, bare_rate = max(fit_rates), max(bare_rates)
     device = resolve_device(config.device)
     result = {
@@ -121,16 +129,21 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "fit_img_s": round(fit_rate, 1),
         "bare_img_s": round(bare_rate, 1), "ratio": round(fit_rate / bare_rate, 3),
+        "fit_img_per_cpu_s": round(max(fit_cpu), 1),
+        "bare_img_per_cpu_s": round(max(bare_cpu), 1),
+        "cpu_ratio": round(max(fit_cpu) / max(bare_cpu), 3),
         "fit_rounds": [round(r, 1) for r in fit_rates],
         "bare_rounds": [round(r, 1) for r in bare_rates], "steps": args.steps,
         "load_average": [round(v, 2) for v in os.getloadavg()],
         "torch": torch.__version__,
     }
     print(f"{'arch':>10} {'size':>4} {'batch':>5} {'device':>12} {'fit img/s':>10} "
-          f"{'bare img/s':>10} {'ratio':>6}")
+          f"{'bare img/s':>10} {'ratio':>6} {'fit img/cpu-s':>13} {'bare img/cpu-s':>14} "
+          f"{'cpu ratio':>9}")
     print(f"{config.arch:>10} {config.image_size:>4} {config.batch_size:>5} "
           f"{result['device'][:12]:>12} {fit_rate:>10.0f} {bare_rate:>10.0f} "
-          f"{result['ratio']:>6.3f}")
+          f"{result['ratio']:>6.3f} {max(fit_cpu):>13.0f} {max(bare_cpu):>14.0f} "
+          f"{result['cpu_ratio']:>9.3f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -134,6 +134,7 @@ class _Loop:
         torch.manual_seed(self.config.seed * 1_000_003 + epoch)  # dropout / method sampling
         self.model.train()
         started, images_seen, sums, count = time.perf_counter(), 0, {}, 0
+        cpu_started = time.process_time()  # CPU seconds: comparable on a shared machine
         window, window_n, epoch_loss = torch.zeros((), device=self.info.device), 0, 0.0
         lr = 0.0
         for images, labels, indices in self.parts.loader:
@@ -158,8 +159,10 @@ class _Loop:
             if progress is not None and self.info.is_main:
                 progress(len(labels))
         seconds = time.perf_counter() - started
-        return _epoch_record(epoch, self.step, lr, sums, count, images_seen, seconds,
-                             epoch_loss, self.info)
+        record = _epoch_record(epoch, self.step, lr, sums, count, images_seen, seconds,
+                               epoch_loss, self.info)
+        record["cpu_seconds"] = time.process_time() - cpu_started
+        return record
 
     def train_step(self, images, labels, indices, lr: float) -> tuple[torch.Tensor, dict]:
         device = self.info.device
