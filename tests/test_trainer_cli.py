@@ -78,3 +78,21 @@ def test_resume_with_other_config_exit_2(folder, tmp_path):
     assert _train(*base).exit_code == 0
     result = _train(*base[:-1], "2", "--resume")
     assert result.exit_code == 2 and "config differs in epochs" in result.stderr
+
+
+def test_gpu_config_parses_and_bad_configs_are_rejected(tmp_path):
+    from pathlib import Path
+
+    from gallery.errors import BadInput
+    from trainer.config import TrainConfig
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = TrainConfig.from_file(root / "configs" / "gpu_iresnet50.toml", data="/data/ms1m")
+    assert (cfg.arch, cfg.image_size, cfg.batch_size, cfg.amp) == ("iresnet50", 112, 256, True)
+    assert cfg.head_params == {"s": 64.0, "m": 0.5} and cfg.data == "/data/ms1m"
+    (tmp_path / "bad.toml").write_text('arch = "small"\nlearning_rate = 0.1\n')
+    with pytest.raises(BadInput, match="unknown training option.*learning_rate"):
+        TrainConfig.from_file(tmp_path / "bad.toml")
+    (tmp_path / "broken.toml").write_text("arch = \n")
+    with pytest.raises(BadInput, match="cannot parse config"):
+        TrainConfig.from_file(tmp_path / "broken.toml")

@@ -237,7 +237,9 @@ def _metrics(parts: RunParts, history, step, epoch, info) -> dict:
 
 
 def _write_outputs(config: TrainConfig, parts: RunParts, model, metrics, result) -> None:
-    resolved = TrainConfig.from_dict({**config.to_dict(), "device": str(parts.device_name)})
+    # the config to rerun this model from scratch: invocation-only switches reset
+    resolved = TrainConfig.from_dict({**config.to_dict(), "device": str(parts.device_name),
+                                      "resume": False, "stop_after": None})
     resolved.write(config.sibling(".config.json"))
     write_metrics(config.sibling(".metrics.json"), metrics)
     plot_loss(config.sibling(".loss.png"), metrics, f"{config.arch} / {config.method}")
