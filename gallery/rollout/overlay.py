@@ -86,10 +86,29 @@ def start_plan(store: "Store", version: str, rows: np.ndarray, meta: dict) -> No
     """Fix the rows a backfill run visits (in order) so a resumed run makes the same batches."""
     g = group(store, version, create=True)
     committed = state(g)[0]
+    _preallocate(g, committed + len(rows))
     g["plan"].resize((len(rows),))
     g["plan"][:] = np.asarray(rows, np.int64)
     g.attrs["plan_meta"] = json.dumps(meta, sort_keys=True)
     _set_state(store, g, committed, 0, len(rows))
+
+
+def _preallocate(g: h5py.Group, rows: int, block: int = 65536) -> None:
+    """Allocate the run's file space up front, so batch commits write in place.
+
+    Readers open the file without HDF5's SWMR mode: metadata that grows while a reader
+    has the file open (a resized dataset) can point past the end it read at open time.
+    After this, a commit only rewrites allocated chunks and one fixed-size attribute.
+    """
+    for name in ("row", "embedding", "content_hash"):
+        ds = g[name]
+        start = ds.shape[0]
+        if start >= rows:
+            continue
+        ds.resize(rows, axis=0)
+        for lo in range(start, rows, block):  # written, not just resized: chunks are allocated lazily
+            hi = min(rows, lo + block)
+            ds[lo:hi] = np.zeros((hi - lo, *ds.shape[1:]), ds.dtype)
 
 
 def plan(store: "Store", version: str) -> tuple[np.ndarray, int, dict] | None:
@@ -112,7 +131,8 @@ def commit_batch(store: "Store", version: str, rows: np.ndarray, embedding: np.n
     hi = committed + len(rows)
     for name, values in (("row", np.asarray(rows, np.int64)), ("embedding", embedding),
                          ("content_hash", np.array([h.encode() for h in hashes], "S64"))):
-        g[name].resize(hi, axis=0)  # also drops any tail an interrupted batch left
+        if g[name].shape[0] < hi:  # normally preallocated by start_plan
+            g[name].resize(hi, axis=0)
         if len(rows):
             g[name][committed:hi] = values
     _set_state(store, g, hi, cursor, plan_len)

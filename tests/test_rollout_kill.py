@@ -1,0 +1,140 @@
+"""A backfill SIGKILLed at a random point and resumed ends identical to an uninterrupted
+one (rows, embeddings, versions), and readers keep searching while it runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from gallery.rollout import overlay
+from gallery.store import Store
+
+pytest.importorskip("torch")
+from test_encoder import make_onnx_encoder, write_digit_folder  # noqa: E402
+
+BATCH = 4
+# The child paces itself a little after each commit so the kill can land at many points of
+# the run (inside an encoder call, a write, a flush or the pause), not only after the end.
+CHILD = """
+import sys, time, random
+from gallery.rollout import BackfillConfig, backfill
+def step(n):
+    print("committed", flush=True)
+    time.sleep(random.random() * 0.02)
+backfill(BackfillConfig(store=sys.argv[1], images=sys.argv[2], batch_size={batch}), progress=step)
+print("finished", flush=True)
+""".format(batch=BATCH)
+
+
+def ok(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    return json.loads(result.stdout) if args[-1] == "--json" else result
+
+
+@pytest.fixture(scope="module")
+def upgraded(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("kill")
+    make_onnx_encoder(root / "v1.onnx", seed=0)
+    make_onnx_encoder(root / "v2.onnx", seed=1)
+    write_digit_folder(root / "images", n_per_class=16, seed=0)
+    write_digit_folder(root / "eval", n_per_class=4, seed=2)
+    store = root / "g.h5"
+    ok("init", store, "--model", root / "v1.onnx")
+    ok("enroll", store, "--images", root / "images")
+    ok("check-compat", "--old", root / "v1.onnx", "--new", root / "v2.onnx", "--data", root / "eval",
+       "--json", root / "report.json", "--max-new-drop", "1", "--impostor-pairs", "1000")
+    ok("upgrade", store, "--model", root / "v2.onnx", "--report", root / "report.json")
+    for p in sorted((root / "images").rglob("*.png"))[::9]:  # some rows keep no image: stay v1
+        p.unlink()
+    return root, store
+
+
+def _reader_pass(path: Path, queries: np.ndarray) -> int:
+    """One reader: open, search, close. Returns how many backfilled rows it saw."""
+    with Store.open(path) as st:
+        result = st.search(queries, k=5, threshold=-1.0)
+        assert (result.rows >= 0).all()
+        assert set(result.models.ravel().tolist()) <= {"v1", "v2"}
+        return int((st.columns()["model"] == "v2").sum())
+
+
+def _state(path: Path) -> dict:
+    with Store.open(path) as st:
+        g = overlay.group(st, "v2")
+        return {"rows": g["row"][: overlay.state(g)[0]], "emb": st.embeddings(),
+                "models": st.columns()["model"], "verify": st.verify()["ok"],
+                "events": [e for e in st.history() if e["event"] == "backfill"]}
+
+
+def test_sigkill_at_random_point_then_resume_is_identical(upgraded, tmp_path):
+    root, base = upgraded
+    straight, killed = tmp_path / "straight.h5", tmp_path / "killed.h5"
+    shutil.copy(base, straight)
+    shutil.copy(base, killed)
+    ok("backfill", straight, "--images", root / "images", "--batch-size", BATCH, "--json")
+
+    seed = int(time.time_ns() % 10_000)
+    rng = np.random.default_rng(seed)
+    planned = len(_state(straight)["rows"])
+    kill_after = int(rng.integers(1, planned // BATCH - 2))
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(killed), str(root / "images")],
+                             stdout=subprocess.PIPE, text=True)
+    queries = rng.normal(size=(8, 16)).astype(np.float32)
+    v2_hits: list[int] = []
+    stop = threading.Event()
+
+    errors: list[BaseException] = []
+
+    def readers() -> None:  # readers keep searching mid-backfill, in parallel with the writer
+        try:
+            while not stop.is_set():
+                v2_hits.append(_reader_pass(killed, queries))
+        except BaseException as exc:  # noqa: BLE001  reported by the main thread
+            errors.append(exc)
+
+    # Readers start once the run is planned (its file space allocated; see overlay._preallocate).
+    assert child.stdout.readline().startswith("committed"), f"child failed (seed {seed})"
+    thread = threading.Thread(target=readers)
+    thread.start()
+    try:
+        for _ in range(kill_after - 1):
+            line = child.stdout.readline()
+            assert line.startswith("committed"), f"child ended early (seed {seed}): {line!r}"
+        deadline = time.time() + 30
+        while not v2_hits and not errors and time.time() < deadline:  # at least one search mid-run
+            time.sleep(0.001)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    finally:
+        stop.set()
+        thread.join()
+    assert child.returncode == -signal.SIGKILL
+    assert not errors, f"a reader failed during the backfill (seed {seed}): {errors[0]!r}"
+    assert v2_hits, "readers did not run during the backfill"
+    partial = _state(killed)
+    assert partial["verify"] and kill_after * BATCH <= len(partial["rows"]) < planned, seed
+    assert not partial["events"]  # the run never finished
+
+    resumed = ok("backfill", killed, "--images", root / "images", "--batch-size", "7", "--json")
+    assert resumed["resumed"] and resumed["planned"] == planned, seed
+    a, b = _state(killed), _state(straight)
+    assert np.array_equal(a["rows"], b["rows"]), seed
+    assert np.array_equal(a["emb"], b["emb"]), seed
+    assert np.array_equal(a["models"], b["models"]) and a["verify"], seed
+    no_image = [i for i in range(len(a["models"])) if a["models"][i] == "v1"]
+    assert len(no_image) == len(a["models"]) - planned
+    assert v2_hits == sorted(v2_hits) and v2_hits[-1] >= BATCH  # readers saw it advance
+    assert a["events"][-1]["resumed"] and a["events"][-1]["embedded"] == planned
