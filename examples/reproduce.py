@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
 import time
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -58,35 +59,54 @@ def _assign(tree: dict, keys: list[str], value) -> None:
 
 
 class Runner:
-    """Runs CLI steps, skips finished ones, and records how long each took."""
+    """Runs CLI steps phase by phase (`jobs` at a time), skips finished ones, records cost.
 
-    def __init__(self, work: Path) -> None:
+    Each job gets cpu_count // jobs torch threads (OMP_NUM_THREADS): two single-threaded
+    trainings use 2 cores better than one two-threaded run of these small convolutions.
+    """
+
+    def __init__(self, work: Path, jobs: int) -> None:
         self.work = work
+        self.jobs = max(1, jobs)
         self.timings: dict[str, float] = {}
         self.cpu: dict[str, float] = {}  # CPU seconds (user+sys) per step: comparable under load
-        self.log = (work / "reproduce.log").open("a")
+        self.pending: list[tuple[str, Path, list[str], tuple[int, ...]]] = []
+        (work / "logs").mkdir(parents=True, exist_ok=True)
 
     def step(self, name: str, output: Path, args: list[str], ok_codes=(0,)) -> None:
         if output.exists():
             print(f"[skip] {name}: {output.relative_to(self.work)} exists", flush=True)
             return
-        print(f"[run ] {name}: gallery {' '.join(args[:2])} ...", flush=True)
-        self.log.write(f"$ gallery {' '.join(args)}\n")
-        self.log.flush()
-        start, cpu0 = time.perf_counter(), _children_cpu()
-        proc = subprocess.run([sys.executable, "-m", "cli.main", *args], stdout=self.log,
-                              stderr=subprocess.STDOUT)
+        self.pending.append((name, output, args, tuple(ok_codes)))
+
+    def flush(self) -> None:
+        """Run the queued steps (they must not depend on each other); stop on the first failure."""
+        steps, self.pending = self.pending, []
+        with ThreadPoolExecutor(self.jobs) as pool:
+            failures = [f for f in pool.map(self._run, steps) if f]
+        if failures:
+            sys.exit("error: " + "; ".join(failures))
+
+    def _run(self, step) -> str | None:
+        name, output, args, ok_codes = step
+        log_path = self.work / "logs" / f"{name}.log"
+        print(f"[run ] {name}: gallery {' '.join(args[:2])} ... (log: logs/{name}.log)", flush=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // self.jobs))}
+        start = time.perf_counter()
+        with log_path.open("w") as log:
+            log.write(f"$ gallery {' '.join(args)}\n")
+            log.flush()
+            proc = subprocess.Popen([sys.executable, "-m", "cli.main", *args], stdout=log,
+                                    stderr=subprocess.STDOUT, env=env)
+            _, status, usage = os.wait4(proc.pid, 0)  # this child's own CPU time
+            proc.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.perf_counter() - start
         self.timings[name] = round(seconds, 1)
-        self.cpu[name] = round(_children_cpu() - cpu0, 1)
+        self.cpu[name] = round(usage.ru_utime + usage.ru_stime, 1)
         if proc.returncode not in ok_codes or not output.exists():
-            sys.exit(f"error: step {name} failed (exit {proc.returncode}); see {self.work / 'reproduce.log'}")
-        print(f"[done] {name} in {seconds:.0f} s", flush=True)
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+            return f"step {name} failed (exit {proc.returncode}); see {log_path}"
+        print(f"[done] {name} in {seconds:.0f} s ({self.cpu[name]:.0f} CPU-s)", flush=True)
+        return None
 
 
 def train_config(preset: dict, section: dict, data: Path, out: Path) -> dict:
@@ -108,6 +128,7 @@ def build_data(run: Runner, preset: dict) -> Path:
             "--image-size", str(d["image_size"]), "--seed", str(d["seed"]),
             "--scenarios", "open-class", "--workers", str(d.get("workers", 1)), "--quiet"]
     run.step("data", out / "manifest.json", args)
+    run.flush()
     return out / "open-class"
 
 
@@ -118,6 +139,7 @@ def train_old(run: Runner, preset: dict, data: Path) -> dict[str, Path]:
         cfg = write_config(run.work / "old" / f"{kind}.train.json", train_config(preset, section, data / "old.h5", out))
         run.step(f"old-{kind}", out, ["train", "--config", str(cfg), "--json"])
         olds[kind] = out
+    run.flush()
     return olds
 
 
@@ -139,11 +161,12 @@ def train_new(run: Runner, preset: dict, data: Path, olds: dict[str, Path], tag:
             run.step(f"new-{kind}-{method}", out,
                      ["train-compatible", "--config", str(path), "--method", method, "--old", str(old), "--json"])
             models[kind][method] = out
+    run.flush()
     return models
 
 
 def check_all(run: Runner, preset: dict, data: Path, olds: dict[str, Path], models: dict) -> dict:
-    reports: dict[str, dict[str, dict]] = {}
+    reports: dict[str, dict[str, Path]] = {}
     check = preset.get("check", {})
     for kind, by_method in models.items():
         reports[kind] = {}
@@ -156,8 +179,9 @@ def check_all(run: Runner, preset: dict, data: Path, olds: dict[str, Path], mode
                     "--json", str(out), "--plot", str(out.with_suffix(".png")),
                     "--seed", str(check.get("seed", 0)), "--batch-size", str(check.get("batch_size", 256))]
             run.step(f"check-{kind}-{method}", out, args, ok_codes=(0, 1))
-            reports[kind][method] = json.loads(out.read_text())
-    return reports
+            reports[kind][method] = out
+    run.flush()
+    return {kind: {m: json.loads(p.read_text()) for m, p in by.items()} for kind, by in reports.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -169,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default=None, help="Comma-separated subset of the preset's methods.")
     parser.add_argument("--olds", default=None, help="Comma-separated subset of old kinds (weak,strong).")
     parser.add_argument("--tag", default=None, help="Put new models and results under this tag (ablations).")
+    parser.add_argument("--jobs", type=int, default=2, help="Steps run in parallel (each gets cores/jobs threads).")
     args = parser.parse_args(argv)
     preset = load_preset(args.preset, args.overrides)
     if args.methods:
@@ -179,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     suffix = f"-{args.tag}" if args.tag else ""
     (work / f"preset{suffix}.resolved.json").write_text(json.dumps(preset, indent=2, sort_keys=True) + "\n")
-    run = Runner(work.resolve())
+    run = Runner(work.resolve(), args.jobs)
     start = time.perf_counter()
     data = build_data(run, preset)
     olds = train_old(run, preset, data)
