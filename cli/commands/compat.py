@@ -51,7 +51,8 @@ def _render(report: dict) -> None:
     console.print(f"criterion new->old > old/old: {verdict} "
                   f"({crit['new_to_old']:.4f} vs {crit['old_old']:.4f})")
     if report.get("gain"):
-        console.print(f"update gain: {_fmt(report['gain']['value'])}")
+        gain = report["gain"]
+        console.print(f"update gain: {_fmt(gain['value'])}" + (f" ({gain['note']})" if gain["note"] else ""))
     skipped = report["comparisons"]["old/old"].get("verification", {}).get("skipped_far")
     if skipped:
         console.print(f"FARs skipped (too few impostor pairs): {', '.join(f'{f:g}' for f in skipped)}")
