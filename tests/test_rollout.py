@@ -243,3 +243,22 @@ def test_shadow_matches_brute_force(work, tmp_path):
     assert result["topk_overlap"]["mean"] == pytest.approx(np.mean(overlaps))
     assert result["decisions"]["changed"] == flips and result["queries"] == len(paths)
     assert "accuracy" in result  # probes are ROOT/<identity>/<image>
+
+
+def test_second_upgrade_keeps_backfilled_rows_and_rolls_back_one_step(work, tmp_path):
+    root, store, passing, _ = work
+    ok("upgrade", store, "--model", root / "v2.onnx", "--report", passing)
+    ok("backfill", store, "--images", root / "gallery", "--json")
+    with Store.open(store) as st:
+        v2_emb = st.embeddings()
+    v3_report = report(root, "v2.onnx", "v3.onnx", "v2v3.json", "--max-new-drop", "1")
+    assert run("upgrade", store, "--model", root / "v3.onnx", "--report", passing).exit_code == 2
+    ok("upgrade", store, "--model", root / "v3.onnx", "--report", v3_report)
+    with Store.open(store) as st:  # v3 queries see the v2-backfilled rows (v3 was checked against v2)
+        assert st.active_model == "v3" and set(st.columns()["model"]) == {"v2"}
+        assert np.array_equal(st.embeddings(), v2_emb)
+    pruned = ok("prune", store, "--drop-rollback", "--json")
+    assert pruned["removed"] == [] and pruned["kept"]["v2"] == "backfilled rows on the query path"
+    assert ok("rollback", store, "--json")["to"] == "v2"
+    assert ok("rollback", store, "--json")["to"] == "v1"
+    assert run("rollback", store).exit_code == 2

@@ -28,9 +28,13 @@ def keep_reasons(store: Store, drop_rollback: bool = False) -> dict[str, str]:
     for alias, version in store.aliases.items():
         reasons.setdefault(version, f"alias {alias}")
     reasons[store.active_model] = "query model"
-    if not drop_rollback:
-        for version in state.lineage(store)[:-1]:
+    for version in state.lineage(store)[:-1]:
+        if not drop_rollback:
             reasons.setdefault(version, "rollback target")
+        elif len(overlay.committed_rows(store, version)):
+            # The query model sees these backfilled rows; dropping them would silently
+            # put older embeddings back under its queries.
+            reasons.setdefault(version, "backfilled rows on the query path")
     return reasons
 
 
