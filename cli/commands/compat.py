@@ -11,19 +11,9 @@ from cli.common import console, emit_json, handle_errors
 
 
 def _load_any(path: str) -> Any:
-    """cli.common.load_encoder_any when present; otherwise the same two steps here."""
-    from cli import common
+    from cli.common import load_encoder_any
 
-    if hasattr(common, "load_encoder_any"):
-        return common.load_encoder_any(path)
-    if Path(path).suffix.lower() in (".pt", ".pth", ".ts"):
-        try:
-            import trainer.torch_encoder  # noqa: F401  registers the torch loaders
-        except ImportError:
-            pass  # load_encoder then lists the formats it can read
-    from gallery.encoder import load_encoder
-
-    return load_encoder(path)
+    return load_encoder_any(path)
 
 
 def _fmt(value: Any) -> str:
