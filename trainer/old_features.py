@@ -217,7 +217,13 @@ class OldFeatureMethod(CompatMethod):
         self.register_buffer("old_raw", torch.zeros(0, 0), persistent=False)
 
     def prepare_old_features(self, context: MethodContext) -> None:
-        data = resolve_old_features(context, context.extras.get("old_features_progress"))
+        progress = context.extras.get("old_features_progress")
+        if int(context.extras.get("world_size", 1)) > 1 and torch.distributed.is_initialized():
+            # DDP: rank 0 extracts into the shared cache, the other ranks then read it
+            if int(context.extras.get("rank", 0)) == 0:
+                resolve_old_features(context, progress)
+            torch.distributed.barrier()
+        data = resolve_old_features(context, progress)
         self.set_old_features(data.features, np.asarray(context.dataset.labels), data.old_model,
                               context.embedding_dim, context.device)
 
