@@ -10,6 +10,7 @@ faiss ids are store row numbers, and tombstoned rows are never added.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -184,24 +185,65 @@ def sidecar_state(store: "Store") -> tuple[str, str]:
 
 
 def store_index(store: "Store", kind: str | None = None, rebuild: bool = False, **params: Any) -> GalleryIndex:
-    """The store's index: cached, else the sidecar if fresh and of that kind, else rebuilt."""
+    """The store's index: cached or sidecar if fresh; extended if rows were only appended;
+    else rebuilt. A different `kind` or build parameters also mean a rebuild."""
     checksum = store.content_checksum()
-    cached = store._cache.get("index")
-    if cached is not None and not rebuild and cached.meta["checksum"] == checksum and kind in (None, cached.kind):
-        return cached
-    index = None
-    if not rebuild and sidecar_state(store)[0] == "fresh":
+    index = None if rebuild else _candidate(store, kind, params)
+    if index is not None and index.meta["checksum"] != checksum:
+        index = _extend(store, index, checksum)
+    if index is None:
+        index = _build_for_store(store, kind, checksum, **params)
+    store._cache["index"] = index
+    return index
+
+
+def _candidate(store: "Store", kind: str | None, params: dict) -> GalleryIndex | None:
+    """The in-memory index, else the sidecar (fresh or stale), if of the wanted kind."""
+    index = store._cache.get("index")
+    if index is None and sidecar_state(store)[0] in ("fresh", "stale"):
         try:
             index = GalleryIndex.load(sidecar_path(store))
         except (RuntimeError, ValueError, OSError, KeyError) as exc:
             log.warning("index sidecar of %s unreadable (%s); rebuilding", store.path, exc)
-        if index is not None and kind not in (None, index.kind):
-            index = None
-        if index is not None and params:
-            index = None if _differs(index.meta["params"], params) else index
-    if index is None:
-        index = _build_for_store(store, kind, checksum, **params)
-    store._cache["index"] = index
+    if index is None or kind not in (None, index.kind) or _differs(index.meta["params"], params):
+        return None
+    return index
+
+
+def prefix_digest(rows: int, chain: str, deleted: np.ndarray) -> str:
+    """What an index built over the first `rows` rows depends on: their batches and tombstones."""
+    digest = hashlib.sha256(f"{rows}:{chain}:".encode())
+    digest.update(np.packbits(deleted[:rows]).tobytes())
+    return digest.hexdigest()
+
+
+def _extend(store: "Store", index: GalleryIndex, checksum: str) -> GalleryIndex | None:
+    """Add rows enrolled since the index was built, when nothing else changed.
+
+    Only when the index's rows are untouched (same batches, no new tombstones, no
+    backfill overlay) and the gallery at most doubled: an IVF quantiser trained on
+    a much smaller gallery would leave the cells unbalanced, so that is a rebuild.
+    """
+    from gallery.store.items import batch_records
+    from gallery.store.layout import EMPTY_CHAIN
+
+    meta, committed = index.meta, store.committed
+    base = int(meta["rows"])
+    if "prefix" not in meta or "rollout" in store.h5 or base >= committed:
+        return None
+    chains = {r["stop"]: r["chain"] for r in batch_records(store)}
+    chains[0] = EMPTY_CHAIN
+    deleted = store.columns()["deleted"]
+    if base not in chains or prefix_digest(base, chains[base], deleted) != meta["prefix"]:
+        return None
+    new = base + np.flatnonzero(~deleted[base:])
+    if new.size > max(index.count, 1000):
+        return None
+    index.faiss.add_with_ids(np.ascontiguousarray(store.embeddings(new)), new.astype(np.int64))
+    meta.update(count=int(index.faiss.ntotal), rows=committed, checksum=checksum,
+                prefix=prefix_digest(committed, store.chain, deleted), extended_at=time.time())
+    log.info("extended %s index of %s by %d rows", index.kind, store.path, new.size)
+    _save(store, index)
     return index
 
 
@@ -214,10 +256,15 @@ def _build_for_store(store: "Store", kind: str | None, checksum: str, **params: 
     kind = kind or default_kind(live.size)
     log.info("building %s index over %d rows of %s", kind, live.size, store.path)
     clean = {k: v for k, v in params.items() if v is not None}
-    index = build(store.embeddings(live), live, IndexParams(kind=kind, **clean),
-                  checksum=checksum, rows=store.committed)
+    deleted = store.columns()["deleted"]
+    index = build(store.embeddings(live), live, IndexParams(kind=kind, **clean), checksum=checksum,
+                  rows=store.committed, prefix=prefix_digest(store.committed, store.chain, deleted))
+    _save(store, index)
+    return index
+
+
+def _save(store: "Store", index: GalleryIndex) -> None:
     try:
         index.save(sidecar_path(store))
     except OSError as exc:  # a read-only gallery folder still searches, just without a cache
         log.warning("could not write index sidecar for %s: %s", store.path, exc)
-    return index

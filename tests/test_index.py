@@ -128,3 +128,25 @@ def test_corrupt_sidecar_is_rebuilt(tmp_path):
     result = store.search(x[:4], k=1)
     assert result.ids[:, 0].tolist() == ["i0", "i1", "i2", "i3"]
     store.close()
+
+
+def test_appended_rows_extend_the_index_instead_of_rebuilding(tmp_path):
+    store, x = _store(tmp_path, n=2000)
+    for seed, kind in enumerate(("hnsw", "ivf")):
+        first = store.index(kind=kind, rebuild=True)
+        built_at = first.meta["built_at"]
+        extra = np.random.default_rng(60 + seed).normal(size=(50, 16)).astype(np.float32)
+        store.enroll(extra, [f"{kind}-x{i}" for i in range(50)])
+        store.invalidate()  # from the stale sidecar on disk, not the in-memory copy
+        grown = store.index(kind=kind)
+        assert grown.meta["built_at"] == built_at and "extended_at" in grown.meta
+        assert grown.count == store.count() and sidecar_state(store)[0] == "fresh"
+        hits = store.search(extra, k=1, kind=kind)
+        assert hits.ids[:, 0].tolist() == [f"{kind}-x{i}" for i in range(50)]
+    store.remove(["i3"])  # a tombstone in the indexed rows: rebuild, never extend
+    rebuilt = store.index(kind="ivf")
+    assert "extended_at" not in rebuilt.meta and rebuilt.count == store.count()
+    big = np.random.default_rng(8).normal(size=(5000, 16)).astype(np.float32)
+    store.enroll(big, [f"b{i}" for i in range(5000)])  # more than doubles: IVF retrained
+    assert "extended_at" not in store.index(kind="ivf").meta
+    store.close()
