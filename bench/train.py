@@ -59,16 +59,18 @@ def bare_loop(config: TrainConfig, num_classes: int, steps: int,
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
     amp = bool(config.amp and device.type == "cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    x = torch.randn(config.batch_size, channels, config.image_size, config.image_size,
-                    device=device)
-    y = torch.randint(0, num_classes, (config.batch_size,), device=device)
+    # a few distinct batches: one repeated batch is memorised, its gradients shrink to
+    # denormals and CPU math slows down, which would flatter the fit loop
+    xs = torch.randn(8, config.batch_size, channels, config.image_size, config.image_size,
+                     device=device)
+    ys = torch.randint(0, num_classes, (8, config.batch_size), device=device)
     rates, cpu_rates = [], []
     for window in range(windows + 1):  # window 0 is warm-up
         _sync(device)
         start, cpu_start = time.perf_counter(), time.process_time()
-        for _ in range(steps):
+        for i in range(steps):
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                loss = head(net(x), y)
+                loss = head(net(xs[i % 8]), ys[i % 8])
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)

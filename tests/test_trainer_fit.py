@@ -166,3 +166,37 @@ def test_torchscript_encoder_matches_pt(trained, tmp_path):
     np.testing.assert_allclose(ts_enc.embed(batch), pt_enc.embed(batch), atol=1e-5)
     with pytest.raises(BadInput, match="expected"):
         pt_enc.embed(batch[:, :, :16])
+
+
+def test_export_iresnet18_with_real_images(tmp_path):
+    """An insightface backbone (PReLU, BN, residuals) exports within tolerance."""
+    from trainer.backbones import arch_config, build_backbone
+    from trainer.checkpoint import atomic_save, model_payload
+    from trainer.export import export_onnx
+
+    torch.manual_seed(0)
+    arch = arch_config("iresnet18", 16, 32)
+    net = build_backbone(arch)
+    images, _ = fashion_mnist("test", per_class=2)
+    pixels = np.stack([np.repeat(np.pad(im, 2)[:, :, None], 3, axis=2) for im in images])
+    spec = PreprocessSpec(32, 32)
+    for module in net.modules():  # cumulative BN averages: real statistics in one pass
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = None
+    net.train()
+    with torch.no_grad():
+        net(torch.from_numpy(to_tensor(pixels, spec)))
+    net.eval()
+    payload = model_payload(net, arch, spec, ["a", "b"], "0" * 64, {"method": "independent"},
+                            {"name": "arcface"}, torch.from_numpy(pixels[:8]), {})
+    atomic_save(payload, tmp_path / "ir18.pt")
+    report = export_onnx(tmp_path / "ir18.pt", tmp_path / "ir18.onnx", images=pixels[8:])
+    assert report["parity_images"] == 20
+    assert report["max_abs_diff"] <= 1e-4 * report["output_scale"]
+    session = ort.InferenceSession(str(tmp_path / "ir18.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    batch = to_tensor(pixels, spec)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(batch)).numpy()
+    got = session.run(None, {session.get_inputs()[0].name: batch})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * report["output_scale"])

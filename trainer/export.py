@@ -2,7 +2,8 @@
 
 The parity check runs the real training images stored in the .pt (plus any the
 caller gives) through both runtimes, at two batch sizes to exercise the dynamic
-batch axis; nothing is written when max |torch - onnx| exceeds the tolerance.
+batch axis; nothing is written when max |torch - onnx| exceeds 1e-4 (times the
+largest output magnitude when that exceeds 1).
 """
 
 from __future__ import annotations
@@ -86,12 +87,16 @@ def export_onnx(pt_path: str | Path, out_path: str | Path, images: np.ndarray | 
         staged = Path(tmp) / "model.onnx"
         onnx.save(model, str(staged))
         diff = _parity(staged, batch, expected)
-        if not diff <= atol:
+        # atol holds for embeddings up to unit scale; beyond it the bound grows with the
+        # output (float32 rounding is relative: an untrained iresnet emits values ~500)
+        scale = max(1.0, float(np.abs(expected).max()))
+        if not diff <= atol * scale:
             raise GateFailed(f"ONNX export of {pt_path} disagrees with torch: max |diff| "
-                             f"{diff:.3g} > {atol:g}; nothing written")
+                             f"{diff:.3g} > {atol * scale:.3g}; nothing written")
         os.replace(staged, out_path)
     log.info("exported %s -> %s (max |diff| %.2e)", pt_path, out_path, diff)
     return {"onnx": str(out_path), "model_id": meta["model_id"], "max_abs_diff": diff,
+            "output_scale": scale,
             "parity_images": int(len(pixels)), "metadata": onnx_metadata(meta)}
 
 
