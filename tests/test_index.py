@@ -150,3 +150,22 @@ def test_appended_rows_extend_the_index_instead_of_rebuilding(tmp_path):
     store.enroll(big, [f"b{i}" for i in range(5000)])  # more than doubles: IVF retrained
     assert "extended_at" not in store.index(kind="ivf").meta
     store.close()
+
+
+def test_verify_and_reindex_a_lying_sidecar(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    store, _ = _store(tmp_path)
+    store.index()
+    meta_path = tmp_path / "g.h5.index.json"
+    meta = json.loads(meta_path.read_text())
+    meta["count"] = 12  # claims fresh, holds the wrong number of vectors
+    meta_path.write_text(json.dumps(meta))
+    store.close()
+    result = CliRunner().invoke(app, ["verify", str(tmp_path / "g.h5")])
+    assert result.exit_code == 1 and "gallery reindex" in result.stdout
+    result = CliRunner().invoke(app, ["reindex", str(tmp_path / "g.h5"), "--index", "hnsw", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["count"] == 500
+    assert CliRunner().invoke(app, ["verify", str(tmp_path / "g.h5")]).exit_code == 0

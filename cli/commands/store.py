@@ -23,7 +23,7 @@ LANDMARKS = typer.Option(None, "--landmarks", help="Face photos: 5-point landmar
 def register(app: typer.Typer) -> None:
     for name, func in (("init", init_cmd), ("enroll", enroll_cmd), ("remove", remove_cmd),
                        ("info", info_cmd), ("verify", verify_cmd), ("search", search_cmd),
-                       ("migrate", migrate_cmd)):
+                       ("migrate", migrate_cmd), ("reindex", reindex_cmd)):
         app.command(name)(func)
 
 
@@ -243,3 +243,21 @@ def migrate_cmd(store: Path = typer.Argument(..., help="Store file."), as_json: 
     else:
         console.print(f"{store}: schema v{result['schema_version']}")
 
+
+@handle_errors
+def reindex_cmd(
+    store: Path = typer.Argument(..., help="Store file."),
+    index: Optional[str] = typer.Option(None, "--index", help="flat | ivf | hnsw | ivfpq (default: by size)."),
+    nlist: Optional[int] = typer.Option(None, "--nlist", help="IVF cells."),
+    hnsw_m: Optional[int] = typer.Option(None, "--hnsw-m", help="HNSW links per node."),
+    as_json: bool = JSON,
+) -> None:
+    """Rebuild the faiss index sidecar from the store (normally automatic when stale)."""
+    from gallery.store import Store
+
+    with Store.open(store) as st:
+        meta = st.index(kind=index, rebuild=True, nlist=nlist, hnsw_m=hnsw_m).meta
+    if as_json:
+        emit_json(meta)
+    else:
+        console.print(f"built {meta['params']['kind']} index over {meta['count']} live rows of {store}")

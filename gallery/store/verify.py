@@ -100,6 +100,15 @@ def _check_index(store: "Store", problems: list[str], warnings: list[str]) -> st
     from gallery import index
 
     state, reason = index.sidecar_state(store)
+    if state == "fresh":
+        import json
+        from pathlib import Path
+
+        meta = json.loads(Path(str(index.sidecar_path(store)) + ".json").read_text())
+        live = int((~store.columns()["deleted"]).sum())
+        if int(meta.get("count", -1)) != live:
+            problems.append(f"index claims to be fresh but holds {meta.get('count')} vectors for {live} "
+                            "live rows; run `gallery reindex`")
     if state == "stale":
         warnings.append(f"index is stale ({reason}); it is rebuilt on the next search")
     elif state == "corrupt":
