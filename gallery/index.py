@@ -180,7 +180,9 @@ def sidecar_state(store: "Store") -> tuple[str, str]:
     except (ValueError, KeyError, OSError) as exc:
         return "corrupt", f"{meta_path.name}: {exc.__class__.__name__}"
     if built_from != (store.content_checksum(), store.committed):
-        return "stale", f"built from {meta['rows']} rows, store has {store.committed} or changed since"
+        if meta["rows"] != store.committed:
+            return "stale", f"built from {meta['rows']} rows, the store has {store.committed}"
+        return "stale", "rows were removed or re-embedded since it was built"
     return "fresh", "built from the current content"
 
 
