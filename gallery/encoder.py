@@ -136,8 +136,14 @@ class OnnxEncoder:
 
 def _spec_or_error(meta: dict, path: str | Path) -> PreprocessSpec:
     try:
-        return PreprocessSpec.from_metadata(meta)
+        spec = PreprocessSpec.from_metadata(meta)
+        declared = meta.get(META_PREFIX + "channels")
+        if declared is not None and int(declared) != spec.channels:
+            raise BadInput(f"{path}: gallery.channels={declared} contradicts colour order {spec.color_order}")
+        return spec
     except BadInput as exc:
+        if str(path) in str(exc):
+            raise
         raise BadInput(f"{path} is not a gallery image encoder: {exc}") from None
     except (ValueError, TypeError) as exc:
         raise BadInput(f"{path}: malformed preprocessing metadata ({exc})") from None

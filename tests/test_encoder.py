@@ -182,3 +182,16 @@ def test_unreadable_image_names_the_file(tmp_path):
     bad.write_text("not an image")
     with pytest.raises(BadInput, match="broken.png"):
         embed_paths(load_encoder(tmp_path / "e.onnx"), [bad])
+
+
+def test_contradictory_channels_metadata(tmp_path):
+    from gallery.encoder import load_encoder
+
+    make_onnx_encoder(tmp_path / "e.onnx")
+    model = onnx.load(str(tmp_path / "e.onnx"))
+    for entry in model.metadata_props:
+        if entry.key == "gallery.channels":
+            entry.value = "1"
+    onnx.save(model, str(tmp_path / "e.onnx"))
+    with pytest.raises(BadInput, match="gallery.channels=1 contradicts colour order RGB"):
+        load_encoder(tmp_path / "e.onnx")
