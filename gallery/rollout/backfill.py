@@ -55,9 +55,8 @@ def plan_rows(store: Store, root: Path) -> tuple[np.ndarray, int]:
     return todo[exists], int((~exists).sum())
 
 
-def _usable(store: Store, rows: np.ndarray, root: Path, trust: bool) -> tuple[np.ndarray, list[str], int]:
-    """Which rows of a batch have an image that is the one enrolled: (mask, hashes, changed count)."""
-    cols = store.columns()
+def _usable(cols: dict, rows: np.ndarray, root: Path, trust: bool) -> tuple[np.ndarray, list[str]]:
+    """Which rows of a batch have an image that is the one enrolled: (mask, their sha256s)."""
     ok = np.zeros(len(rows), bool)
     hashes: list[str] = []
     for i, r in enumerate(rows):
@@ -68,7 +67,7 @@ def _usable(store: Store, rows: np.ndarray, root: Path, trust: bool) -> tuple[np
         if trust or digest == str(cols["content_hash"][r]):
             ok[i] = True
             hashes.append(digest)
-    return ok, hashes, int(len(rows) - ok.sum())
+    return ok, hashes
 
 
 def _embed(encoder: Any, paths: list[Path], dtype: str) -> np.ndarray:
@@ -114,12 +113,11 @@ def backfill(config: BackfillConfig, loader: Callable[..., Any] | None = None, p
             on_total(len(rows))
         if progress is not None and cursor:
             progress(cursor)
-        ids = st.columns()["id"]
-        changed = 0
+        cols = st.columns()  # read once: each commit invalidates the store's column cache
+        ids = cols["id"]
         for lo in range(cursor, len(rows), batch):
             chunk = rows[lo : lo + batch]
-            ok, hashes, bad = _usable(st, chunk, root, trust)
-            changed += bad
+            ok, hashes = _usable(cols, chunk, root, trust)
             keep = chunk[ok]
             emb = _embed(encoder, [root / str(ids[r]) for r in keep], st.dtype) if keep.size else \
                 np.empty((0, st.dim), st.dtype)
