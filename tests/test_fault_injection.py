@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from gallery.preprocess import l2_normalize
 from gallery.store import ModelInfo, Store
@@ -144,3 +146,82 @@ def test_enrol_survives_sigkill_at_20_random_points(tmp_path: Path):
 def _new_store(path: Path) -> Path:
     Store.create(path, ModelInfo(version="v1", dim=DIM, model_id="synthetic")).close()
     return path
+
+
+# ---- backfill (gallery.rollout): the same 20 random kill points -------------------------
+BACKFILL_CHILD = CHILD.split("def vector")[0] + r"""
+from gallery.rollout import BackfillConfig, backfill
+backfill(BackfillConfig(store=store, images=sys.argv[2], batch_size=4))
+print("writes", count[0])
+"""
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    return result
+
+
+def _backfill_state(path: Path) -> dict:
+    from gallery.rollout import overlay
+
+    with Store.open(path) as st:
+        report = st.verify()
+        g = overlay.group(st, "v2")
+        rows = g["row"][: overlay.state(g)[0]] if g is not None else np.empty(0, np.int64)
+        return {"ok": report["ok"], "problems": report["problems"], "rows": rows,
+                "emb": st.embeddings(), "models": st.columns()["model"]}
+
+
+def test_backfill_survives_sigkill_at_20_random_points(tmp_path: Path):
+    pytest.importorskip("torch")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_encoder import make_onnx_encoder, write_digit_folder
+
+    make_onnx_encoder(tmp_path / "v1.onnx", seed=0)
+    make_onnx_encoder(tmp_path / "v2.onnx", seed=1)
+    write_digit_folder(tmp_path / "images", n_per_class=5, seed=0)
+    write_digit_folder(tmp_path / "eval", n_per_class=3, seed=2)
+    base = tmp_path / "base.h5"
+    _cli("init", base, "--model", tmp_path / "v1.onnx")
+    _cli("enroll", base, "--images", tmp_path / "images")
+    _cli("check-compat", "--old", tmp_path / "v1.onnx", "--new", tmp_path / "v2.onnx", "--data", tmp_path / "eval",
+         "--json", tmp_path / "report.json", "--max-new-drop", "1", "--impostor-pairs", "200")
+    _cli("upgrade", base, "--model", tmp_path / "v2.onnx", "--report", tmp_path / "report.json")
+
+    def run(path: Path, kill_at: int) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        return subprocess.run([sys.executable, "-c", BACKFILL_CHILD, str(path), str(tmp_path / "images"), "[]",
+                               str(kill_at)], capture_output=True, text=True, timeout=120, env=env)
+
+    straight = tmp_path / "straight.h5"
+    shutil.copy(base, straight)
+    clean = run(straight, 0)
+    assert clean.returncode == 0, clean.stderr
+    total = int(clean.stdout.split()[-1])
+    want = _backfill_state(straight)
+    assert want["ok"] and len(want["rows"]) == 50 and (want["models"] == "v2").all()
+
+    points = np.random.default_rng(11).choice(np.arange(1, total + 1), min(KILLS, total), replace=False)
+    for kill_at in sorted(points.tolist()):
+        store = tmp_path / "killed.h5"
+        shutil.copy(base, store)
+        proc = run(store, int(kill_at))
+        assert proc.returncode == -signal.SIGKILL, f"write {kill_at}/{total}: {proc.stderr[-500:]}"
+        got = _backfill_state(store)
+        assert got["ok"], (kill_at, got["problems"])
+        n = len(got["rows"])  # committed re-embeddings: a prefix of the uninterrupted run, exact
+        assert np.array_equal(got["rows"], want["rows"][:n])
+        np.testing.assert_array_equal(got["emb"][got["rows"]], want["emb"][got["rows"]])
+        untouched = np.setdiff1d(np.arange(len(got["models"])), got["rows"])
+        assert (got["models"][untouched] == "v1").all() and (got["models"][got["rows"]] == "v2").all()
+        _cli("backfill", store, "--images", tmp_path / "images", "--batch-size", "7", "--json")  # resume
+        done = _backfill_state(store)
+        assert done["ok"] and np.array_equal(done["rows"], want["rows"])
+        np.testing.assert_array_equal(done["emb"], want["emb"])
+        assert np.array_equal(done["models"], want["models"])
+        store.unlink()
