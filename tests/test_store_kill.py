@@ -68,3 +68,27 @@ def test_sigkill_mid_enrol_keeps_whole_batches(tmp_path):
         assert store.committed == committed_before + 3
         report = store.verify()
     assert report["ok"] and not report["warnings"], report
+
+
+def test_readers_during_a_live_writer_see_whole_batches(tmp_path):
+    path = tmp_path / "live.h5"
+    Store.create(path, ModelInfo(version="v1", dim=DIM, model_id="m")).close()
+    expected = _expected(21, ROWS)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), "21"], stdout=subprocess.PIPE, text=True)
+    child.stdout.readline()
+    seen = []
+    try:
+        while len(seen) < 15 and child.poll() is None:
+            with Store.open(path) as store:  # never blocked by the writer's lock
+                n = store.committed
+                ids = store.columns()["id"]
+                assert len(ids) == n and n % BATCH == 0
+                if n:
+                    assert ids[-1] == f"s21-{n - 1}"
+                    np.testing.assert_array_equal(store.embeddings(np.array([n - 1]))[0], expected[n - 1])
+                seen.append(n)
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    assert seen == sorted(seen) and any(0 < n < ROWS for n in seen)  # read mid-enrol
