@@ -13,7 +13,8 @@ otherwise nothing is rejected.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -140,14 +141,14 @@ def _thresholds(store: "Store", version: str, models: np.ndarray, threshold: flo
 
 def search_images(
     store: "Store",
-    paths: list,
+    paths: Sequence[str | Path],
     k: int = 10,
     threshold: float | None = None,
     query_version: str | None = None,
-    model_path: str | None = None,
-    loader: Any = None,
+    model_path: str | Path | None = None,
+    loader: Callable[..., Any] | None = None,
     batch_size: int = 64,
-    progress: Any = None,
+    progress: Callable[[int], None] | None = None,
     **kwargs: Any,
 ) -> tuple[SearchResult, list[str]]:
     """Encode query images with the query model (default: active) and search."""
@@ -162,10 +163,8 @@ def search_images(
     return result, [str(f) for f in files]
 
 
-def read_query_embeddings(path: str) -> tuple[np.ndarray, list[str]]:
+def read_query_embeddings(path: str | Path) -> tuple[np.ndarray, list[str]]:
     """.npy or .h5 (`embeddings`, optional `ids`) query file -> (queries, names)."""
-    from pathlib import Path
-
     import h5py
 
     p = Path(path)
