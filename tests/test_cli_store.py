@@ -186,3 +186,24 @@ def test_cli_labels_csv(setup, tmp_path):
     (tmp_path / "missing.csv").write_text("nowhere.png,someone\n")
     _fails(store, "enroll", store, "--images", root / "gallery", "--labels", tmp_path / "missing.csv",
            match="image not found")
+
+
+def test_cli_export_model_and_init_from_pt(tmp_path):
+    """`gallery export m.pt --out m.onnx` (trainer's exporter), then a store on each file."""
+    trainer_fit = pytest.importorskip("trainer.fit")
+    from trainer.config import TrainConfig
+    from trainer.data.samples import fashion_mnist
+
+    images, labels = fashion_mnist(per_class=10)
+    np.savez(tmp_path / "fm.npz", images=images, labels=labels)
+    pt = tmp_path / "m.pt"
+    trainer_fit.fit(TrainConfig(data=str(tmp_path / "fm.npz"), out=str(pt), arch="small", head="arcface",
+                                dim=16, image_size=32, epochs=1, batch_size=32, lr=0.05, seed=1,
+                                device="cpu", head_params={"s": 16.0, "m": 0.2}))
+    result = ok("export", pt, "--out", tmp_path / "m.onnx", "--json")
+    assert result["kind"] == "model" and (tmp_path / "m.onnx").is_file()
+    _fails(tmp_path / "x", "export", pt, "--out", tmp_path / "m.txt", match="must end in .onnx")
+    onnx_info = ok("init", tmp_path / "a.h5", "--model", tmp_path / "m.onnx", "--json")["models"][0]
+    pt_info = ok("init", tmp_path / "b.h5", "--model", pt, "--json")["models"][0]
+    assert onnx_info["model_id"] == pt_info["model_id"] and onnx_info["format"] == "onnx"
+    assert pt_info["format"] == "pt" and onnx_info["input_size"] == pt_info["input_size"] == [32, 32]
