@@ -7,12 +7,13 @@ Steps (each skipped when its output already exists, so an interrupted run resume
 and ablations reuse the data and old models):
   1. gallery data glyphs                          -> WORK/data (open-class split)
   2. gallery train, per old kind (weak: softmax, strong: ArcFace)  -> WORK/old/<kind>.pt
-  3. gallery train (independent) once, gallery train-compatible --method l2|bct|mixbct
+  3. gallery train (independent, shared by both old kinds), gallery train-compatible --method l2|bct|mixbct
      per old kind                                 -> WORK/new[/<tag>]/<kind>/<method>.pt
   4. gallery check-compat --reference independent -> WORK/.../<method>.check.json
   5. one table (Markdown + JSON) and one plot     -> WORK/results[-<tag>].{md,json,png}
 
-Ablations: `--set methods.params.mixbct.mix_ratio=0.5 --methods mixbct --tag mr05`.
+Ablations: `--set methods.params.mixbct.mix_ratio=0.5 --methods mixbct --tag mr05 --reuse-reference`
+(method parameters only), or `--set new.epochs=10 --tag ep10` (retrains the reference too).
 """
 
 from __future__ import annotations
@@ -143,11 +144,14 @@ def train_old(run: Runner, preset: dict, data: Path) -> dict[str, Path]:
     return olds
 
 
-def train_new(run: Runner, preset: dict, data: Path, olds: dict[str, Path], tag: str | None) -> dict:
+def train_new(run: Runner, preset: dict, data: Path, olds: dict[str, Path], tag: str | None,
+              reuse_reference: bool = False) -> dict:
     """Return {old kind: {method: new model path}}; independent is shared by all kinds."""
     base = run.work / "new" / tag if tag else run.work / "new"
     methods = preset["methods"]["names"]
-    ref = run.work / "new" / "independent.pt"  # the reference never depends on the tag
+    # a tagged ablation that changes the new models' training retrains the reference too;
+    # reuse_reference keeps the untagged one (ablations of method parameters only)
+    ref = (run.work / "new" if reuse_reference else base) / "independent.pt"
     ref_cfg = train_config(preset, preset["new"], data / "new.h5", ref)
     run.step("new-independent", ref, ["train", "--config", str(write_config(ref.with_suffix(".train.json"), ref_cfg)), "--json"])
     models: dict[str, dict[str, Path]] = {}
@@ -171,11 +175,12 @@ def check_all(run: Runner, preset: dict, data: Path, olds: dict[str, Path], mode
     for kind, by_method in models.items():
         reports[kind] = {}
         for method, new in by_method.items():
-            folder = new.parent if method != "independent" else run.work / "new" / kind
+            reference = by_method["independent"]
+            folder = new.parent if method != "independent" else reference.parent / kind
             out = folder / f"{method}.check.json"
             folder.mkdir(parents=True, exist_ok=True)
             args = ["check-compat", "--old", str(olds[kind]), "--new", str(new),
-                    "--reference", str(run.work / "new" / "independent.pt"), "--data", str(data / "eval"),
+                    "--reference", str(reference), "--data", str(data / "eval"),
                     "--json", str(out), "--plot", str(out.with_suffix(".png")),
                     "--seed", str(check.get("seed", 0)), "--batch-size", str(check.get("batch_size", 256))]
             run.step(f"check-{kind}-{method}", out, args, ok_codes=(0, 1))
@@ -193,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default=None, help="Comma-separated subset of the preset's methods.")
     parser.add_argument("--olds", default=None, help="Comma-separated subset of old kinds (weak,strong).")
     parser.add_argument("--tag", default=None, help="Put new models and results under this tag (ablations).")
+    parser.add_argument("--reuse-reference", action="store_true",
+                        help="With --tag: keep the untagged independent model (method-parameter ablations).")
     parser.add_argument("--jobs", type=int, default=2, help="Steps run in parallel (each gets cores/jobs threads).")
     args = parser.parse_args(argv)
     preset = load_preset(args.preset, args.overrides)
@@ -208,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     data = build_data(run, preset)
     olds = train_old(run, preset, data)
-    models = train_new(run, preset, data, olds, args.tag)
+    models = train_new(run, preset, data, olds, args.tag, args.reuse_reference)
     reports = check_all(run, preset, data, olds, models)
     total = time.perf_counter() - start
     md = write_results(run.work, suffix, preset, reports, run.timings, total, run.cpu)
