@@ -232,3 +232,11 @@ def test_sharded_loaders_cover_each_index_once(tmp_path, fmnist):
         shards.append(np.concatenate([idx.numpy() for _, _, idx in loader]))
     assert not set(shards[0]) & set(shards[1])
     assert len(shards[0]) == len(shards[1]) == (len(data) // 2 // 5) * 5
+
+
+def test_recordio_unreadable_image_names_the_record(tmp_path, fmnist):
+    images, labels = fmnist
+    write_recordio(tmp_path / "x.rec", [(0.0, _png(images[0])), (1.0, b"garbage bytes")])
+    data = RecordIODataset(tmp_path / "x.rec", SPEC)
+    with pytest.raises(BadInput, match="unreadable image in .*x.rec record 1"):
+        data.images_uint8([0, 1])

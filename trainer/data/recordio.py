@@ -25,7 +25,7 @@ import numpy as np
 
 from gallery.errors import BadInput
 from gallery.fingerprint import file_sha256, strings_sha256
-from gallery.preprocess import PreprocessSpec, to_color_order
+from gallery.preprocess import PreprocessSpec, load_image
 
 from trainer.data.base import TrainDataset, check_labels, dense_labels
 
@@ -134,19 +134,11 @@ class RecordIODataset(TrainDataset):
         return np.stack([self._decode(int(self.keys[i])) for i in indices])
 
     def _decode(self, key: int) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
-
-        spec = self.spec
         _, body, _ = unpack_header(self._payload(key))
-        try:
-            with Image.open(io.BytesIO(body)) as image:
-                image = image.convert("L" if spec.color_order == "GRAY" else "RGB")
-                if image.size != (spec.width, spec.height):
-                    image = image.resize((spec.width, spec.height), Image.BILINEAR)
-                return to_color_order(np.asarray(image, dtype=np.uint8), spec)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise BadInput(f"unreadable image in {self.rec_path} record {key} "
-                           f"({exc.__class__.__name__})") from None
+        try:  # the same decode/resize/colour path as every other image in gallery
+            return load_image(io.BytesIO(body), self.spec)
+        except BadInput:
+            raise BadInput(f"unreadable image in {self.rec_path} record {key}") from None
 
 
 def pack_record(payload: bytes) -> bytes:
