@@ -59,6 +59,9 @@ def upgrade_cmd(
     console.print(f"upgraded {store}: query model {result['from']} -> {result['to']}{forced}")
     for t in result["thresholds"]:
         console.print(f"  threshold {t['query']} queries vs {t['gallery']} rows: {t['threshold']:.4f}")
+    if result["unsupported_far"]:
+        console.print(f"  [yellow]warning:[/] too few impostor pairs in the report for its FAR: "
+                      f"{', '.join(result['unsupported_far'])} (thresholds are optimistic)")
 
 
 @handle_errors
