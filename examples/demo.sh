@@ -64,4 +64,6 @@ else
   say "7. search the v1 gallery with v2 queries (file name = true identity; open-set threshold from the check)"
 fi
 $G search "$D/store.h5" --image "$D/some-queries" -k 3
+echo "(hits below the calibrated FAR-1e-4 threshold are rejected; the same search without open-set rejection:)"
+$G search "$D/store.h5" --image "$D/some-queries" -k 3 --threshold 0
 say "done: outputs in $D (check.json, check.png, store.h5)"
