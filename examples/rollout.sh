@@ -3,11 +3,12 @@
 #
 #   examples/rollout.sh STORE NEW_MODEL EVAL_DATA SHADOW_QUERIES [BACKFILL_IMAGES]
 #
-# Steps: check-compat (gated) -> upgrade -> shadow (cut-over evidence, gated) ->
-# optional backfill -> verify. A failure after the upgrade rolls the query model back.
+# Steps: check-compat (gated) -> upgrade --stage (register v2, no switch yet) -> shadow
+# (the cut-over evidence, gated) -> upgrade (the switch) -> optional backfill -> verify.
+# A failure after the switch rolls the query model back.
 # Exits non-zero at the failing step and says which on stderr:
-#   10 check-compat (gate failed or bad input)   11 upgrade refused
-#   12 shadow failed or flipped too many decisions (rolled back)
+#   10 check-compat (gate failed or bad input)   11 upgrade refused (stage or switch)
+#   12 shadow failed or flipped too many decisions (v1 still the query model)
 #   13 backfill failed (rolled back)   14 verify failed (rolled back)   2 usage
 #
 # Tunables (environment): GALLERY (the CLI), GATES (check-compat gate options),
@@ -46,21 +47,22 @@ active = [m for m in info["models"] if m["version"] == info["active_model"]][0]
 print(active["path"] or "")') || fail 2 "info" "cannot read $STORE"
 [[ -n "$OLD_MODEL" && -f "$OLD_MODEL" ]] || fail 2 "info" "query model file of $STORE not found: '$OLD_MODEL'"
 
-echo "rollout: 1/5 check-compat $OLD_MODEL -> $NEW_MODEL" >&2
+echo "rollout: 1/6 check-compat $OLD_MODEL -> $NEW_MODEL" >&2
 $GALLERY check-compat --old "$OLD_MODEL" --new "$NEW_MODEL" --data "$EVAL_DATA" \
     --json "$WORK/report.json" $GATES --old-to-new >&2
 rc=$?
 [[ $rc -eq 0 ]] || fail 10 "check-compat" "exit $rc (1 = a gate failed, 2 = bad input); report: $WORK/report.json"
 
-echo "rollout: 2/5 upgrade" >&2
-$GALLERY upgrade "$STORE" --model "$NEW_MODEL" --report "$WORK/report.json" --json > "$WORK/upgrade.json"
+echo "rollout: 2/6 upgrade --stage (register, no switch)" >&2
+$GALLERY upgrade "$STORE" --model "$NEW_MODEL" --report "$WORK/report.json" --stage --json > "$WORK/stage.json"
 rc=$?
 [[ $rc -eq 0 ]] || fail 11 "upgrade" "exit $rc; the store is unchanged"
+read -r OLD NEW < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["from"], r["to"])' "$WORK/stage.json")
 
-echo "rollout: 3/5 shadow queries" >&2
-$GALLERY shadow "$STORE" --queries "$QUERIES" --out "$WORK/shadow.json" --json > /dev/null
+echo "rollout: 3/6 shadow queries ($OLD vs $NEW)" >&2
+$GALLERY shadow "$STORE" --queries "$QUERIES" --old "$OLD" --new "$NEW" --out "$WORK/shadow.json" --json > /dev/null
 rc=$?
-[[ $rc -eq 0 ]] || rollback_and_fail 12 "shadow" "exit $rc"
+[[ $rc -eq 0 ]] || fail 12 "shadow" "exit $rc; $OLD is still the query model"
 python3 - "$WORK/shadow.json" "$MAX_FLIP_RATE" <<'EOF' >&2
 import json, sys
 report, limit = json.load(open(sys.argv[1])), float(sys.argv[2])
@@ -69,19 +71,24 @@ print(f"rollout: shadow: {report['decisions']['changed']}/{report['queries']} de
       f"({rate:.3f}, limit {limit}); top-k overlap {report['topk_overlap']['mean']:.3f}")
 sys.exit(0 if rate <= limit else 1)
 EOF
-[[ $? -eq 0 ]] || rollback_and_fail 12 "shadow" "too many decisions flip (see $WORK/shadow.json)"
+[[ $? -eq 0 ]] || fail 12 "shadow" "too many decisions flip (see $WORK/shadow.json); $OLD is still the query model"
+
+echo "rollout: 4/6 upgrade (switch the query model to $NEW)" >&2
+$GALLERY upgrade "$STORE" --model "$NEW_MODEL" --report "$WORK/report.json" --json > "$WORK/upgrade.json"
+rc=$?
+[[ $rc -eq 0 ]] || fail 11 "upgrade" "exit $rc; $OLD is still the query model"
 
 if [[ -n "$IMAGES" ]]; then
-    echo "rollout: 4/5 backfill from $IMAGES" >&2
+    echo "rollout: 5/6 backfill from $IMAGES" >&2
     $GALLERY backfill "$STORE" --images "$IMAGES" --json > "$WORK/backfill.json"
     rc=$?
     # Resumable: rerunning `gallery backfill` continues a killed run where it stopped.
     [[ $rc -eq 0 ]] || rollback_and_fail 13 "backfill" "exit $rc (rerun to resume, or keep the rollback)"
 else
-    echo "rollout: 4/5 backfill skipped (no image root given)" >&2
+    echo "rollout: 5/6 backfill skipped (no image root given)" >&2
 fi
 
-echo "rollout: 5/5 verify" >&2
+echo "rollout: 6/6 verify" >&2
 $GALLERY verify "$STORE" --json > "$WORK/verify.json"
 rc=$?
 [[ $rc -eq 0 ]] || rollback_and_fail 14 "verify" "exit $rc (see $WORK/verify.json)"

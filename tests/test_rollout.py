@@ -262,3 +262,16 @@ def test_second_upgrade_keeps_backfilled_rows_and_rolls_back_one_step(work, tmp_
     assert ok("rollback", store, "--json")["to"] == "v2"
     assert ok("rollback", store, "--json")["to"] == "v1"
     assert run("rollback", store).exit_code == 2
+
+
+def test_stage_then_shadow_before_cutover(work):
+    root, store, passing, _ = work
+    staged = ok("upgrade", store, "--model", root / "v2.onnx", "--report", passing, "--stage", "--json")
+    assert staged["event"] == "stage" and staged["to"] == "v2"
+    with Store.open(store) as st:
+        assert st.active_model == "v1" and "v1" in st.model("v2").thresholds
+    result = ok("shadow", store, "--queries", root / "probes", "--old", "v1", "--new", "v2", "--json")
+    assert (result["old"], result["new"]) == ("v1", "v2") and result["queries"] == 20
+    switched = ok("upgrade", store, "--model", root / "v2.onnx", "--report", passing, "--json")
+    assert switched["event"] == "upgrade" and not switched["registered"]
+    assert ok("rollback", store, "--json")["to"] == "v1"

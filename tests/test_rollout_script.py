@@ -64,19 +64,34 @@ def test_failed_gate_stops_before_upgrade(setup, tmp_path):
     assert file_sha256(store) == before
 
 
-def test_too_many_flips_rolls_back(setup, tmp_path):
+def test_too_many_flips_stops_before_the_switch(setup, tmp_path):
     run, store = rollout(setup, tmp_path, GATES="--max-new-drop 1", MAX_FLIP_RATE="-1")
     assert run.returncode == 12, run.stderr
-    assert "FAILED at step 'shadow'" in run.stderr and "rolling back" in run.stderr
+    assert "FAILED at step 'shadow'" in run.stderr and "v1 is still the query model" in run.stderr
     assert active(store) == "v1"
     with Store.open(store) as st:
-        assert [e["event"] for e in st.history()][-1] == "rollback"
+        assert [e["event"] for e in st.history()][-1] == "stage"
+
+
+def test_failure_after_the_switch_rolls_back(setup, tmp_path):
+    root, _ = setup
+    missing = tmp_path / "no-such-images"  # backfill refuses a missing image root: exit 2
+    run, store = rollout(setup, tmp_path, images=False, GATES="--max-new-drop 1", MAX_FLIP_RATE="1")
+    assert run.returncode == 0, run.stderr
+    args = [str(store), str(root / "v1.onnx"), str(root / "eval"), str(root / "queries"), str(missing)]
+    assert active(store) == "v2"
+    env = {**os.environ, "GALLERY": GALLERY, "WORK": str(tmp_path / "work2"), "GATES": "--max-new-drop 1",
+           "MAX_FLIP_RATE": "1"}
+    back = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=300)
+    assert back.returncode == 13, back.stderr  # v2 -> v1 again, then the backfill step fails
+    assert "FAILED at step 'backfill'" in back.stderr and "rolling back" in back.stderr
+    assert active(store) == "v2"
 
 
 def test_clean_rollout(setup, tmp_path):
     run, store = rollout(setup, tmp_path, GATES="--max-new-drop 1", MAX_FLIP_RATE="1")
     assert run.returncode == 0, run.stderr
-    assert "4/5 backfill from" in run.stderr and "rollout: done" in run.stderr
+    assert "5/6 backfill from" in run.stderr and "rollout: done" in run.stderr
     with Store.open(store) as st:
         assert st.active_model == "v2" and set(st.columns()["model"]) == {"v2"}  # every image backfilled
         assert st.model("v1").thresholds.get("v2") is not None  # old->new, for a later rollback

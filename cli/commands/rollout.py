@@ -46,17 +46,19 @@ def upgrade_cmd(
     report: Path = typer.Option(..., "--report", help="check-compat JSON report for (store's query model, --model)."),
     version: Optional[str] = typer.Option(None, "--version", help="Name of the new version (default v<N>)."),
     force: bool = typer.Option(False, "--force", help="Upgrade despite a failed gate (recorded in history)."),
+    stage: bool = typer.Option(False, "--stage", help="Register and calibrate only; switch later (shadow it first)."),
     as_json: bool = JSON,
 ) -> None:
     """Make --model the query model, admitted by a passing compatibility report."""
     from gallery.rollout import upgrade
 
-    result = upgrade(store, model, report, version=version, force=force, loader=load_encoder_any)
+    result = upgrade(store, model, report, version=version, force=force, loader=load_encoder_any, stage=stage)
     if as_json:
         emit_json(result)
         return
     forced = f" [red]FORCED over: {'; '.join(result['forced_over'])}[/]" if result["forced"] else ""
-    console.print(f"upgraded {store}: query model {result['from']} -> {result['to']}{forced}")
+    verb = "staged" if stage else "upgraded"
+    console.print(f"{verb} {store}: query model {result['from']} -> {result['to']}{forced}")
     for t in result["thresholds"]:
         console.print(f"  threshold {t['query']} queries vs {t['gallery']} rows: {t['threshold']:.4f}")
     if result["unsupported_far"]:

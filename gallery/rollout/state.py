@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 GROUP = "rollout"
 # Events the rollout writes, plus the store's own model events: what `gallery history` shows.
-ROLLOUT_EVENTS = ("init", "add_model", "activate", "alias", "upgrade", "rollback",
+ROLLOUT_EVENTS = ("init", "add_model", "activate", "alias", "upgrade", "stage", "rollback",
                   "backfill", "prune", "migrate")
 
 

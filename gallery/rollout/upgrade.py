@@ -114,8 +114,14 @@ def _summary(report: dict, path: Path, digest: str) -> dict:
 
 
 def upgrade(store_path: str | Path, model_path: str | Path, report_path: str | Path,
-            version: str | None = None, force: bool = False, loader: Loader | None = None) -> dict:
-    """Register `model_path` (if new), store its thresholds and make it the query model."""
+            version: str | None = None, force: bool = False, loader: Loader | None = None,
+            stage: bool = False) -> dict:
+    """Register `model_path` (if new), store its thresholds and make it the query model.
+
+    `stage` stops before the switch: the model is registered with its thresholds, so
+    `gallery shadow --new VERSION` can compare it before the cut-over; running the
+    upgrade again without `stage` then only switches.
+    """
     from gallery.compat.report import load_report
 
     report_path, model_path = Path(report_path), Path(model_path)
@@ -134,10 +140,10 @@ def upgrade(store_path: str | Path, model_path: str | Path, report_path: str | P
     digest = file_sha256(report_path)
     with Store.open(store_path, "a") as st:
         plan = _plan(st, report, info, version)  # again, under the lock
-        return _apply(st, plan, info, _summary(report, report_path, digest), force)
+        return _apply(st, plan, info, _summary(report, report_path, digest), force, stage)
 
 
-def _apply(st: Store, plan: dict, info: ModelInfo, summary: dict, force: bool) -> dict:
+def _apply(st: Store, plan: dict, info: ModelInfo, summary: dict, force: bool, stage: bool) -> dict:
     old, new = plan["old"], plan["new"]
     per_model: dict[str, dict[str, float]] = {}
     for q, g, value, _ in plan["thresholds"]:
@@ -153,12 +159,13 @@ def _apply(st: Store, plan: dict, info: ModelInfo, summary: dict, force: bool) -
         if q == new:
             record.compat_report = summary
         st.update_model(record)
-    state.set_parent(st, new, old)
-    st.set_active_model(new)  # the commit point
-    st.invalidate()
+    if not stage:
+        state.set_parent(st, new, old)
+        st.set_active_model(new)  # the commit point
+        st.invalidate()
     forced_over = plan["failures"] if force else []
     result = state.record(
-        st, "upgrade", **{"from": old, "to": new, "registered": plan["register"],
+        st, "stage" if stage else "upgrade", **{"from": old, "to": new, "registered": plan["register"],
                           "report": {k: summary[k] for k in ("path", "sha256", "passed", "failed_gates")},
                           "forced": bool(forced_over), "forced_over": forced_over,
                           "thresholds": [{"query": q, "gallery": g, "threshold": v, "far": far}
