@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -207,6 +208,14 @@ def test_backfill_then_rollback_then_upgrade_again(work, tmp_path):
     reference = l2_normalize(embed_paths(load_encoder(root / "v2.onnx"), paths, batch_size=3))
     assert np.allclose(emb[expect_v2], reference, atol=1e-5)
     assert np.array_equal(emb[~expect_v2], v1_emb[~expect_v2])
+    status = ok("backfill", store, "--status", "--json")
+    assert status["ok"] and status["rows_per_model"] == {"v1": len(gone) + 1, "v2": int(expect_v2.sum())}
+    damaged = tmp_path / "damaged.h5"
+    shutil.copy(store, damaged)
+    with h5py.File(damaged, "r+") as h5:
+        h5["rollout/backfill/v2/embedding"][0] = np.full(h5["rollout/backfill/v2/embedding"].shape[1], np.nan)
+    bad = run("backfill", damaged, "--status", "--json")
+    assert bad.exit_code == 1 and "not finite unit vectors" in bad.stdout
     again = ok("backfill", store, "--images", images, "--json")
     assert again["planned"] == 1 and again["embedded"] == 0  # only the changed image, still refused
     hits = ok("search", store, "--image", root / "probes", "-k", "3", "--threshold", "-1", "--json")

@@ -75,7 +75,7 @@ def _state(path: Path) -> dict:
     with Store.open(path) as st:
         g = overlay.group(st, "v2")
         return {"rows": g["row"][: overlay.state(g)[0]], "emb": st.embeddings(),
-                "models": st.columns()["model"], "verify": st.verify()["ok"],
+                "models": st.columns()["model"], "verify": st.verify()["ok"] and not overlay.check(st),
                 "events": [e for e in st.history() if e["event"] == "backfill"]}
 
 

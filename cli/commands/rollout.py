@@ -219,6 +219,8 @@ def backfill_cmd(
     if show_status:
         result = status(store)
         emit_json(result) if as_json else console.print(result)
+        if not result["ok"]:
+            raise typer.Exit(1)
         return
     if images is None:
         raise BadInput("give --images ROOT (or --status)")

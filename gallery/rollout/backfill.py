@@ -146,5 +146,7 @@ def status(store_path: str | Path) -> dict:
         live = ~cols["deleted"]
         versions, counts = np.unique(cols["model"][live], return_counts=True)
         pending = overlay.plan(st, st.active_model)
+        problems = overlay.check(st)
         return {"model": st.active_model, "rows_per_model": dict(zip(versions.tolist(), counts.tolist())),
-                "unfinished_run": None if pending is None else {"done": pending[1], "planned": len(pending[0])}}
+                "unfinished_run": None if pending is None else {"done": pending[1], "planned": len(pending[0])},
+                "ok": not problems, "problems": problems}

@@ -204,6 +204,25 @@ def apply_embeddings(store: "Store", out: np.ndarray, rows: np.ndarray | None) -
     return out
 
 
+def check(store: "Store") -> list[str]:
+    """Integrity of every overlay: rows in range and unique, vectors finite and unit length."""
+    problems = []
+    for v in versions(store):
+        g = group(store, v)
+        n = state(g)[0]
+        rows, emb = g["row"][:n], np.asarray(g["embedding"][:n], np.float32)
+        if n > min(g["row"].shape[0], g["embedding"].shape[0]):
+            problems.append(f"backfill {v}: committed count {n} exceeds its datasets")
+            continue
+        if n and (rows.min() < 0 or rows.max() >= store.committed):
+            problems.append(f"backfill {v}: row numbers outside 0..{store.committed - 1}")
+        if len(np.unique(rows)) != n:
+            problems.append(f"backfill {v}: a row is backfilled twice")
+        if n and (not np.isfinite(emb).all() or np.abs(np.linalg.norm(emb, axis=1) - 1).max() > 1e-2):
+            problems.append(f"backfill {v}: embeddings not finite unit vectors")
+    return problems
+
+
 def checksum_part(store: "Store") -> str:
     """Store hook: what the searchable content depends on beyond the committed batches."""
     present = versions(store)
