@@ -56,6 +56,7 @@ def bare_loop(config: TrainConfig, data: Path, num_classes: int, steps: int,
     net = build_backbone(arch_config(config.arch, config.dim, config.image_size, channels))
     head = build_head(config.head, config.dim, num_classes, **config.head_params)
     net.to(device).train()
+    net.to(memory_format=torch.channels_last)  # as fit() does
     head.to(device)
     params = list(net.parameters()) + list(head.parameters())
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -64,7 +65,8 @@ def bare_loop(config: TrainConfig, data: Path, num_classes: int, steps: int,
     # the fit loop's own images, pre-batched on the device (CPU conv speed depends on
     # the pixel values: random inputs run ~10% slower than real ones here)
     dataset = open_dataset(data, config.preprocess_spec())
-    batches = [(x.to(device), y.to(device)) for x, y, _ in
+    batches = [(x.to(device).contiguous(memory_format=torch.channels_last), y.to(device))
+               for x, y, _ in
                itertools.islice(make_loader(dataset, config.batch_size), 8)]
     rates, cpu_rates = [], []
     for window in range(windows + 1):  # window 0 is warm-up

@@ -47,7 +47,8 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 def model_payload(backbone: nn.Module, arch: dict, spec: PreprocessSpec, classes: list[str],
                   label_map_sha256: str, method: dict, head: dict,
                   parity_images: torch.Tensor, config: dict) -> dict[str, Any]:
-    state = {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
+    # standard (NCHW-contiguous) layout on disk whatever layout training used
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in backbone.state_dict().items()}
     return {
         "format": MODEL_FORMAT, "state_dict": state, "arch": dict(arch),
         "preprocess": spec.to_dict(), "classes": list(classes),
