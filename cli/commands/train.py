@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from cli.common import console, emit_json, handle_errors, render_table
+from gallery.errors import BadInput
 
 DataOpt = Annotated[Optional[Path], typer.Option(
     "--data", help="Training data: ImageFolder dir, dir with train.rec, FILE.rec, .h5/.npz.")]
@@ -57,8 +58,6 @@ def build_config(config_file: Path | None, **options: Any) -> Any:
     params = dict(config.head_params)
     params.update({k: v for k, v in (("s", scale), ("m", margin)) if v is not None})
     config.head_params = params
-    from gallery.errors import BadInput
-
     if not config.data:
         raise BadInput("--data is required (or data = ... in --config)")
     return config
