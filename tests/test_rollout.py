@@ -284,3 +284,23 @@ def test_stage_then_shadow_before_cutover(work):
     switched = ok("upgrade", store, "--model", root / "v2.onnx", "--report", passing, "--json")
     assert switched["event"] == "upgrade" and not switched["registered"]
     assert ok("rollback", store, "--json")["to"] == "v1"
+
+
+def test_rows_keep_their_own_model_over_an_older_backfill(work, tmp_path):
+    root, store, passing, _ = work
+    ok("upgrade", store, "--model", root / "v2.onnx", "--report", passing)
+    ok("enroll", store, "--images", root / "later")  # rows embedded by v2
+    with Store.open(store) as st:
+        v2_view, models = st.embeddings(), st.columns()["model"]
+    ok("rollback", store)
+    images = tmp_path / "all"
+    shutil.copytree(root / "later", images)
+    back = ok("backfill", store, "--images", images, "--json")  # v1 re-embeds the v2 rows
+    assert back["model"] == "v1" and back["embedded"] == int((models == "v2").sum())
+    with Store.open(store) as st:
+        assert set(st.columns()["model"]) == {"v1"}
+        assert not np.allclose(st.embeddings()[models == "v2"], v2_view[models == "v2"])
+    ok("upgrade", store, "--model", root / "v2.onnx", "--report", passing)
+    with Store.open(store) as st:  # v2 queries see the v2 originals again, not v1's backfill
+        assert np.array_equal(st.columns()["model"], models)
+        assert np.array_equal(st.embeddings(), v2_view)

@@ -25,6 +25,7 @@ import h5py
 import numpy as np
 
 from gallery.rollout.state import GROUP, lineage
+from gallery.store.items import decode
 
 if TYPE_CHECKING:
     from gallery.store import Store
@@ -157,22 +158,35 @@ def drop(store: "Store", version: str) -> int:
 
 
 def view(store: "Store", version: str | None = None) -> OverlayView | None:
-    """The overlay seen by queries of `version` (default: the active model), or None."""
+    """The overlay seen by queries of `version` (default: the active model), or None.
+
+    Each row shows the embedding of the latest model of the lineage that made one: its
+    original (if that model is in the lineage) or a backfill. So a row enrolled by v2
+    keeps its v2 embedding under v2 queries even if an earlier v1 backfill (made while
+    v1 was the query model again) also covers it.
+    """
     present = versions(store)
-    if not present:
+    chain = lineage(store, version)
+    if not present or not set(present) & set(chain):
         return None
-    rows, names, blocks = [], [], []
-    for v in lineage(store, version):
-        g = group(store, v)
-        if v not in present or g is None:
+    rank = {v: i for i, v in enumerate(chain)}
+    n_rows = store.committed
+    names_, inverse = np.unique(decode(store.h5["items"]["model"][:n_rows]), return_inverse=True)
+    base = np.array([rank.get(str(m), -1) for m in names_], np.int64)[inverse.ravel()]
+    rows, ranks, names, blocks = [], [], [], []
+    for v in chain:
+        g = group(store, v) if v in present else None
+        if g is None:
             continue
         n = state(g)[0]
-        rows.append(g["row"][:n])
-        names.append(np.full(n, v, dtype=object))
-        blocks.append(np.asarray(g["embedding"][:n], np.float32))
-    if not rows:
-        return None
+        r = g["row"][:n]
+        use = (r < n_rows) & (base[np.minimum(r, max(n_rows - 1, 0))] < rank[v]) if n_rows else r < 0
+        rows.append(r[use])
+        names.append(np.full(int(use.sum()), v, dtype=object))
+        blocks.append(np.asarray(g["embedding"][:n], np.float32)[use])
     all_rows = np.concatenate(rows)
+    if not all_rows.size:
+        return None
     # Later lineage entries (newer models) win: keep the last occurrence of each row.
     _, last = np.unique(all_rows[::-1], return_index=True)
     keep = np.sort(len(all_rows) - 1 - last)
