@@ -126,7 +126,8 @@ def backfill(config: BackfillConfig, loader: Callable[..., Any] | None = None, p
                 progress(len(chunk))
         overlay.finish_plan(st, version)
         committed = overlay.state(overlay.group(st, version))[0]
-        result = {"model": version, "planned": int(len(rows)), "embedded": committed - int(meta["base"]),
+        result = {"model": version, "batch_size": batch, "planned": int(len(rows)),
+                  "embedded": committed - int(meta["base"]),
                   "skipped_no_image": int(meta["missing"]), "resumed": resumed,
                   "remaining_older_rows": _older_rows(st), "config": asdict(config)}
         result["skipped_changed_or_missing"] = result["planned"] - result["embedded"]
