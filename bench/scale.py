@@ -204,6 +204,8 @@ def run_size(cfg: Config, data: Data, n: int) -> dict:
     for dtype in cfg.dtypes:
         out["stores"].append(bench_store(cfg, data, n, dtype))
         log_row(n, out["stores"][-1])
+    if not cfg.kinds:
+        return out
     q = data.queries(n, cfg.queries)
     t = time.perf_counter()
     _, truth = exact_topk(data, n, q, cfg.k)
@@ -262,7 +264,7 @@ def main() -> None:
     ap.add_argument("--report", help="print the markdown tables of a results JSON and exit")
     ap.add_argument("--sizes", default="100000,1000000")
     for name, default in (("dim", 512), ("queries", 1000), ("threads", 1), ("hnsw-max", 200_000),
-                          ("latency-queries", 200),
+                          ("latency-queries", 200), ("enrol-call-rows", 200_000),
                           ("in-memory-max", 2_000_000), ("seed", 0)):
         ap.add_argument(f"--{name}", type=int, default=default)
     ap.add_argument("--kinds", default="flat,ivf,ivfpq,hnsw")
@@ -277,8 +279,8 @@ def main() -> None:
     if any(s % CHUNK for s in sizes):
         ap.error(f"sizes must be multiples of {CHUNK}")
     cfg = Config(sizes=sizes, dim=a.dim, queries=a.queries, latency_queries=a.latency_queries,
-                 threads=a.threads, hnsw_max=a.hnsw_max,
-                 in_memory_max=a.in_memory_max, seed=a.seed, kinds=a.kinds.split(","),
+                 threads=a.threads, hnsw_max=a.hnsw_max, enrol_call_rows=a.enrol_call_rows,
+                 in_memory_max=a.in_memory_max, seed=a.seed, kinds=[k for k in a.kinds.split(",") if k],
                  dtypes=[d for d in a.dtypes.split(",") if d], workdir=a.workdir, out=a.out)
     import faiss
 
