@@ -304,3 +304,25 @@ def test_rows_keep_their_own_model_over_an_older_backfill(work, tmp_path):
     with Store.open(store) as st:  # v2 queries see the v2 originals again, not v1's backfill
         assert np.array_equal(st.columns()["model"], models)
         assert np.array_equal(st.embeddings(), v2_view)
+
+
+def test_trust_images_for_rows_enrolled_as_embeddings(work, tmp_path):
+    root, store, passing, _ = work
+    paths = sorted((root / "later").rglob("*.png"))
+    ids = [str(p.relative_to(root / "later")) for p in paths]
+    emb = embed_paths(load_encoder(root / "v1.onnx"), paths)  # made elsewhere: no image hash
+    np.save(tmp_path / "e.npy", emb)
+    (tmp_path / "ids.csv").write_text("".join(f"{i},{p.parent.name}\n" for i, p in zip(ids, paths)))
+    ok("enroll", store, "--embeddings", tmp_path / "e.npy", "--ids", tmp_path / "ids.csv")
+    ok("upgrade", store, "--model", root / "v2.onnx", "--report", passing)
+    refused = ok("backfill", store, "--images", root / "later", "--json")
+    assert refused["planned"] == len(ids) and refused["embedded"] == 0  # hash is the embedding's
+    trusted = ok("backfill", store, "--images", root / "later", "--trust-images", "--json")
+    assert trusted["embedded"] == len(ids)
+    with Store.open(store) as st:
+        cols = st.columns()
+        rows = np.flatnonzero(np.isin(cols["id"], ids))
+        assert (cols["model"][rows] == "v2").all()
+        reference = l2_normalize(embed_paths(load_encoder(root / "v2.onnx"), [root / "later" / i for i in cols["id"][rows]]))
+        assert np.allclose(st.embeddings(rows), reference, atol=1e-5)
+    assert ok("history", store, "--all", "--json")[0]["event"] == "init"
