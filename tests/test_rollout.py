@@ -1,6 +1,7 @@
 """Rollout on real digit images with real ONNX encoders and real check-compat reports:
 refused upgrades leave the store byte-identical, thresholds per pair, mixed-version search
-against a brute-force reference, exact rollback, aliases, prune, staging, shadow (backfill: test_rollout_backfill.py)."""
+against a brute-force reference, exact rollback, aliases, prune, staging, shadow
+(backfill: tests/test_rollout_backfill.py)."""
 
 from __future__ import annotations
 
