@@ -49,6 +49,7 @@ def test_backfill_then_rollback_then_upgrade_again(work, tmp_path):
         h5["rollout/backfill/v2/embedding"][0] = np.full(h5["rollout/backfill/v2/embedding"].shape[1], np.nan)
     bad = run("backfill", damaged, "--status", "--json")
     assert bad.exit_code == 1 and "not finite unit vectors" in bad.stdout
+    assert run("verify", damaged).exit_code == 1  # `gallery verify` checks backfilled rows too
     again = ok("backfill", store, "--images", images, "--json")
     assert again["planned"] == 1 and again["embedded"] == 0  # only the changed image, still refused
     hits = ok("search", store, "--image", root / "probes", "-k", "3", "--threshold", "-1", "--json")

@@ -29,6 +29,9 @@ def verify(store: "Store") -> dict:
     cols = store.columns() if not problems else None
     if cols is not None:
         _check_rows(store, cols, problems)
+    if "rollout" in store.h5:  # backfilled rows live beside the batches (gallery/rollout/overlay.py)
+        from gallery.rollout.overlay import check as check_backfill
+        problems.extend(check_backfill(store))
     index_state = _check_index(store, problems, warnings)
     live = int((~cols["deleted"]).sum()) if cols is not None else None
     return {
