@@ -136,6 +136,7 @@ def commit_batch(store: "Store", version: str, rows: np.ndarray, embedding: np.n
             g[name].resize(hi, axis=0)
         if len(rows):
             g[name][committed:hi] = values
+    store.h5.flush()  # the rows reach the file before the state that commits them
     _set_state(store, g, hi, cursor, plan_len)
 
 
