@@ -208,6 +208,7 @@ def backfill_cmd(
     batch_size: int = typer.Option(64, "--batch-size", help="Rows per committed batch (fixed for a run)."),
     model: Optional[Path] = typer.Option(None, "--model", help="Where the query model file is now."),
     trust_images: bool = typer.Option(False, "--trust-images", help="Skip the check that each image is the one enrolled."),
+    publish_every: int = typer.Option(10_000, "--publish-every", help="Rows between the points where readers see progress."),
     show_status: bool = typer.Option(False, "--status", help="Only show backfill progress."),
     as_json: bool = JSON,
 ) -> None:
@@ -225,7 +226,8 @@ def backfill_cmd(
     if images is None:
         raise BadInput("give --images ROOT (or --status)")
     config = BackfillConfig(store=str(store), images=str(images), batch_size=batch_size,
-                            model=None if model is None else str(model), trust_images=trust_images)
+                            model=None if model is None else str(model), trust_images=trust_images,
+                            publish_every=publish_every)
     with _bar("backfilling", as_json) as (on_total, advance):
         result = backfill(config, loader=load_encoder_any, progress=advance, on_total=on_total)
     if as_json:

@@ -39,10 +39,13 @@ class BackfillConfig:
     batch_size: int = 64
     model: str | None = None        # where the query model's file is now (checked by sha256)
     trust_images: bool = False      # skip the content-hash check
+    publish_every: int = 10_000     # rows between the points where readers see progress
 
     def validate(self) -> None:
         if self.batch_size < 1:
             raise BadInput(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.publish_every < 1:
+            raise BadInput(f"--publish-every must be >= 1, got {self.publish_every}")
         if not Path(self.images).is_dir():
             raise BadInput(f"image folder not found: {self.images}")
 
@@ -121,7 +124,10 @@ def backfill(config: BackfillConfig, loader: Callable[..., Any] | None = None, p
             keep = chunk[ok]
             emb = _embed(encoder, [root / str(ids[r]) for r in keep], st.dtype) if keep.size else \
                 np.empty((0, st.dim), st.dtype)
-            overlay.commit_batch(st, version, keep, emb, hashes, cursor=lo + len(chunk))
+            unpublished = overlay.state(overlay.group(st, version))[0] + len(keep) - \
+                overlay.published(overlay.group(st, version))
+            overlay.commit_batch(st, version, keep, emb, hashes, cursor=lo + len(chunk),
+                                 publish=unpublished >= config.publish_every)
             if progress is not None:
                 progress(len(chunk))
         overlay.finish_plan(st, version)

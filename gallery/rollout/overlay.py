@@ -11,8 +11,10 @@ to /rollout/backfill/<version>, so
 
 Per version group: datasets row (int64), embedding (n, dim), content_hash (S64), plan
 (int64: the rows a backfill run will visit, fixed when it starts) and one attr
-`state` = [committed rows, plan cursor, plan length] written in one go, so the
-committed count and the resume point can never disagree.
+`state` = [committed rows, plan cursor, plan length, published rows] written in one
+go, so the committed count and the resume point can never disagree. Readers see the
+first `published` rows only: publishing every few thousand rows (not every batch) keeps
+readers from rebuilding their index after each small commit.
 """
 
 from __future__ import annotations
@@ -56,19 +58,26 @@ def group(store: "Store", version: str, create: bool = False) -> h5py.Group | No
                      chunks=(rows, store.dim), dtype=store.dtype)
     g.create_dataset("content_hash", shape=(0,), maxshape=(None,), chunks=(4096,), dtype="S64")
     g.create_dataset("plan", shape=(0,), maxshape=(None,), chunks=(4096,), dtype="i8")
-    g.attrs["state"] = np.zeros(3, np.int64)
+    g.attrs["state"] = np.zeros(4, np.int64)
     store.h5.flush()
     return g
 
 
 def state(g: h5py.Group) -> tuple[int, int, int]:
     """(committed rows, plan cursor, plan length)."""
-    committed, cursor, plan_len = (int(v) for v in g.attrs["state"])
+    committed, cursor, plan_len, _ = (int(v) for v in g.attrs["state"])
     return committed, cursor, plan_len
 
 
-def _set_state(store: "Store", g: h5py.Group, committed: int, cursor: int, plan_len: int) -> None:
-    g.attrs["state"] = np.array([committed, cursor, plan_len], np.int64)  # the commit point
+def published(g: h5py.Group) -> int:
+    """Rows readers see (<= committed)."""
+    return int(g.attrs["state"][3])
+
+
+def _set_state(store: "Store", g: h5py.Group, committed: int, cursor: int, plan_len: int,
+               publish: bool = False) -> None:
+    shown = committed if publish else min(published(g), committed)
+    g.attrs["state"] = np.array([committed, cursor, plan_len, shown], np.int64)  # the commit point
     store.h5.flush()
     store.invalidate()
 
@@ -124,8 +133,9 @@ def plan(store: "Store", version: str) -> tuple[np.ndarray, int, dict] | None:
 
 
 def commit_batch(store: "Store", version: str, rows: np.ndarray, embedding: np.ndarray,
-                 hashes: list[str], cursor: int) -> None:
-    """Append re-embedded rows (unit length) and advance the plan cursor, in one commit."""
+                 hashes: list[str], cursor: int, publish: bool = True) -> None:
+    """Append re-embedded rows (unit length) and advance the plan cursor, in one commit;
+    `publish` also shows every committed row to readers."""
     store.require_writer()
     g = group(store, version, create=True)
     committed, _, plan_len = state(g)
@@ -137,13 +147,13 @@ def commit_batch(store: "Store", version: str, rows: np.ndarray, embedding: np.n
         if len(rows):
             g[name][committed:hi] = values
     store.h5.flush()  # the rows reach the file before the state that commits them
-    _set_state(store, g, hi, cursor, plan_len)
+    _set_state(store, g, hi, cursor, plan_len, publish)
 
 
 def finish_plan(store: "Store", version: str) -> None:
     g = group(store, version)
     if g is not None:
-        _set_state(store, g, state(g)[0], 0, 0)
+        _set_state(store, g, state(g)[0], 0, 0, publish=True)
 
 
 def drop(store: "Store", version: str) -> int:
@@ -179,7 +189,7 @@ def view(store: "Store", version: str | None = None) -> OverlayView | None:
         g = group(store, v) if v in present else None
         if g is None:
             continue
-        n = state(g)[0]
+        n = published(g)
         r = g["row"][:n]
         use = (r < n_rows) & (base[np.minimum(r, max(n_rows - 1, 0))] < rank[v]) if n_rows else r < 0
         rows.append(r[use])
@@ -243,7 +253,7 @@ def checksum_part(store: "Store") -> str:
     present = versions(store)
     if not present:
         return ""
-    counts = {v: state(group(store, v))[0] for v in present}
+    counts = {v: published(group(store, v)) for v in present}
     return json.dumps({"lineage": lineage(store), "overlay": counts}, sort_keys=True)
 
 
