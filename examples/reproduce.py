@@ -66,8 +66,9 @@ class Runner:
     trainings use 2 cores better than one two-threaded run of these small convolutions.
     """
 
-    def __init__(self, work: Path, jobs: int) -> None:
+    def __init__(self, work: Path, jobs: int, tag: str | None = None) -> None:
         self.work = work
+        self.prefix = f"{tag}-" if tag else ""  # ablations keep their own logs
         self.jobs = max(1, jobs)
         self.timings: dict[str, float] = {}
         self.cpu: dict[str, float] = {}  # CPU seconds (user+sys) per step: comparable under load
@@ -90,8 +91,8 @@ class Runner:
 
     def _run(self, step) -> str | None:
         name, output, args, ok_codes = step
-        log_path = self.work / "logs" / f"{name}.log"
-        print(f"[run ] {name}: gallery {' '.join(args[:2])} ... (log: logs/{name}.log)", flush=True)
+        log_path = self.work / "logs" / f"{self.prefix}{name}.log"
+        print(f"[run ] {name}: gallery {' '.join(args[:2])} ... (log: {log_path.relative_to(self.work)})", flush=True)
         env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // self.jobs))}
         start = time.perf_counter()
         with log_path.open("w") as log:
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     suffix = f"-{args.tag}" if args.tag else ""
     (work / f"preset{suffix}.resolved.json").write_text(json.dumps(preset, indent=2, sort_keys=True) + "\n")
-    run = Runner(work.resolve(), args.jobs)
+    run = Runner(work.resolve(), args.jobs, args.tag)
     start = time.perf_counter()
     data = build_data(run, preset)
     olds = train_old(run, preset, data)
