@@ -125,3 +125,19 @@ def test_prepare_and_describe(digits, tmp_path, name):
     assert method.describe()["compatible_with"] == file_sha256(old)
     with pytest.raises(BadInput, match="dim"):
         METHODS.get(name)().prepare(context(digits, tmp_path, old=str(old), dim=16))
+
+
+def test_torchscript_old_model(digits, tmp_path):
+    import json
+
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 8 * 8, DIM)).eval()
+    path = tmp_path / "old.ts"
+    meta = {"preprocess": SPEC.to_dict(), "dim": DIM, "model_id": "ts-old"}
+    torch.jit.save(torch.jit.script(net), str(path), _extra_files={"gallery.json": json.dumps(meta)})
+    data = resolve_old_features(context(digits, tmp_path, old=str(path)))
+    with torch.no_grad():
+        expected = net(torch.from_numpy(to_tensor(digits.images, SPEC))).numpy()
+    np.testing.assert_allclose(data.features, expected, rtol=1e-4, atol=1e-5)
+    assert data.old_model["model_id"] == "ts-old" and data.old_model["format"] == "torchscript"
