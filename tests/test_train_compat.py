@@ -108,3 +108,16 @@ def test_bad_input_exits_2(work, args, message):
     assert result.exit_code == 2, result.output
     assert message in result.output.replace("\n", " ")
     assert not (work / "bad" / "v2.pt").exists()
+
+
+def test_config_file_method_and_option_override(work):
+    from trainer.checkpoint import read_model_file
+
+    cfg = work / "l2.json"
+    cfg.write_text(json.dumps({"method": "l2", "method_params": {"tau": 0.2, "l2_weight": 5.0}}))
+    out = work / "cfg" / "v2.pt"
+    result = compat(work, "--config", str(cfg), "--old", str(work / "v1.pt"), "--tau", "0.1",
+                    "--out", str(out))
+    assert result.exit_code == 0, result.output
+    method = read_model_file(out)["method"]
+    assert (method["method"], method["tau"], method["l2_weight"]) == ("l2", 0.1, 5.0)

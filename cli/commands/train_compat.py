@@ -33,8 +33,9 @@ OldOpt = Annotated[Optional[Path], typer.Option(
     "--old", help="The old (v1) model: our .pt, a TorchScript .ts, or an ONNX image encoder.")]
 OldFeaturesOpt = Annotated[Optional[Path], typer.Option(
     "--old-features", help="Precomputed old features (HDF5 written by a previous run).")]
-MethodOpt = Annotated[str, typer.Option(
-    "--method", help=f"Compatibility method: {' | '.join(_method_names())}.")]
+MethodOpt = Annotated[Optional[str], typer.Option(
+    "--method", help=f"Compatibility method: {' | '.join(_method_names())} "
+                     "(default: mixbct, or the --config file's method).")]
 L2WeightOpt = Annotated[Optional[float], typer.Option(
     "--l2-weight", help="l2: weight of the distance term (default 10).")]
 TauOpt = Annotated[Optional[float], typer.Option(
@@ -90,7 +91,7 @@ def register(app: typer.Typer) -> None:
     @app.command("train-compatible")
     @handle_errors
     def train_compatible(
-        old: OldOpt = None, old_features: OldFeaturesOpt = None, method: MethodOpt = "mixbct",
+        old: OldOpt = None, old_features: OldFeaturesOpt = None, method: MethodOpt = None,
         l2_weight: L2WeightOpt = None, tau: TauOpt = None, bct_scale: BctScaleOpt = None,
         mix_ratio: MixRatioOpt = None, credible_t: CredibleTOpt = None,
         data: DataOpt = None, arch: ArchOpt = None, head: HeadOpt = None, dim: DimOpt = None,
@@ -111,6 +112,7 @@ def register(app: typer.Typer) -> None:
                            warmup_epochs=warmup_epochs, scale=scale, margin=margin,
                            num_workers=workers, device=device, resume=resume,
                            old_model=old, old_features=old_features)
+        method = method or (cfg.method if config is not None else "mixbct")
         base = cfg.method_params if cfg.method == method else {}
         cfg.method = method
         cfg.method_params = method_params(method, {
