@@ -200,3 +200,17 @@ def test_export_iresnet18_with_real_images(tmp_path):
         expected = net(torch.from_numpy(batch)).numpy()
     got = session.run(None, {session.get_inputs()[0].name: batch})[0]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * report["output_scale"])
+
+
+def test_adamw_warmup_schedule_is_wired(data_file, tmp_path):
+    result = fit(_config(data_file, tmp_path / "w.pt", optimizer="adamw", lr=1e-3,
+                         warmup_epochs=1.0, epochs=2))
+    n = 300 // 32  # steps per epoch
+    first, second = result.metrics["epochs"]
+    assert first["lr"] == pytest.approx(1e-3)  # last warm-up step reaches the peak
+    assert second["lr"] == pytest.approx(1e-3 * (1 - (n - 1) / n) ** 2)
+    assert second["loss"] < first["loss"]
+    from PIL import Image
+
+    with Image.open(tmp_path / "w.loss.png") as image:
+        assert image.format == "PNG" and image.size[0] > 100
