@@ -55,7 +55,7 @@ def build_run(config: TrainConfig, info: DistInfo) -> RunParts:
     except TypeError as exc:
         raise BadInput(f"bad parameters for method {config.method!r}: {exc}") from None
     if method_cls.requires_old_model and not (config.old_model or config.old_features):
-        raise BadInput(f"method {config.method!r} needs --old-model (or --old-features)")
+        raise BadInput(f"method {config.method!r} needs --old (or --old-features)")
     backbone.to(info.device)
     head.to(info.device)
     method.to(info.device)
