@@ -189,3 +189,13 @@ def test_cli_data_glyphs(tmp_path):
     assert again.exit_code == 2 and "not empty" in again.output
     bad = runner.invoke(app, ["data", "glyphs", "--out", str(tmp_path / "b"), "--scenarios", "closed"])
     assert bad.exit_code == 2 and "scenario" in bad.output
+
+
+def test_builders_import_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None; "
+            "import gallery.datasets.glyphs, gallery.datasets.fashion_mnist, cli.commands.data")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
