@@ -236,10 +236,12 @@ def markdown(results: dict) -> str:
            "|---|---|---|---|---|---|---|---|"]
     for run in results["runs"]:
         for s in run["stores"]:
-            out.append(f"| {run['n']:,} | {s['dtype']} | {s['file_bytes'] / 2**30:.2f} GiB | {s['bytes_per_row']:.0f} | "
+            out.append(f"| {run['n']:,} | {s['dtype']} | {s['file_bytes'] / 2**30:.2f} GiB | "
+                       f"{s['bytes_per_row']:.0f} | "
                        f"{s['enrol_rows_per_s']:,.0f} | {s['enrol_first_call_rows_per_s']:,.0f} | "
                        f"{s['enrol_last_call_rows_per_s']:,.0f} | {s['load_all_s']:.1f} |")
-    out += ["", "| rows | index | params | train rows | build s | index MiB | p50 ms | p99 ms | batch q/s | recall@10 |",
+    out += ["", "| rows | index | params | train rows | build s | index MiB | p50 ms | p99 ms | batch q/s "
+            "| recall@10 |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for run in results["runs"]:
         for i in run["indexes"]:

@@ -84,7 +84,8 @@ def test_milvus_files_are_the_serving_view(store, tmp_path):
     assert result["rows"] == 148 and files["embedding"].shape == (148, DIM)
     assert [f["name"] for f in schema["fields"]] == ["row", "item_id", "identity", "enrolled_version",
                                                      "model_version", "embedding"]
-    assert files["model_version"][files["row"] == 12][0] == "v2" and files["enrolled_version"][files["row"] == 12][0] == "v1"
+    row12 = files["row"] == 12
+    assert files["model_version"][row12][0] == "v2" and files["enrolled_version"][row12][0] == "v1"
     # What Milvus does per partition key (cosine, filter model_version), merged: numpy reference.
     for q, ids in zip(queries, expected.ids):
         hits = []

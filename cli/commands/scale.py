@@ -114,7 +114,8 @@ def export_serving_cmd(
                 from qdrant_client import QdrantClient
             except ImportError:
                 raise BadInput("--qdrant needs qdrant-client (pip install '.[serving]')") from None
-            client = QdrantClient(url=qdrant) if qdrant.startswith(("http://", "https://")) else QdrantClient(path=qdrant)
+            remote = qdrant.startswith(("http://", "https://"))
+            client = QdrantClient(url=qdrant) if remote else QdrantClient(path=qdrant)
             try:
                 result = export_serving.export_qdrant(st, client, collection or store.stem)
             finally:
