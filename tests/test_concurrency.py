@@ -132,3 +132,28 @@ def test_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path: Path)
             assert reader.committed == 3
     with Store.open(store, "a") as again:  # released on close
         assert again.writable
+
+
+def test_long_lived_reader_is_a_snapshot(tmp_path: Path):
+    """A reader that stays open while a writer commits keeps answering from the state it
+    opened (HDF5 caches metadata; SWMR is not used); reopening sees the new rows."""
+    store = tmp_path / "g.h5"
+    _seed_store(store, 20)
+    reader = Store.open(store)
+    try:
+        before = reader.search(np.stack([np.random.default_rng(i).normal(size=DIM) for i in range(3)]), k=2)
+        code = ("import numpy as np\nfrom gallery.store import Store\n"
+                f"with Store.open({str(store)!r}, 'a') as st:\n"
+                "    for c in range(3):\n"
+                "        x = np.random.default_rng(c + 100).normal(size=(4000, 16)).astype('float32')\n"
+                "        st.enroll(x, [f'w{c}_{i}' for i in range(4000)], batch_size=1000)\n")
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+        reader.invalidate()
+        assert reader.committed == 20 and len(reader.columns()["id"]) == 20
+        after = reader.search(np.stack([np.random.default_rng(i).normal(size=DIM) for i in range(3)]), k=2)
+        assert after.ids.tolist() == before.ids.tolist() == [[f"item{i:05d}", after.ids[i, 1]] for i in range(3)]
+    finally:
+        reader.close()
+    with Store.open(store) as fresh:
+        assert fresh.committed == 20 + 12_000 and fresh.verify()["ok"]
