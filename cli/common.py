@@ -75,3 +75,11 @@ def load_encoder_any(path: str | Path, **kwargs: Any) -> Any:
     from gallery.encoder import load_encoder
 
     return load_encoder(path, **kwargs)
+
+
+def emit(as_json: bool, result: Any, message: Any) -> None:
+    """Render a command's result: the JSON document, or a one-line human summary."""
+    if as_json:
+        emit_json(result)
+    else:
+        console.print(message)

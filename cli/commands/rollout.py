@@ -12,7 +12,7 @@ from typing import Any, Iterator, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-from cli.common import console, emit_json, handle_errors, load_encoder_any, render_table
+from cli.common import console, emit, emit_json, handle_errors, load_encoder_any, render_table
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 STORE_OPT = typer.Option(..., "--store", envvar="GALLERY_STORE", help="Store file (or $GALLERY_STORE).")
@@ -76,10 +76,7 @@ def rollback_cmd(
     from gallery.rollout import rollback
 
     result = rollback(store, to)
-    if as_json:
-        emit_json(result)
-    else:
-        console.print(f"rolled back {store}: query model {result['from']} -> {result['to']}")
+    emit(as_json, result, f"rolled back {store}: query model {result['from']} -> {result['to']}")
 
 
 @handle_errors

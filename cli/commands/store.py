@@ -9,7 +9,7 @@ from typing import Iterator, List, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-from cli.common import console, emit_json, handle_errors, load_encoder_any, render_table
+from cli.common import console, emit, emit_json, handle_errors, load_encoder_any, render_table
 from gallery.errors import BadInput
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
@@ -68,10 +68,7 @@ def init_cmd(
         info = ModelInfo(version=version, dim=dim, model_id=model_id)
     with Store.create(store, info, dtype=dtype) as st:
         result = st.info()
-    if as_json:
-        emit_json(result)
-    else:
-        console.print(f"created {store}: model {info.version}, dim {info.dim}, {dtype}")
+    emit(as_json, result, f"created {store}: model {info.version}, dim {info.dim}, {dtype}")
 
 
 @handle_errors
@@ -114,10 +111,7 @@ def enroll_cmd(
                                                    advance, **_load_kwargs(require_gpu, providers))
         else:
             result = sources.enroll_embeddings(st, embeddings, ids, model_version)
-    if as_json:
-        emit_json(result)
-    else:
-        console.print(f"enrolled {result['rows']} items into {store} (model {result['model']})")
+    emit(as_json, result, f"enrolled {result['rows']} items into {store} (model {result['model']})")
 
 
 @handle_errors
@@ -131,10 +125,7 @@ def remove_cmd(
 
     with Store.open(store, "a") as st:
         result = st.remove(item_ids)
-    if as_json:
-        emit_json(result)
-    else:
-        console.print(f"removed {result['removed']} item(s) ({result['already_removed']} already removed)")
+    emit(as_json, result, f"removed {result['removed']} item(s) ({result['already_removed']} already removed)")
 
 
 @handle_errors
@@ -238,10 +229,7 @@ def migrate_cmd(store: Path = typer.Argument(..., help="Store file."), as_json: 
 
     with Store.open(store, "a") as st:
         result = {"path": str(store), "schema_version": st.schema_version}
-    if as_json:
-        emit_json(result)
-    else:
-        console.print(f"{store}: schema v{result['schema_version']}")
+    emit(as_json, result, f"{store}: schema v{result['schema_version']}")
 
 
 @handle_errors
@@ -257,7 +245,4 @@ def reindex_cmd(
 
     with Store.open(store) as st:
         meta = st.index(kind=index, rebuild=True, nlist=nlist, hnsw_m=hnsw_m).meta
-    if as_json:
-        emit_json(meta)
-    else:
-        console.print(f"built {meta['params']['kind']} index over {meta['count']} live rows of {store}")
+    emit(as_json, meta, f"built {meta['params']['kind']} index over {meta['count']} live rows of {store}")
