@@ -71,6 +71,11 @@ def init_cmd(
     emit(as_json, result, f"created {store}: model {info.version}, dim {info.dim}, {dtype}")
 
 
+def _short(query: str) -> str:
+    """File name only in the table (the JSON keeps the full path): narrow terminals truncate."""
+    return Path(query).name if "/" in query else query
+
+
 @handle_errors
 def enroll_cmd(
     store: Path = typer.Argument(..., help="Store file."),
@@ -214,9 +219,9 @@ def search_cmd(
     rows = []
     for rec in records:
         if not rec["hits"]:
-            rows.append((rec["query"], "-", "(rejected)", None, None, None))
+            rows.append((_short(rec["query"]), "-", "(rejected)", None, None, None))
         for rank, hit in enumerate(rec["hits"], 1):
-            rows.append((rec["query"] if rank == 1 else "", rank, hit["identity"], hit["item_id"],
+            rows.append((_short(rec["query"]) if rank == 1 else "", rank, hit["identity"], hit["item_id"],
                          hit["score"], hit["model_version"]))
     render_table(f"search {store} (query model {result.query_model})",
                  ("query", "rank", "identity", "item", "score", "model"), rows)
