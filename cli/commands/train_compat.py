@@ -17,7 +17,7 @@ import typer
 
 from cli.commands.train import (ArchOpt, BatchSizeOpt, ConfigOpt, DataOpt, DeviceOpt, DimOpt,
                                 EpochsOpt, HeadOpt, ImageSizeOpt, JsonOpt, LrOpt, MarginOpt,
-                                OnnxOpt, OptimizerOpt, OutOpt, ResumeOpt, ScaleOpt, SeedOpt,
+                                OnnxOpt, OptimizerOpt, OutOpt, ResumeOpt, ScaleOpt, SeedOpt, ThreadsOpt,
                                 WarmupOpt, WorkersOpt, build_config, run_fit)
 from cli.common import console, handle_errors
 
@@ -99,7 +99,8 @@ def register(app: typer.Typer) -> None:
         out: OutOpt = None, onnx: OnnxOpt = None, batch_size: BatchSizeOpt = None,
         lr: LrOpt = None, optimizer: OptimizerOpt = None, warmup_epochs: WarmupOpt = None,
         scale: ScaleOpt = None, margin: MarginOpt = None, workers: WorkersOpt = None,
-        device: DeviceOpt = None, resume: ResumeOpt = False, config: ConfigOpt = None,
+        threads: ThreadsOpt = None, device: DeviceOpt = None, resume: ResumeOpt = False,
+        config: ConfigOpt = None,
         json: JsonOpt = False,
     ) -> None:
         """Train a v2 encoder whose queries stay comparable with the old model's gallery."""
@@ -110,8 +111,8 @@ def register(app: typer.Typer) -> None:
                            image_size=image_size, epochs=epochs, seed=seed, out=out, onnx=onnx,
                            batch_size=batch_size, lr=lr, optimizer=optimizer,
                            warmup_epochs=warmup_epochs, scale=scale, margin=margin,
-                           num_workers=workers, device=device, resume=resume,
-                           old_model=old, old_features=old_features)
+                           num_workers=workers, threads=threads, device=device,
+                           resume=resume, old_model=old, old_features=old_features)
         method = method or (cfg.method if config is not None else "mixbct")
         base = cfg.method_params if cfg.method == method else {}
         cfg.method = method
