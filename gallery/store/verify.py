@@ -107,9 +107,15 @@ def _check_index(store: "Store", problems: list[str], warnings: list[str]) -> st
         import json
         from pathlib import Path
 
-        meta = json.loads(Path(str(index.sidecar_path(store)) + ".json").read_text())
+        try:
+            meta = json.loads(Path(str(index.sidecar_path(store)) + ".json").read_text())
+        except (OSError, ValueError):
+            meta = {}
         live = int((~store.columns()["deleted"]).sum())
-        if int(meta.get("count", -1)) != live:
+        # Re-check freshness on this very read: a concurrent reader may have replaced the
+        # sidecar since sidecar_state() looked (it then belongs to another snapshot).
+        same = (meta.get("checksum"), meta.get("rows")) == (store.content_checksum(), store.committed)
+        if same and int(meta.get("count", -1)) != live:
             problems.append(f"index claims to be fresh but holds {meta.get('count')} vectors for {live} "
                             "live rows; run `gallery reindex`")
     if state == "stale":
