@@ -3,13 +3,11 @@ one line on stderr, exit code 2, the store file byte-identical."""
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from cli.main import app
+from cli_helpers import ok, run
 from gallery.fingerprint import file_sha256
 from gallery.preprocess import PreprocessSpec, l2_normalize, load_image
 
@@ -17,14 +15,6 @@ pytest.importorskip("torch")
 from test_encoder import _reference, make_onnx_encoder, write_digit_folder  # noqa: E402
 
 
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def ok(*args):
-    result = run(*args)
-    assert result.exit_code == 0, result.stdout + result.stderr
-    return json.loads(result.stdout) if "--json" in args else result
 
 
 @pytest.fixture(scope="module")

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from cli.main import app
+from cli_helpers import ok, run
 from gallery.preprocess import l2_normalize
 from gallery.store import ModelInfo, Store
 
 DIM = 12
 
 
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def ok(*args):
-    result = run(*args)
-    assert result.exit_code == 0, result.stdout + result.stderr
-    return json.loads(result.stdout) if "--json" in args else result
 
 
 @pytest.fixture()

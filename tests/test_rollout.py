@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from cli.main import app
+from cli_helpers import ok, run
 from gallery.encoder import embed_paths, load_encoder
 from gallery.fingerprint import file_sha256
 from gallery.preprocess import l2_normalize
@@ -23,14 +22,6 @@ pytest.importorskip("torch")
 from test_encoder import make_onnx_encoder, write_digit_folder  # noqa: E402
 
 
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def ok(*args):
-    result = run(*args)
-    assert result.exit_code == 0, result.stdout + result.stderr
-    return json.loads(result.stdout) if "--json" in args else result
 
 
 def report(root: Path, old: str, new: str, name: str, *gates: str) -> Path:

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from cli.main import app
+from cli_helpers import ok
 from gallery.store import Store
 
 pytest.importorskip("torch")
@@ -22,11 +21,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationW
 TRAIN = ["--arch", "small", "--dim", "32", "--image-size", "32", "--epochs", "10", "--batch-size", "32",
          "--optimizer", "adamw", "--lr", "0.003", "--device", "cpu"]
 
-
-def ok(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.stdout + result.stderr
-    return json.loads(result.stdout) if args[-1] == "--json" else result
 
 
 def split_eval(eval_root: Path, out: Path) -> None:

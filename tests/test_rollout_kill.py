@@ -3,7 +3,6 @@ one (rows, embeddings, versions), and readers keep searching while it runs."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -15,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from cli.main import app
+from cli_helpers import ok
 from gallery.rollout import overlay
 from gallery.store import Store
 
@@ -38,11 +36,6 @@ backfill(BackfillConfig(store=sys.argv[1], images=sys.argv[2], batch_size={batch
 print("finished", flush=True)
 """.format(batch=BATCH, publish=2 * BATCH)
 
-
-def ok(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.stdout + result.stderr
-    return json.loads(result.stdout) if args[-1] == "--json" else result
 
 
 @pytest.fixture(scope="module")
