@@ -27,3 +27,21 @@ def _json_flag(args: tuple) -> bool:
         return False
     following = args[args.index("--json") + 1:][:1]
     return not following or str(following[0]).startswith("-")
+
+
+def upgraded_store(root, name: str, per_class: int, eval_per_class: int, impostor_pairs: int):
+    """A store enrolled with v1 (ROOT/images) and upgraded to v2 through a real
+    check-compat report: the starting point of every backfill test. Needs torch."""
+    from test_encoder import make_onnx_encoder, write_digit_folder
+
+    make_onnx_encoder(root / "v1.onnx", seed=0)
+    make_onnx_encoder(root / "v2.onnx", seed=1)
+    write_digit_folder(root / "images", n_per_class=per_class, seed=0)
+    write_digit_folder(root / "eval", n_per_class=eval_per_class, seed=2)
+    store = root / name
+    ok("init", store, "--model", root / "v1.onnx")
+    ok("enroll", store, "--images", root / "images")
+    ok("check-compat", "--old", root / "v1.onnx", "--new", root / "v2.onnx", "--data", root / "eval",
+       "--json", root / "report.json", "--max-new-drop", "1", "--impostor-pairs", str(impostor_pairs))
+    ok("upgrade", store, "--model", root / "v2.onnx", "--report", root / "report.json")
+    return store

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli_helpers import ok, upgraded_store
 from gallery.preprocess import l2_normalize
 from gallery.store import ModelInfo, Store
 
@@ -156,16 +157,6 @@ print("writes", count[0])
 """
 
 
-def _cli(*args):
-    from typer.testing import CliRunner
-
-    from cli.main import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.stdout + result.stderr
-    return result
-
-
 def _backfill_state(path: Path) -> dict:
     from gallery.rollout import overlay
 
@@ -181,19 +172,7 @@ def _backfill_state(path: Path) -> dict:
 
 def test_backfill_survives_sigkill_at_20_random_points(tmp_path: Path):
     pytest.importorskip("torch")
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_encoder import make_onnx_encoder, write_digit_folder
-
-    make_onnx_encoder(tmp_path / "v1.onnx", seed=0)
-    make_onnx_encoder(tmp_path / "v2.onnx", seed=1)
-    write_digit_folder(tmp_path / "images", n_per_class=5, seed=0)
-    write_digit_folder(tmp_path / "eval", n_per_class=3, seed=2)
-    base = tmp_path / "base.h5"
-    _cli("init", base, "--model", tmp_path / "v1.onnx")
-    _cli("enroll", base, "--images", tmp_path / "images")
-    _cli("check-compat", "--old", tmp_path / "v1.onnx", "--new", tmp_path / "v2.onnx", "--data", tmp_path / "eval",
-         "--json", tmp_path / "report.json", "--max-new-drop", "1", "--impostor-pairs", "200")
-    _cli("upgrade", base, "--model", tmp_path / "v2.onnx", "--report", tmp_path / "report.json")
+    base = upgraded_store(tmp_path, "base.h5", per_class=5, eval_per_class=3, impostor_pairs=200)
 
     def run(path: Path, kill_at: int) -> subprocess.CompletedProcess:
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -221,7 +200,7 @@ def test_backfill_survives_sigkill_at_20_random_points(tmp_path: Path):
         np.testing.assert_array_equal(got["emb"][got["shown"]], want["emb"][got["shown"]])
         untouched = np.setdiff1d(np.arange(len(got["models"])), got["shown"])
         assert (got["models"][untouched] == "v1").all() and (got["models"][got["shown"]] == "v2").all()
-        _cli("backfill", store, "--images", tmp_path / "images", "--batch-size", "7", "--json")  # resume
+        ok("backfill", store, "--images", tmp_path / "images", "--batch-size", "7", "--json")  # resume
         done = _backfill_state(store)
         assert done["ok"] and np.array_equal(done["rows"], want["rows"])
         np.testing.assert_array_equal(done["emb"], want["emb"])

@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_helpers import ok
+from cli_helpers import ok, upgraded_store
 from gallery.rollout import overlay
 from gallery.store import Store
 
 pytest.importorskip("torch")
-from test_encoder import make_onnx_encoder, write_digit_folder  # noqa: E402
 
 BATCH = 4
 # The child paces itself a little after each commit so the kill can land at many points of
@@ -41,16 +40,7 @@ print("finished", flush=True)
 @pytest.fixture(scope="module")
 def upgraded(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("kill")
-    make_onnx_encoder(root / "v1.onnx", seed=0)
-    make_onnx_encoder(root / "v2.onnx", seed=1)
-    write_digit_folder(root / "images", n_per_class=16, seed=0)
-    write_digit_folder(root / "eval", n_per_class=4, seed=2)
-    store = root / "g.h5"
-    ok("init", store, "--model", root / "v1.onnx")
-    ok("enroll", store, "--images", root / "images")
-    ok("check-compat", "--old", root / "v1.onnx", "--new", root / "v2.onnx", "--data", root / "eval",
-       "--json", root / "report.json", "--max-new-drop", "1", "--impostor-pairs", "1000")
-    ok("upgrade", store, "--model", root / "v2.onnx", "--report", root / "report.json")
+    store = upgraded_store(root, "g.h5", per_class=16, eval_per_class=4, impostor_pairs=1000)
     for p in sorted((root / "images").rglob("*.png"))[::9]:  # some rows keep no image: stay v1
         p.unlink()
     return root, store
