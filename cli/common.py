@@ -13,6 +13,10 @@ from rich.console import Console
 from rich.table import Table
 
 from gallery.errors import GalleryError
+from gallery.index import FLAT_MAX, IVF_MAX, IVFSQ8_MAX, KINDS
+
+KIND_CHOICES = " | ".join(KINDS)  # --index choices come from the index module
+DEFAULTS_HELP = f"flat to {FLAT_MAX:,} rows, ivf to {IVF_MAX:,}, ivfsq8 to {IVFSQ8_MAX:,}, ivfpq beyond"
 
 console = Console()
 err_console = Console(stderr=True)

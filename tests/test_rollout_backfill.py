@@ -13,6 +13,7 @@ import pytest
 from gallery.encoder import embed_paths, load_encoder
 from gallery.preprocess import l2_normalize
 from gallery.store import Store
+from gallery.store.ranges import embeddings_between
 
 pytest.importorskip("torch")
 from test_rollout import base, ok, report, run, work  # noqa: E402,F401  (fixtures + helpers)
@@ -35,6 +36,8 @@ def test_backfill_then_rollback_then_upgrade_again(work, tmp_path):
     with Store.open(store) as st:
         cols, emb = st.columns(), st.embeddings()
         assert st.verify()["ok"]
+        for lo, hi in ((0, 5), (3, len(ids))):  # the block reader of index builds sees backfills too
+            assert np.array_equal(embeddings_between(st, lo, hi), emb[lo:hi])
     expect_v2 = np.array([(images / i).is_file() and (images / i) != changed for i in ids])
     assert (cols["model"] == np.where(expect_v2, "v2", "v1")).all()
     paths = [images / i for i in ids[expect_v2]]

@@ -8,7 +8,7 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from cli.common import console, emit_json, handle_errors, render_table
+from cli.common import KIND_CHOICES, console, emit_json, handle_errors, render_table
 from gallery.errors import BadInput
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
@@ -37,7 +37,7 @@ def search_shards_cmd(
     shards: List[Path] = typer.Argument(..., help="Shard store files (same model)."),
     embeddings: Path = QUERIES,
     k: int = typer.Option(10, "-k", "--k", help="Hits per query."),
-    index: Optional[str] = typer.Option(None, "--index", help="flat | ivf | hnsw | ivfpq (per shard)."),
+    index: Optional[str] = typer.Option(None, "--index", help=f"{KIND_CHOICES} (per shard)."),
     as_json: bool = JSON,
 ) -> None:
     """k nearest items over a gallery sharded across stores (faiss IndexShards)."""

@@ -9,7 +9,7 @@ from typing import Iterator, List, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-from cli.common import console, emit, emit_json, handle_errors, load_encoder_any, render_table
+from cli.common import DEFAULTS_HELP, KIND_CHOICES, console, emit, emit_json, handle_errors, load_encoder_any, render_table
 from gallery.errors import BadInput
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
@@ -181,7 +181,7 @@ def search_cmd(
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Reject hits below this cosine score (default: the store's calibrated one, if any)."),
     query_model: Optional[str] = typer.Option(None, "--query-model", help="Version or alias that made the queries (default: active)."),
     model: Optional[Path] = typer.Option(None, "--model", help="Where the query model file is now (checked by sha256)."),
-    index: Optional[str] = typer.Option(None, "--index", help="flat | ivf | hnsw | ivfpq (default: by size, or the built one)."),
+    index: Optional[str] = typer.Option(None, "--index", help=f"{KIND_CHOICES} (default: by size, or the built one)."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF cells visited per query."),
     ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW search breadth."),
     require_gpu: bool = REQUIRE_GPU,
@@ -240,7 +240,7 @@ def migrate_cmd(store: Path = typer.Argument(..., help="Store file."), as_json: 
 @handle_errors
 def reindex_cmd(
     store: Path = typer.Argument(..., help="Store file."),
-    index: Optional[str] = typer.Option(None, "--index", help="flat | ivf | hnsw | ivfpq (default: by size)."),
+    index: Optional[str] = typer.Option(None, "--index", help=f"{KIND_CHOICES} (default: by size: {DEFAULTS_HELP})."),
     nlist: Optional[int] = typer.Option(None, "--nlist", help="IVF cells."),
     hnsw_m: Optional[int] = typer.Option(None, "--hnsw-m", help="HNSW links per node."),
     as_json: bool = JSON,

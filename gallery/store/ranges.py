@@ -1,0 +1,40 @@
+"""Reading embeddings a contiguous block of rows at a time (index builds, exact scans).
+
+`Store.embeddings(rows)` with many scattered rows is an HDF5 point selection; a row
+range is one hyperslab read, which is what a pass over a 10M-row gallery needs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from gallery.store import Store
+
+BLOCK_ROWS = 65536  # 128 MiB of float32 at dim 512
+
+
+def embeddings_between(store: "Store", lo: int, hi: int) -> np.ndarray:
+    """Rows lo..hi-1 as float32 (tombstoned rows included), backfilled rows substituted."""
+    hi = min(hi, store.committed)
+    out = np.asarray(store.h5["items"]["embedding"][lo:hi], dtype=np.float32)
+    if "rollout" in store.h5:  # rows re-embedded by a backfill (gallery/rollout/overlay.py)
+        from gallery.rollout.overlay import apply_embeddings
+        out = apply_embeddings(store, out, np.arange(lo, hi))
+    return out
+
+
+def live_blocks(store: "Store", rows: np.ndarray, block_rows: int | None = None
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(vectors, row numbers) of the given sorted rows, one block of the file at a time."""
+    rows = np.asarray(rows, dtype=np.int64)
+    block_rows = block_rows or BLOCK_ROWS
+    for lo in range(0, store.committed, block_rows):
+        first, last = np.searchsorted(rows, [lo, lo + block_rows])
+        if first == last:
+            continue
+        wanted = rows[first:last]
+        block = embeddings_between(store, int(wanted[0]), int(wanted[-1]) + 1)
+        yield block[wanted - wanted[0]], wanted
