@@ -1,0 +1,145 @@
+"""Index builds through the library at scale: what `gallery reindex` costs on a big store.
+
+    .venv/bin/python bench/index_build.py --rows 10000000 --kinds flat,hnsw,ivfsq8,ivfpq \
+        [--queries 200] [--threads 2] [--store /tmp/gallery_index_build/g.h5] \
+        [--out bench/results/index_build.json]
+
+Unlike bench/scale.py (which drives faiss directly on generated vectors), every index
+here is built by the library from a real store file (`Store.index(kind, rebuild=True)`,
+the code behind `gallery reindex`), each kind in a fresh child process so its peak RSS
+is its own. The store is float16, filled with bench/scale.py's clustered synthetic rows
+in enrol calls of 1M rows (created once, reused by later runs). Recall@10 is against
+exact search over the store's own vectors (a streaming numpy scan). A kind the library
+refuses (not enough memory) is recorded with the refusal line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from scale import CHUNK, Data, latency, recall_at_k, rss_gib  # noqa: E402
+
+from gallery.errors import BadInput  # noqa: E402
+from gallery.store import ModelInfo, Store  # noqa: E402
+from gallery.store.ranges import live_blocks  # noqa: E402
+
+
+def make_store(path: Path, rows: int, data: Data, call_rows: int = 1_000_000) -> dict:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    per_call = []
+    with Store.create(path, ModelInfo(version="v1", dim=data.dim, model_id="synthetic"), dtype="float16") as st:
+        for c0 in range(0, rows // CHUNK, call_rows // CHUNK):
+            cs = range(c0, min(rows // CHUNK, c0 + call_rows // CHUNK))
+            emb = np.concatenate([data.chunk(c) for c in cs])
+            start = cs[0] * CHUNK
+            t = time.perf_counter()
+            st.enroll(emb, [f"r{i}" for i in range(start, start + len(emb))], batch_size=65536)
+            per_call.append({"start_row": start, "rows_per_s": len(emb) / (time.perf_counter() - t)})
+            print(f"enrolled {start + len(emb):,} rows ({per_call[-1]['rows_per_s']:,.0f} rows/s)", flush=True)
+    return {"file_bytes": path.stat().st_size, "enrol_calls": per_call}
+
+
+def exact_topk(store: Store, q: np.ndarray, k: int) -> np.ndarray:
+    """Streaming exact search over the stored vectors: the recall reference."""
+    best_s = np.full((len(q), k), -np.inf, np.float32)
+    best_i = np.full((len(q), k), -1, np.int64)
+    for vectors, rows in live_blocks(store, np.flatnonzero(~store.columns()["deleted"])):
+        s = q @ vectors.T
+        part = np.argpartition(-s, k, axis=1)[:, :k]
+        cand_s = np.concatenate([best_s, np.take_along_axis(s, part, 1)], 1)
+        cand_i = np.concatenate([best_i, rows[part]], 1)
+        order = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_i, order, 1)
+    return best_i
+
+
+def peak_rss_gib() -> float:
+    """VmHWM: this process's own peak (ru_maxrss would carry the parent's over exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def child(args: argparse.Namespace) -> None:
+    """One kind: build through the library, then latency and recall. Prints one JSON line."""
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)
+    q, truth = np.load(args.work / "queries.npy"), np.load(args.work / "truth.npy")
+    out: dict = {"kind": args.child}
+    with Store.open(args.store) as st:
+        st.columns()
+        out["rss_before_gib"] = rss_gib()
+        t = time.perf_counter()
+        try:
+            index = st.index(kind=args.child, rebuild=True)
+        except BadInput as exc:
+            out["refused"] = str(exc)
+            print(json.dumps(out))
+            return
+        out["build_s"] = time.perf_counter() - t
+        out["peak_rss_gib"] = peak_rss_gib()
+        out["params"], out["train_rows"] = index.meta["params"], index.meta["train_rows"]
+        out["sidecar_bytes"] = Path(str(st.path) + ".index").stat().st_size
+        out["p50_ms"], out["p99_ms"], out["batch_qps"] = latency(index, q, 10, min(len(q), 100))
+        out["recall@10"] = recall_at_k(truth, index.search(q, 10)[1])
+        if "nprobe" in (index.meta["params"] or {}) and index.meta["params"]["nprobe"]:
+            default = index.meta["params"]["nprobe"]
+            out["sweep"] = []
+            for nprobe in (32, 128, 512):
+                index.set_search_params(nprobe=nprobe)
+                p50, p99, qps = latency(index, q, 10, min(len(q), 50))
+                out["sweep"].append({"nprobe": nprobe, "p50_ms": p50, "p99_ms": p99, "batch_qps": qps,
+                                     "recall@10": recall_at_k(truth, index.search(q, 10)[1])})
+            index.set_search_params(nprobe=default)
+    print(json.dumps(out))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--kinds", default="flat,hnsw,ivfsq8,ivfpq")
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--store", type=Path, default=Path("/tmp/gallery_index_build/g.h5"))
+    ap.add_argument("--out", type=Path, default=Path("bench/results/index_build.json"))
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    args.work = args.store.parent
+    if args.child:
+        return child(args)
+    data = Data(512, 0)
+    results: dict = {"config": {k: str(v) for k, v in vars(args).items()}, "kinds": []}
+    if not args.store.exists():
+        results["store"] = make_store(args.store, args.rows, data)
+    with Store.open(args.store) as st:
+        results["rows"], results["file_bytes"] = st.committed, args.store.stat().st_size
+        q = data.queries(st.committed, args.queries)
+        t = time.perf_counter()
+        truth = exact_topk(st, q, 10)
+        results["exact_scan_s"] = time.perf_counter() - t
+    np.save(args.work / "queries.npy", q)
+    np.save(args.work / "truth.npy", truth)
+    print(f"exact scan of {results['rows']:,} rows: {results['exact_scan_s']:.1f} s", flush=True)
+    for kind in [k for k in args.kinds.split(",") if k]:
+        cmd = [sys.executable, __file__, "--child", kind, "--store", str(args.store),
+               "--threads", str(args.threads)]
+        line = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        results["kinds"].append(json.loads(line))
+        print(line, flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))  # partial results survive a kill
+    args.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
