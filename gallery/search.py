@@ -41,18 +41,31 @@ class SearchResult:
         return (self.rows >= 0) & (self.scores >= self.thresholds)
 
     @property
+    def best(self) -> np.ndarray:
+        """(nq,) column of each query's match: the accepted hit with the largest margin
+        over its own threshold, -1 when none. In a mixed-version gallery the v2->v2 and
+        v2->v1 scores live on different scales, each calibrated by its pair's threshold,
+        so a lower-ranked v1 hit that clears its threshold beats a top v2 hit that fails
+        its own. With one threshold for every hit this is the first accepted hit."""
+        if not self.rows.shape[1]:
+            return np.full(len(self.rows), -1)
+        margin = np.where(self.accepted, self.scores - np.where(np.isfinite(self.thresholds),
+                                                                self.thresholds, 0), -np.inf)
+        return np.where(self.accepted.any(axis=1), np.argmax(margin, axis=1), -1)
+
+    @property
     def rejected(self) -> np.ndarray:
-        """(nq,) bool: open-set rejection, the best hit is below its threshold (or none)."""
-        return ~self.accepted[:, 0] if self.rows.shape[1] else np.ones(len(self.rows), bool)
+        """(nq,) bool: open-set rejection, no hit clears its own threshold (or no hit)."""
+        return self.best < 0
 
     def match(self) -> list[str | None]:
-        """The identity of each query's best accepted hit, None when rejected."""
-        return [None if r else str(i) for r, i in zip(self.rejected, self.identities[:, 0])]
+        """The identity of each query's match (see `best`), None when rejected."""
+        return [None if b < 0 else str(self.identities[q, b]) for q, b in enumerate(self.best)]
 
     def to_records(self, names: list[str] | None = None) -> list[dict[str, Any]]:
         """JSON-ready: one record per query with its accepted hits, best first."""
         out = []
-        ok = self.accepted
+        ok, matches = self.accepted, self.match()
         for q in range(len(self.rows)):
             hits = [
                 {"item_id": str(self.ids[q, j]), "identity": str(self.identities[q, j]),
@@ -62,7 +75,7 @@ class SearchResult:
             ]
             record = {"query": names[q] if names else q, "query_model": self.query_model,
                       "rejected": bool(self.rejected[q]),
-                      "match": hits[0]["identity"] if hits and not self.rejected[q] else None,
+                      "match": matches[q],
                       "hits": hits}
             out.append(record)
         return out

@@ -20,6 +20,7 @@ import numpy as np
 from gallery.errors import BadInput
 from gallery.preprocess import l2_normalize
 from gallery.rollout import overlay, state
+from gallery.search import SearchResult
 from gallery.store import Store
 from gallery.store.items import decode
 
@@ -50,8 +51,8 @@ class PathResult:
     version: str
     scores: np.ndarray      # (nq, k)
     rows: np.ndarray        # (nq, k), -1 = no hit
-    accepted: np.ndarray    # (nq,) top hit at or above its pair threshold
-    identity: np.ndarray    # (nq,) top hit identity ("" if none)
+    accepted: np.ndarray    # (nq,) some hit at or above its own pair threshold
+    identity: np.ndarray    # (nq,) the matched identity; the top hit's when rejected ("" if none)
 
 
 def list_queries(root: Path) -> tuple[list[Path], list[str] | None]:
@@ -88,13 +89,16 @@ def search_path(store: Store, version: str, queries: np.ndarray, k: int) -> Path
     scores, pos = index.search(np.ascontiguousarray(l2_normalize(queries), np.float32), k)
     rows = np.where(pos >= 0, live[np.maximum(pos, 0)], -1) if len(live) else np.full_like(pos, -1)
     table = store.model(version).thresholds
-    top = pos[:, 0]
-    top_model = np.where(top >= 0, models[np.maximum(top, 0)], "") if len(live) else np.full(len(top), "")
-    limit = np.array([table.get(str(m), -np.inf) for m in top_model], np.float32)
-    accepted = (top >= 0) & (scores[:, 0] >= limit)
-    identities = decode(store.h5["items"]["identity"][: store.committed])
-    top_identity = np.where(rows[:, 0] >= 0, identities[np.maximum(rows[:, 0], 0)], "") if len(live) else \
-        np.full(len(top), "")
+    hit = pos >= 0
+    identities = decode(store.h5["items"]["identity"][: store.committed]).astype(object)
+    hit_models = np.where(hit, models[np.maximum(pos, 0)], "") if len(live) else np.full(pos.shape, "")
+    hit_identities = np.where(hit, identities[np.maximum(rows, 0)], "") if len(live) else np.full(pos.shape, "")
+    limits = np.vectorize(lambda m: table.get(str(m), -np.inf), otypes=[np.float32])(hit_models)
+    # The same decision rule as `gallery search` (SearchResult.best), so shadow flips mean real flips.
+    best = SearchResult(version, scores, rows, hit_identities, hit_identities, hit_models, limits).best
+    accepted = best >= 0
+    decided = np.where(accepted, best, 0)
+    top_identity = hit_identities[np.arange(len(rows)), decided] if rows.shape[1] else np.full(len(rows), "")
     return PathResult(version, scores, rows, accepted, top_identity)
 
 
