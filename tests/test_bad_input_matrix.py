@@ -163,6 +163,8 @@ CASES: list[tuple[str, str, Callable[[Ctx], list], int, str]] = [
      2, r"unknown model version 'v2'"),
     ("search-k-zero", "-k 0", lambda c: ["search", c.store, "--embeddings", c.npy("q.npy", c.good(1)), "-k", "0"],
      2, r"k must be >= 1"),
+    ("search-rerank-zero", "--rerank 0", lambda c: ["search", c.store, "--embeddings", c.npy("q.npy", c.good(1)),
+                                                    "--rerank", "0"], 2, r"rerank must be >= 1"),
     ("search-bad-index", "--index of an unknown kind",
      lambda c: ["search", c.store, "--embeddings", c.npy("q.npy", c.good(1)), "--index", "lsh"],
      2, r"unknown index kind 'lsh'"),

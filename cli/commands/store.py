@@ -184,6 +184,8 @@ def search_cmd(
     index: Optional[str] = typer.Option(None, "--index", help=f"{KIND_CHOICES} (default: by size, or the built one)."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF cells visited per query."),
     ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW search breadth."),
+    rerank: Optional[int] = typer.Option(None, "--rerank", help="Fetch N*k candidates, re-score them exactly "
+                                         "from the store (for ivfpq/ivfsq8)."),
     require_gpu: bool = REQUIRE_GPU,
     providers: Optional[str] = typer.Option(None, "--providers", help="onnxruntime providers, comma-separated."),
     detect: bool = DETECT,
@@ -198,7 +200,7 @@ def search_cmd(
     if bool(image) == (embeddings is not None):
         raise BadInput("give either --image PATH (repeatable) or --embeddings FILE")
     opts = dict(k=k, threshold=threshold, query_version=query_model, kind=index, nprobe=nprobe,
-                ef_search=ef_search)
+                ef_search=ef_search, rerank=rerank)
     with Store.open(store) as st:
         if image and (detect or landmarks):  # gallery.faces hook: photos -> aligned face crops
             from gallery.faces.enroll import search_face_images
