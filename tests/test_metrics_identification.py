@@ -8,6 +8,7 @@ from gallery.metrics.identification import (
     cmc_curve,
     cmc_ranks,
     identification_report,
+    mean_identification_report,
     open_set_tpir,
     search_stats,
 )
@@ -85,6 +86,22 @@ def test_open_set_tpir_brute_force():
                        for i in range(300)]
                 best = max(best, np.mean(hit))
         assert point["tpir"] == pytest.approx(best)
+
+
+def test_mean_over_galleries_hand_computed():
+    """Two galleries: a 3-identity one (CMC stops at rank 3) and a 5-identity one; FPIR 0.1
+    measured in only one of them is listed as skipped, not averaged."""
+    small = {"rank1": 0.5, "rank5": 1.0, "rank10": 1.0, "cmc": [0.5, 0.75, 1.0], "skipped_fpir": [0.01, 0.1],
+             "tpir_at_fpir": [{"fpir": 0.5, "tpir": 0.2, "threshold": 0.3, "achieved_fpir": 0.5}]}
+    large = {"rank1": 0.25, "rank5": 1.0, "rank10": 1.0, "cmc": [0.25, 0.5, 0.5, 0.75, 1.0], "skipped_fpir": [0.01],
+             "tpir_at_fpir": [{"fpir": 0.1, "tpir": 0.1, "threshold": 0.9, "achieved_fpir": 0.1},
+                              {"fpir": 0.5, "tpir": 0.6, "threshold": 0.4, "achieved_fpir": 0.5}]}
+    mean = mean_identification_report({"G1": small, "G2": large})
+    assert mean["galleries"] == ["G1", "G2"]
+    assert mean["rank1"] == pytest.approx(0.375) and mean["rank5"] == 1.0
+    assert mean["cmc"] == pytest.approx([0.375, 0.625, 0.75, 0.875, 1.0])
+    assert mean["tpir_at_fpir"] == [{"fpir": 0.5, "tpir": pytest.approx(0.4)}]
+    assert mean["skipped_fpir"] == [0.01, 0.1]
 
 
 @pytest.mark.parametrize("quantise", [False, True])

@@ -35,7 +35,10 @@ def _render(report: dict) -> None:
         table.add_row(SHORT.get(name, name), _fmt(tars.get(1e-4)), _fmt(tars.get(1e-3)), _fmt(ver.get("auc")),
                       _fmt(ident.get("rank1")), _fmt(ident.get("rank5")),
                       _fmt(comp.get("retrieval", {}).get("map")), _fmt(report["headline"]["values"][name]))
+    if any("identification_by_gallery" in c for c in report["comparisons"].values()):
+        table.caption = "rank-1, rank-5 and mAP here enrol every gallery together; per gallery below"
     console.print(table)
+    _render_by_gallery(report)
     crit = report["criterion"]
     verdict = "[green]holds[/]" if crit["passed"] else "[red]fails[/]"
     console.print(f"criterion new->old > old/old: {verdict} "
@@ -52,6 +55,26 @@ def _render(report: dict) -> None:
     for gate in report["gates"]:
         mark = "[green]pass[/]" if gate["passed"] else "[red]FAIL[/]"
         console.print(f"gate {gate['name']}: {mark} - {gate['detail']}")
+
+
+def _render_by_gallery(report: dict) -> None:
+    """IJB-C: each gallery searched separately by the mixed probes, and their mean (the headline)."""
+    from rich.table import Table
+
+    comparisons = {n: c["identification_by_gallery"] for n, c in report["comparisons"].items()
+                   if "identification_by_gallery" in c}
+    if not comparisons:
+        return
+    fpirs = (1e-2, 1e-1)
+    table = Table(title="1:N per gallery (the mixed probes search each gallery; the headline is the mean)")
+    for column in ("pair", "gallery", "rank-1", "rank-5", "rank-10", *(f"TPIR@FPIR={f:g}" for f in fpirs)):
+        table.add_column(column, no_wrap=True)
+    for name, by_gallery in comparisons.items():
+        for gallery, ident in [*by_gallery["galleries"].items(), ("mean", by_gallery["mean"])]:
+            tpir = {p["fpir"]: p["tpir"] for p in ident["tpir_at_fpir"]}
+            table.add_row(SHORT.get(name, name), gallery, _fmt(ident["rank1"]), _fmt(ident["rank5"]),
+                          _fmt(ident["rank10"]), *(_fmt(tpir.get(f)) for f in fpirs))
+    console.print(table)
 
 
 def check_compat(

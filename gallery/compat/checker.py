@@ -18,7 +18,7 @@ from gallery.compat.protocols import PairProtocol, ProtocolConfig, SearchProtoco
 from gallery.compat.report import build_report
 from gallery.errors import BadInput
 from gallery.fingerprint import file_sha256
-from gallery.metrics.identification import identification_report, search_stats
+from gallery.metrics.identification import identification_report, mean_identification_report, search_stats
 from gallery.metrics.retrieval import mean_average_precision
 from gallery.metrics.verification import DEFAULT_FARS, threshold_at_far, verification_report
 from gallery.preprocess import l2_normalize
@@ -153,13 +153,20 @@ def _compare(q, g, pairs, search, fars) -> tuple[dict, dict]:
         result["verification"] = verification_report(genuine, impostor, fars)
         curves["genuine"], curves["impostor"] = genuine, impostor  # ROC is drawn only on --plot
     if search is not None:
-        stats = search_stats(q[search.probes], g[search.gallery], search.probe_labels, search.gallery_labels)
-        result["identification"] = identification_report(stats)
+        probes = q[search.probes]
+        result["identification"] = _identify(probes, g, search)
         curves["cmc"] = np.asarray(result["identification"]["cmc"])
-        value, count = mean_average_precision(q[search.probes], g[search.gallery],
-                                              search.probe_labels, search.gallery_labels)
+        if search.galleries:  # IJB-C: G1 and G2 searched separately, the decision uses their mean
+            per = {name: _identify(probes, g, search.part(name)) for name in search.galleries}
+            result["identification_by_gallery"] = {"galleries": per, "mean": mean_identification_report(per)}
+            curves["cmc"] = np.asarray(result["identification_by_gallery"]["mean"]["cmc"])
+        value, count = mean_average_precision(probes, g[search.gallery], search.probe_labels, search.gallery_labels)
         result["retrieval"] = {"map": value, "num_queries": count}
     return result, curves
+
+
+def _identify(probes: np.ndarray, g: np.ndarray, search: SearchProtocol) -> dict:
+    return identification_report(search_stats(probes, g[search.gallery], search.probe_labels, search.gallery_labels))
 
 
 def _thresholds(name_roles, curves, identities, target_far) -> list[dict]:

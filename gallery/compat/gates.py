@@ -2,8 +2,9 @@
 
 One headline metric M drives every decision so the gates never mix units:
 1:N rank-1 when the evaluation set has an identification protocol (the
-backfill-free deployment is a search of v2 queries against the v1 gallery),
-otherwise TAR at --target-far (or the lowest FAR the impostor count supports).
+backfill-free deployment is a search of v2 queries against the v1 gallery; for
+IJB-C the mean rank-1 over G1 and G2, each searched separately), otherwise TAR
+at --target-far (or the lowest FAR the impostor count supports).
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ def pick_headline(mode: str, comparisons: dict, target_far: float) -> dict:
     if mode == "rank1" or (mode == "auto" and "identification" in base):
         if "identification" not in base:
             raise BadInput("--headline rank1 needs a 1:N protocol (identity labels or IJB-C 1:N files)")
-        return {"metric": "rank1", "task": "identification", "far": None}
+        if "identification_by_gallery" in base:  # IJB-C: mean over the separately searched galleries
+            names = base["identification_by_gallery"]["mean"]["galleries"]
+            return {"metric": f"rank1@mean({','.join(names)})", "task": "identification", "far": None,
+                    "galleries": names}
+        return {"metric": "rank1", "task": "identification", "far": None, "galleries": None}
     points = base["verification"]["tar_at_far"]
     fars = [p["far"] for p in points]
     if not fars:
@@ -34,10 +39,12 @@ def pick_headline(mode: str, comparisons: dict, target_far: float) -> dict:
             f"too few impostor pairs ({base['verification']['num_impostor']}) to measure any FAR <= 0.1"
         )
     far = target_far if target_far in fars else min(fars)
-    return {"metric": f"tar@far={far:g}", "task": "verification", "far": far}
+    return {"metric": f"tar@far={far:g}", "task": "verification", "far": far, "galleries": None}
 
 
 def headline_value(headline: dict, comparison: dict) -> float:
+    if headline["task"] == "identification" and headline.get("galleries"):
+        return float(comparison["identification_by_gallery"]["mean"]["rank1"])
     if headline["task"] == "identification":
         return float(comparison["identification"]["rank1"])
     for point in comparison["verification"]["tar_at_far"]:

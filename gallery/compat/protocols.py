@@ -9,7 +9,7 @@ The same seed and labels always give the same pairs and split on any machine.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -57,21 +57,34 @@ class PairProtocol:
 
 @dataclass
 class SearchProtocol:
-    """1:N split over evaluation units."""
+    """1:N split over evaluation units.
+
+    `galleries` names sub-galleries searched separately (IJB-C G1 and G2): name -> positions
+    in `gallery`. Every probe searches each of them; a probe whose identity is not enrolled
+    in that sub-gallery is a non-mated search there. Empty: one gallery."""
 
     gallery: np.ndarray         # unit indices enrolled
     gallery_labels: np.ndarray
     probes: np.ndarray          # unit indices searched (mated and non-mated)
     probe_labels: np.ndarray
+    galleries: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def part(self, name: str) -> "SearchProtocol":
+        """The same probes against sub-gallery `name` alone."""
+        rows = self.galleries[name]
+        return SearchProtocol(self.gallery[rows], self.gallery_labels[rows], self.probes, self.probe_labels)
 
     def describe(self) -> dict:
         mated = np.isin(self.probe_labels, self.gallery_labels)
-        return {
+        out = {
             "gallery_size": int(len(self.gallery)),
             "gallery_identities": int(len(np.unique(self.gallery_labels))),
             "num_mated_probes": int(mated.sum()),
             "num_nonmated_probes": int((~mated).sum()),
         }
+        if self.galleries:
+            out["galleries"] = {name: self.part(name).describe() for name in self.galleries}
+        return out
 
 
 def check_labels(labels: np.ndarray) -> np.ndarray:

@@ -155,3 +155,24 @@ def identification_report(stats: SearchStats, ranks: tuple[int, ...] = DEFAULT_R
     for k in ranks:
         report[f"rank{k}"] = float(cmc[min(k, cmc.size) - 1])
     return report
+
+
+def mean_identification_report(reports: dict[str, dict], ranks: tuple[int, ...] = DEFAULT_RANKS) -> dict:
+    """Mean over separately searched galleries (IJB-C G1, G2) of the rates of their reports:
+    rank-k, CMC (a shorter curve is extended with its last value: every mate is found by
+    then) and TPIR at the FPIRs measured in every gallery."""
+    parts = list(reports.values())
+    length = max(len(r["cmc"]) for r in parts)
+    cmc = np.mean([np.r_[r["cmc"], np.full(length - len(r["cmc"]), r["cmc"][-1])] for r in parts], axis=0)
+    tpirs = [{p["fpir"]: p["tpir"] for p in r["tpir_at_fpir"]} for r in parts]
+    common = sorted(set.intersection(*(set(t) for t in tpirs)))
+    skipped = {f for r in parts for f in r["skipped_fpir"]} | {f for t in tpirs for f in t}
+    mean = {
+        "galleries": list(reports),
+        "cmc": [float(v) for v in cmc],
+        "tpir_at_fpir": [{"fpir": f, "tpir": float(np.mean([t[f] for t in tpirs]))} for f in common],
+        "skipped_fpir": sorted(skipped - set(common)),
+    }
+    for k in ranks:
+        mean[f"rank{k}"] = float(np.mean([r[f"rank{k}"] for r in parts]))
+    return mean

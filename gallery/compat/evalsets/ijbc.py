@@ -9,6 +9,8 @@
 
 Files may also sit directly in DIR. Faces are aggregated into templates: L2-normalise
 each face, mean within a media, sum over the media of a template, L2-normalise.
+The mixed probes search G1 and G2 separately (SearchProtocol.galleries), as the IJB-C
+1:N protocol does: a probe whose subject is in G2 is a non-mated search of G1 and vice versa.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ FACES = "ijbc_face_tid_mid.txt"
 PAIRS = "ijbc_template_pair_label.txt"
 LANDMARKS = "ijbc_name_5pts_score.txt"
 GALLERIES = ("ijbc_1N_gallery_G1.csv", "ijbc_1N_gallery_G2.csv")
+GALLERY_NAMES = ("G1", "G2")
 PROBES = "ijbc_1N_probe_mixed.csv"
 
 
@@ -185,15 +188,21 @@ class IjbcSet(EvalSet):
     def search_protocol(self, config: ProtocolConfig) -> SearchProtocol | None:
         if not self.search_files:
             return None
-        galleries = [read_template_subjects(f) for f in self.search_files[:2] if f is not None]
-        g_templates = np.concatenate([g[0] for g in galleries])
-        g_subjects = np.concatenate([g[1] for g in galleries])
+        files = {name: f for name, f in zip(GALLERY_NAMES, self.search_files[:2]) if f is not None}
+        galleries = {name: read_template_subjects(f) for name, f in files.items()}
         p_templates, p_subjects = read_template_subjects(self.search_files[-1])
+        for name, (_, subjects) in galleries.items():
+            if len(galleries) > 1 and not np.isin(p_subjects, subjects).any():
+                raise BadInput(f"{files[name]}: no probe in {PROBES} has a subject of gallery {name}")
+        sizes = np.cumsum([0] + [t.size for t, _ in galleries.values()])
         return SearchProtocol(
-            gallery=self._unit(g_templates, self.search_files[0] or self.search_files[1]),
-            gallery_labels=g_subjects,
+            gallery=np.concatenate([self._unit(t, files[n]) for n, (t, _) in galleries.items()]),
+            gallery_labels=np.concatenate([s for _, s in galleries.values()]),
             probes=self._unit(p_templates, self.search_files[-1]),
             probe_labels=p_subjects,
+            # the protocol searches G1 and G2 separately; one gallery file: nothing to split
+            galleries={} if len(galleries) < 2 else
+            {name: np.arange(sizes[k], sizes[k + 1]) for k, name in enumerate(galleries)},
         )
 
     def describe(self) -> dict:
