@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/index_build.py --rows 10000000 --kinds flat,hnsw,ivfsq8,ivfpq \
         [--queries 200] [--threads 2] [--store /tmp/gallery_index_build/g.h5] \
-        [--out bench/results/index_build.json]
+        [--out bench/results/index_build.json] [--reuse]
 
 Unlike bench/scale.py (which drives faiss directly on generated vectors), every index
 here is built by the library from a real store file (`Store.index(kind, rebuild=True)`,
@@ -69,6 +69,20 @@ def peak_rss_gib() -> float:
     return float("nan")
 
 
+def rerank_row(st: Store, kind: str, q: np.ndarray, truth: np.ndarray, factor: int) -> dict:
+    """`gallery search --rerank`: the library's search with exact re-scoring from the store."""
+    from gallery.search import search
+
+    run = lambda queries: search(st, queries, k=10, kind=kind, threshold=-1, rerank=factor)  # noqa: E731
+    times = []
+    for i in range(min(len(q), 50)):
+        t = time.perf_counter()
+        run(q[i : i + 1])
+        times.append(1000 * (time.perf_counter() - t))
+    return {"rerank": factor, "p50_ms": float(np.median(times)), "p99_ms": float(np.percentile(times, 99)),
+            "recall@10": recall_at_k(truth, run(q).rows)}
+
+
 def child(args: argparse.Namespace) -> None:
     """One kind: build through the library, then latency and recall. Prints one JSON line."""
     import faiss
@@ -81,7 +95,7 @@ def child(args: argparse.Namespace) -> None:
         out["rss_before_gib"] = rss_gib()
         t = time.perf_counter()
         try:
-            index = st.index(kind=args.child, rebuild=True)
+            index = st.index(kind=args.child, rebuild=not args.reuse)
         except BadInput as exc:
             out["refused"] = str(exc)
             print(json.dumps(out))
@@ -101,6 +115,8 @@ def child(args: argparse.Namespace) -> None:
                 out["sweep"].append({"nprobe": nprobe, "p50_ms": p50, "p99_ms": p99, "batch_qps": qps,
                                      "recall@10": recall_at_k(truth, index.search(q, 10)[1])})
             index.set_search_params(nprobe=default)
+        if args.child in ("ivfsq8", "ivfpq"):
+            out["rerank"] = [rerank_row(st, args.child, q, truth, factor) for factor in (4, 16)]
     print(json.dumps(out))
 
 
@@ -112,6 +128,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--store", type=Path, default=Path("/tmp/gallery_index_build/g.h5"))
     ap.add_argument("--out", type=Path, default=Path("bench/results/index_build.json"))
+    ap.add_argument("--reuse", action="store_true", help="search the index already beside the store")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.work = args.store.parent
@@ -132,7 +149,7 @@ def main() -> None:
     print(f"exact scan of {results['rows']:,} rows: {results['exact_scan_s']:.1f} s", flush=True)
     for kind in [k for k in args.kinds.split(",") if k]:
         cmd = [sys.executable, __file__, "--child", kind, "--store", str(args.store),
-               "--threads", str(args.threads)]
+               "--threads", str(args.threads)] + (["--reuse"] if args.reuse else [])
         line = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         results["kinds"].append(json.loads(line))
         print(line, flush=True)
