@@ -119,10 +119,24 @@ def search(
     index = store.index(kind=kind)
     if nprobe is not None or ef_search is not None:
         index.set_search_params(nprobe=nprobe, ef_search=ef_search)
-    scores, rows = index.search(q, k * (rerank or 1))
+    fetch = k * (rerank or 1)
+    dead = int(index.meta.get("dead", 0))  # removed rows the index still holds (gallery.index)
+    scores, rows = live_first(store, *index.search(q, fetch + dead), fetch)
     if rerank:
         scores, rows = rescore_exactly(store, q, rows, k)
     return assemble(store, version, scores, rows, threshold)
+
+
+def live_first(store: "Store", scores: np.ndarray, rows: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """Drop tombstoned rows from faiss output, keep the best `keep` columns."""
+    deleted = store.columns()["deleted"]
+    if rows.shape[1] <= keep and not (len(deleted) and deleted[np.maximum(rows, 0)].any()):
+        return scores, rows
+    dead = (rows < 0) | deleted[np.maximum(rows, 0)] if len(deleted) else rows < 0
+    scores = np.where(dead, -np.inf, scores).astype(np.float32)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :keep]
+    rows = np.where(dead, -1, rows)
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
 
 
 def rescore_exactly(store: "Store", q: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -79,6 +79,8 @@ class ShardedGallery:
         import faiss
 
         gi = store.index(kind=kind)
+        if gi.meta.get("dead"):  # IndexShards merges raw faiss hits: no room to drop masked rows
+            gi = store.index(kind=kind, rebuild=True)
         store._cache.pop("index", None)  # ids are rewritten below: this copy is ours alone
         rows = faiss.vector_to_array(gi.faiss.id_map)
         faiss.copy_array_to_vector((np.int64(number) << SHARD_BITS) | rows, gi.faiss.id_map)

@@ -102,10 +102,11 @@ def test_sidecar_fresh_stale_rebuilt(tmp_path):
     assert store.index().count == 503 and sidecar_state(store)[0] == "fresh"
     store.remove(["i7"])
     assert sidecar_state(store)[0] == "stale"
-    rebuilt = store.index()
-    assert rebuilt.count == 502
+    caught_up = store.index()  # one removal: masked, not a rebuild (tests/test_index_catch_up.py)
+    assert caught_up.count == 503 and caught_up.meta["dead"] == 1
     meta = json.loads(sidecar_path(store).with_suffix(".index.json").read_text())
     assert meta["rows"] == 503 and meta["checksum"] == store.content_checksum()
+    assert store.index(rebuild=True).count == 502
     store.close()
 
 
@@ -143,9 +144,9 @@ def test_appended_rows_extend_the_index_instead_of_rebuilding(tmp_path):
         assert grown.count == store.count() and sidecar_state(store)[0] == "fresh"
         hits = store.search(extra, k=1, kind=kind)
         assert hits.ids[:, 0].tolist() == [f"{kind}-x{i}" for i in range(50)]
-    store.remove(["i3"])  # a tombstone in the indexed rows: rebuild, never extend
-    rebuilt = store.index(kind="ivf")
-    assert "extended_at" not in rebuilt.meta and rebuilt.count == store.count()
+    store.remove(["i3"])  # a tombstone in the indexed rows: masked (tests/test_index_catch_up.py)
+    masked = store.index(kind="ivf")
+    assert masked.meta["dead"] == 1 and masked.count == store.count() + 1
     big = np.random.default_rng(8).normal(size=(5000, 16)).astype(np.float32)
     store.enroll(big, [f"b{i}" for i in range(5000)])  # more than doubles: IVF retrained
     assert "extended_at" not in store.index(kind="ivf").meta

@@ -45,8 +45,9 @@ def sidecar_state(store: "Store") -> tuple[str, str]:
 
 
 def store_index(store: "Store", kind: str | None = None, rebuild: bool = False, **params: Any) -> GalleryIndex:
-    """The store's index: cached or sidecar if fresh; extended if rows were only appended;
-    else rebuilt. A different `kind` or build parameters also mean a rebuild."""
+    """The store's index: cached or sidecar if fresh; caught up if rows were appended or a
+    few removed (see _extend); else rebuilt. A different `kind` or build parameters also
+    mean a rebuild."""
     checksum = store.content_checksum()
     index = None if rebuild else _candidate(store, kind, params)
     if index is not None and index.meta["checksum"] != checksum:
@@ -55,6 +56,21 @@ def store_index(store: "Store", kind: str | None = None, rebuild: bool = False, 
         index = _build_for_store(store, kind, checksum, **params)
     store._cache["index"] = index
     return index
+
+
+def refresh_after_write(store: "Store") -> str:
+    """A writer's follow-up to an enrol or a removal: catch an existing sidecar up (rows
+    added, removed rows masked), so readers find it fresh instead of each doing it on
+    their own. Never rebuilds
+    (minutes at scale: `gallery reindex`'s job). Returns the sidecar's state afterwards:
+    "missing", "fresh", "corrupt", "extended" or "stale"."""
+    state, _ = sidecar_state(store)
+    if state != "stale":
+        return state
+    index = _candidate(store, None, {})
+    if index is None or _extend(store, index, store.content_checksum()) is None:
+        return "stale"
+    return "extended"
 
 
 def _candidate(store: "Store", kind: str | None, params: dict) -> GalleryIndex | None:
@@ -77,35 +93,52 @@ def prefix_digest(rows: int, chain: str, deleted: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+DEAD_MAX = 2048  # tombstoned rows an index may still hold; searches fetch this many extra
+
+
 def _extend(store: "Store", index: GalleryIndex, checksum: str) -> GalleryIndex | None:
-    """Add rows enrolled since the index was built, when nothing else changed.
+    """Catch a stale index up without a rebuild: add rows enrolled since, and count rows
+    removed since as `dead` (still in the index, dropped by every search, which fetches
+    that many extra candidates), instead of re-clustering a big gallery for a removal.
 
-    Only when the index's rows are untouched (same batches, no new tombstones, no
-    backfill overlay) and the gallery at most doubled: an IVF quantiser trained on
-    a much smaller gallery would leave the cells unbalanced, so that is a rebuild.
+    Only when the index's rows are the same batches, there is no backfill overlay, at
+    most DEAD_MAX indexed rows were removed, and the gallery at most doubled: an IVF
+    quantiser trained on a much smaller gallery would leave the cells unbalanced.
     """
-    from gallery.store.items import batch_records
-    from gallery.store.layout import EMPTY_CHAIN
-
-    meta, committed = index.meta, store.committed
+    meta, committed, deleted = index.meta, store.committed, store.columns()["deleted"]
     base = int(meta["rows"])
-    if "prefix" not in meta or "rollout" in store.h5 or base >= committed:
+    chain = _chain_at(store, base)
+    if "rollout" in store.h5 or base > committed or chain is None:
         return None
-    chains = {r["stop"]: r["chain"] for r in batch_records(store)}
-    chains[0] = EMPTY_CHAIN
-    deleted = store.columns()["deleted"]
-    if base not in chains or prefix_digest(base, chains[base], deleted) != meta["prefix"]:
+    if "excluded" in meta and meta.get("chain") == chain:
+        excluded = int(meta["excluded"])  # rows below `base` never added: removed before
+    elif "excluded" not in meta and meta.get("prefix") == prefix_digest(base, chain, deleted):
+        excluded = int(deleted[:base].sum())  # an older sidecar, nothing removed since
+    else:
         return None
+    dead = int(deleted[:base].sum()) - excluded
     new = base + np.flatnonzero(~deleted[base:])
-    if new.size > max(index.count, 1000):
+    if new.size > max(index.count, 1000) or dead > DEAD_MAX:
         return None
     for vectors, rows in live_blocks(store, new):
         index.faiss.add_with_ids(np.ascontiguousarray(vectors), rows)
-    meta.update(count=int(index.faiss.ntotal), rows=committed, checksum=checksum,
+    meta.update(count=int(index.faiss.ntotal), rows=committed, checksum=checksum, chain=store.chain,
+                excluded=excluded + int(deleted[base:].sum()), dead=dead,
                 prefix=prefix_digest(committed, store.chain, deleted), extended_at=time.time())
-    log.info("extended %s index of %s by %d rows", index.kind, store.path, new.size)
+    log.info("caught up %s index of %s: %d rows added, %d removed rows masked", index.kind, store.path,
+             new.size, dead)
     _save(store, index)
     return index
+
+
+def _chain_at(store: "Store", rows: int) -> str | None:
+    """The batch chain checksum after the batch ending at `rows` (None: no batch ends there)."""
+    from gallery.store.items import batch_records
+    from gallery.store.layout import EMPTY_CHAIN
+
+    if rows == 0:
+        return EMPTY_CHAIN
+    return next((r["chain"] for r in batch_records(store) if r["stop"] == rows), None)
 
 
 def _differs(current: dict, wanted: dict) -> bool:
@@ -119,7 +152,8 @@ def _build_for_store(store: "Store", kind: str | None, checksum: str, **params: 
     clean = {k: v for k, v in params.items() if v is not None}
     deleted = store.columns()["deleted"]
     index = build_over_store(store, live, IndexParams(kind=kind, **clean), checksum=checksum,
-                             rows=store.committed, prefix=prefix_digest(store.committed, store.chain, deleted))
+                             rows=store.committed, prefix=prefix_digest(store.committed, store.chain, deleted),
+                             chain=store.chain, excluded=int(deleted.sum()), dead=0)
     _save(store, index)
     return index
 

@@ -115,9 +115,10 @@ def _check_index(store: "Store", problems: list[str], warnings: list[str]) -> st
         # Re-check freshness on this very read: a concurrent reader may have replaced the
         # sidecar since sidecar_state() looked (it then belongs to another snapshot).
         same = (meta.get("checksum"), meta.get("rows")) == (store.content_checksum(), store.committed)
-        if same and int(meta.get("count", -1)) != live:
+        dead = int(meta.get("dead", 0))  # removed rows the index masks (gallery/index/sidecar.py)
+        if same and int(meta.get("count", -1)) != live + dead:
             problems.append(f"index claims to be fresh but holds {meta.get('count')} vectors for {live} "
-                            "live rows; run `gallery reindex`")
+                            f"live rows (+{dead} masked); run `gallery reindex`")
     if state == "stale":
         warnings.append(f"index is stale ({reason}); it is rebuilt on the next search")
     elif state == "corrupt":
