@@ -95,7 +95,8 @@ def check_fits(p: IndexParams, n: int, dim: int, extra: int = 0) -> None:
     if have is None or need <= have:
         return
     fitting = [k for k in KINDS if estimate_bytes(IndexParams(k).resolved(n, dim), n, dim) + extra <= have]
-    raise BadInput(f"a {p.kind} index over {n:,} x {dim} needs ~{_size(need)} but "
+    article = "an" if p.kind[0] in "aeiou" else "a"
+    raise BadInput(f"{article} {p.kind} index over {n:,} x {dim} needs ~{_size(need)} but "
                    f"{_size(have)} of memory is available; use "
                    + (f"--index {' or '.join(fitting)}" if fitting else "a machine with more memory"))
 
