@@ -184,20 +184,22 @@ def test_export_matches_live_rows(tmp_path, store_path):
 
 
 def test_numbered_migrations(store_path, monkeypatch):
-    def v1_to_v2(h5):
+    """The framework, with a made-up next step (the real v1 -> v2 is in test_store_idindex.py)."""
+    def next_step(h5):
         h5["items"].attrs["note"] = "migrated"
 
+    current = schema.SCHEMA_VERSION
     with Store.open(store_path) as store:
         pass
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(migrations.MIGRATIONS, 1, v1_to_v2)
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", current + 1)
+    monkeypatch.setitem(migrations.MIGRATIONS, current, next_step)
     with pytest.raises(BadInput, match="run `gallery migrate"):
         Store.open(store_path)
     with Store.open(store_path, "a") as store:
-        assert store.schema_version == 2
+        assert store.schema_version == current + 1
         assert store.h5["items"].attrs["note"] == "migrated"
         assert store.history()[-1]["event"] == "migrate"
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 1)
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", current)
     with pytest.raises(BadInput, match="newer than this gallery"):
         Store.open(store_path)
 

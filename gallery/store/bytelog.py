@@ -42,6 +42,13 @@ def read(group: h5py.Group) -> list[dict]:
     return [json.loads(blob[s:e]) for s, e in zip(starts, ends)]
 
 
+def record(group: h5py.Group, i: int) -> dict:
+    """Record number i alone (0-based): reads its bytes only."""
+    ends = group["ends"]
+    start = int(ends[i - 1]) if i else 0
+    return json.loads(group["bytes"][start : int(ends[i])].tobytes())
+
+
 def truncate(group: h5py.Group, count: int) -> None:
     """Keep only the first `count` records (drop what an interrupted writer left)."""
     ends = group["ends"]

@@ -1,7 +1,8 @@
-"""The Store: open/create a gallery file, models, aliases, history.
+"""The Store: open/create a gallery file, root attributes, history.
 
-Row-level work (enrol, remove, reading columns) lives in gallery/store/items.py,
-integrity checks in verify.py, export in export.py; the Store methods for them
+Model records (versions, aliases, thresholds) are the ModelRecords mixin in models.py.
+Row-level work (enrol, remove, reading columns) lives in gallery/store/items.py (id
+look-ups in idindex.py), integrity checks in verify.py, export in export.py; the Store methods for them
 are one-line delegations so rollout code (gallery/rollout.py) can build on a
 small, documented surface: `add_model`, `set_active_model`, `set_alias`,
 `resolve_version`, `set_threshold`, `append_history`, `enroll`, `remove`,
@@ -10,7 +11,6 @@ small, documented surface: `add_model`, `set_active_model`, `set_alias`,
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -24,6 +24,7 @@ from gallery.errors import BadInput, GalleryError
 from gallery.store import bytelog, migrations, schema
 from gallery.store.layout import EMPTY_CHAIN, init_layout, write_model  # noqa: F401
 from gallery.store.locking import WriterLock
+from gallery.store.models import ModelRecords
 from gallery.store.schema import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
         raise BadInput(f"cannot open store {path}: not a readable HDF5 file ({reason})") from None
 
 
-class Store:
+class Store(ModelRecords):
     """One gallery in one HDF5 file. Use as a context manager; mode "r" or "a"."""
 
     def __init__(self, path: Path, h5: h5py.File, lock: WriterLock | None) -> None:
@@ -90,16 +91,19 @@ class Store:
             raise BadInput(f"store not found: {path}")
         lock = WriterLock(path).acquire() if mode == "a" else None
         try:
-            h5 = _open_h5(path, "r+" if mode == "a" else "r")
-            store = cls(path, h5, lock)
-            store._check_format()
-            if mode == "a":
-                migrations.migrate(h5, str(path), store.append_history)
-            else:
-                migrations.check_readable(h5, str(path))
+            store = cls(path, _open_h5(path, "r+" if mode == "a" else "r"), lock)
         except BaseException:
             if lock is not None:
                 lock.release()
+            raise
+        try:
+            store._check_format()
+            if mode == "a":
+                migrations.migrate(store.h5, str(path), store.append_history)
+            else:
+                migrations.check_readable(store.h5, str(path))
+        except BaseException:
+            store.close()  # a refused store must not stay open: it would block a writer in this process
             raise
         return store
 
@@ -161,97 +165,6 @@ class Store:
     def chain(self) -> str:
         """Running checksum over every committed batch."""
         return bytes(self.h5["items"].attrs["chain"]).decode()
-
-    @property
-    def active_model(self) -> str:
-        return str(self.h5.attrs["active_model"])
-
-    @property
-    def aliases(self) -> dict[str, str]:
-        return json.loads(self.h5.attrs.get("aliases", "{}"))
-
-    # ---- models ------------------------------------------------------------------
-    def model_versions(self) -> list[str]:
-        return sorted(self.h5["models"].keys())
-
-    def model(self, version: str | None = None) -> ModelInfo:
-        """The record of a version or alias (default: the active query model)."""
-        version = self.resolve_version(version or self.active_model)
-        return ModelInfo.from_attrs(self.h5["models"][version].attrs)
-
-    def thresholds(self, query_version: str | None = None) -> dict[str, float]:
-        """Calibrated thresholds for queries by a model, per gallery version (cached: search
-        calls this per batch, and decoding a model's attrs costs milliseconds)."""
-        version = self.resolve_version(query_version or self.active_model)
-        cache = self._cache.setdefault("thresholds", {})
-        if version not in cache:
-            cache[version] = self.model(version).thresholds
-        return dict(cache[version])
-
-    def models(self) -> list[ModelInfo]:
-        return [self.model(v) for v in self.model_versions()]
-
-    def resolve_version(self, name: str) -> str:
-        """A version name or alias -> the version; unknown -> BadInput listing both."""
-        if name in self.h5["models"]:
-            return name
-        aliases = self.aliases
-        if name in aliases:
-            return aliases[name]
-        valid = ", ".join(self.model_versions() + sorted(aliases))
-        raise BadInput(f"unknown model version {name!r} in {self.path}; valid: {valid}")
-
-    def add_model(self, model: ModelInfo) -> None:
-        """Register a new encoder version (same dimension); does not activate it."""
-        self.require_writer()
-        schema.check_version_name(model.version)
-        if model.version in self.h5["models"] or model.version in self.aliases:
-            raise BadInput(f"model version {model.version!r} already exists in {self.path}")
-        if model.dim != self.dim:
-            raise BadInput(f"model {model.version} has dimension {model.dim}, store has {self.dim}")
-        write_model(self.h5, model)
-        self.append_history({"event": "add_model", "model": model.version, "sha256": model.sha256})
-
-    def update_model(self, model: ModelInfo) -> None:
-        """Rewrite an existing version's record (thresholds, compat report...)."""
-        self.require_writer()
-        self.resolve_version(model.version)
-        del self.h5["models"][model.version]
-        write_model(self.h5, model)
-        self._cache.pop("thresholds", None)
-        self.h5.flush()
-
-    def set_active_model(self, version: str) -> None:
-        self.require_writer()
-        resolved = self.resolve_version(version)
-        previous = self.active_model
-        self.h5.attrs["active_model"] = resolved
-        self.append_history({"event": "activate", "model": resolved, "previous": previous})
-
-    def set_alias(self, alias: str, version: str | None) -> None:
-        """Point `alias` at a version (None removes it)."""
-        self.require_writer()
-        aliases = self.aliases
-        if version is None:
-            aliases.pop(alias, None)
-        else:
-            schema.check_version_name(alias)
-            if alias in self.h5["models"]:
-                raise BadInput(f"alias {alias!r} clashes with a model version")
-            aliases[alias] = self.resolve_version(version)
-        self.h5.attrs["aliases"] = json.dumps(aliases, sort_keys=True)
-        self.append_history({"event": "alias", "alias": alias, "model": aliases.get(alias)})
-
-    def set_threshold(self, query_version: str, gallery_version: str, value: float) -> None:
-        """Record the decision threshold for queries by one model against rows of another."""
-        if not np.isfinite(value):
-            raise BadInput(f"threshold must be finite, got {value}")
-        info = self.model(query_version)
-        gallery_version = self.resolve_version(gallery_version)
-        info.thresholds[gallery_version] = float(value)
-        self.update_model(info)
-        self.append_history({"event": "threshold", "query": info.version, "gallery": gallery_version,
-                             "value": float(value)})
 
     # ---- history -----------------------------------------------------------------
     def append_history(self, record: dict) -> None:

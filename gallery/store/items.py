@@ -20,7 +20,7 @@ import numpy as np
 
 from gallery.errors import BadInput, GalleryError
 from gallery.preprocess import l2_normalize
-from gallery.store import bytelog
+from gallery.store import bytelog, idindex, schema
 from gallery.store.schema import ITEM_COLUMNS
 
 if TYPE_CHECKING:
@@ -47,8 +47,9 @@ def chain(previous: str, batch: str) -> str:
     return hashlib.sha256(f"{previous}:{batch}".encode()).hexdigest()
 
 
-def _validate(store: "Store", emb: np.ndarray, ids: list[str], identities: list[str]) -> None:
-    """Everything is checked before the first byte is written: bad input changes nothing."""
+def _validate(store: "Store", emb: np.ndarray, ids: list[str], identities: list[str]) -> np.ndarray:
+    """Everything is checked before the first byte is written: bad input changes nothing.
+    Returns the ids' schema.id_hash values (written with the rows)."""
     if emb.ndim != 2 or emb.shape[0] == 0:
         raise BadInput(f"embeddings must be a non-empty (N, {store.dim}) array, got shape {emb.shape}")
     if emb.shape[1] != store.dim:
@@ -72,11 +73,13 @@ def _validate(store: "Store", emb: np.ndarray, ids: list[str], identities: list[
     if (counts > 1).any():
         dup = uniq[counts > 1]
         raise BadInput(f"duplicate ids in input: {', '.join(dup[:5])}" + (" ..." if dup.size > 5 else ""))
-    existing = set(store.columns()["id"].tolist())
+    id_hashes = schema.id_hash(ids)
+    existing = idindex.find(store, ids, id_hashes)  # reads 8 bytes per stored row, not the ids
     clash = [i for i in ids if i in existing]
     if clash:
         raise BadInput(f"ids already in store (removed ids are never reused): {', '.join(clash[:5])}"
                        + (" ..." if len(clash) > 5 else ""))
+    return id_hashes
 
 
 def enroll(
@@ -100,7 +103,7 @@ def enroll(
     identities = ids if identities is None else [str(i) for i in identities]
     with np.errstate(over="ignore"):  # no RuntimeWarning line: the BadInput below says it
         emb = emb.astype(np.float32, copy=False)  # values beyond float32 become inf: rejected below
-    _validate(store, emb, ids, identities)
+    id_hashes = _validate(store, emb, ids, identities)
     if batch_size < 1:
         raise BadInput(f"batch size must be >= 1, got {batch_size}")
     stored = l2_normalize(emb).astype(store.dtype)
@@ -114,7 +117,7 @@ def enroll(
     for lo in range(0, len(stored), batch_size):
         hi = min(lo + batch_size, len(stored))
         _commit_batch(store, stored[lo:hi], ids[lo:hi], identities[lo:hi], version,
-                      list(content_hashes[lo:hi]))
+                      list(content_hashes[lo:hi]), id_hashes[lo:hi])
         if progress is not None:
             progress(hi - lo)
     store.invalidate()
@@ -147,12 +150,17 @@ def _truncate_tail(store: "Store", committed: int) -> None:
     for name in (*ITEM_COLUMNS, "embedding"):
         if items[name].shape[0] != committed:
             items[name].resize(committed, axis=0)
-    records = batch_records(store)
-    bytelog.truncate(store.h5["batches"], sum(1 for r in records if r["stop"] <= committed))
+    # Records of batches that never committed sit at the end: read back from there only
+    # (reading every record made each enrol O(batches in the store)).
+    batches = store.h5["batches"]
+    keep = bytelog.count(batches)
+    while keep and bytelog.record(batches, keep - 1)["stop"] > committed:
+        keep -= 1
+    bytelog.truncate(batches, keep)
 
 
 def _commit_batch(store: "Store", emb: np.ndarray, ids: list[str], identities: list[str],
-                  version: str, hashes: list[str]) -> None:
+                  version: str, hashes: list[str], id_hashes: np.ndarray) -> None:
     _check_space(store, len(emb))  # again per batch: another process may be filling the disk
     items = store.h5["items"]
     lo = store.committed
@@ -163,7 +171,7 @@ def _commit_batch(store: "Store", emb: np.ndarray, ids: list[str], identities: l
         "id": _encode(ids), "identity": _encode(identities), "model": _encode(models),
         "content_hash": _encode(hashes),
         "enrolled_at": np.full(len(emb), now), "deleted": np.zeros(len(emb), np.uint8),
-        "deleted_at": np.zeros(len(emb)),
+        "deleted_at": np.zeros(len(emb)), "id_hash": id_hashes,
     }
     for name, column in values.items():
         items[name].resize(hi, axis=0)
@@ -187,26 +195,26 @@ def _commit_batch(store: "Store", emb: np.ndarray, ids: list[str], identities: l
 def remove(store: "Store", ids: Sequence[str]) -> dict:
     """Tombstone rows by id. Unknown ids -> BadInput (nothing changed)."""
     store.require_writer()
-    cols = store.columns()
-    where = {item: row for row, item in enumerate(cols["id"].tolist())}
     wanted = [str(i) for i in ids]
     if not wanted:
         raise BadInput("no ids given to remove")
+    where = idindex.find(store, wanted)
     unknown = [i for i in wanted if i not in where]
     if unknown:
         raise BadInput(f"unknown ids: {', '.join(unknown[:5])}" + (" ..." if len(unknown) > 5 else ""))
     rows = np.array(sorted({where[i] for i in wanted}), dtype=np.int64)
-    fresh = rows[~cols["deleted"][rows]]
+    items = store.h5["items"]
+    fresh = rows[idindex.read_rows(items["deleted"], rows) == 0]
     if fresh.size:
-        items = store.h5["items"]
         # h5py point selection needs increasing indices: `rows` is sorted.
         items["deleted"][fresh] = np.ones(fresh.size, np.uint8)
         items["deleted_at"][fresh] = np.full(fresh.size, time.time())
         items.attrs["removed"] = int(items.attrs.get("removed", 0)) + int(fresh.size)
         store.h5.flush()
     store.invalidate()
+    by_row = {row: item for item, row in where.items()}
     result = {"event": "remove", "removed": int(fresh.size), "already_removed": int(rows.size - fresh.size),
-              "ids": [str(cols["id"][r]) for r in fresh]}
+              "ids": [by_row[r] for r in fresh.tolist()]}
     store.append_history(result)
     return result
 
@@ -259,7 +267,8 @@ def content_checksum(store: "Store") -> str:
     """Changes whenever the searchable content changes (an enrol or a removal)."""
     digest = hashlib.sha256()
     digest.update(f"{store.committed}:{store.chain}:".encode())
-    digest.update(np.packbits(columns(store)["deleted"]).tobytes())
+    deleted = store.h5["items"]["deleted"][: store.committed].astype(bool)  # 1 byte/row, not columns()
+    digest.update(np.packbits(deleted).tobytes())
     if "rollout" in store.h5:  # a backfill or a query-model switch over backfilled rows
         from gallery.rollout.overlay import checksum_part
         digest.update(checksum_part(store).encode())

@@ -1,4 +1,4 @@
-"""Creating the schema-1 layout of a new store file (see schema.py for what each part holds)."""
+"""Creating the current layout of a new store file (see schema.py for what each part holds)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ def write_model(h5: h5py.File, model: ModelInfo) -> None:
         group.attrs[key] = value
 
 
+def create_column(items: h5py.Group, name: str, rows: int = 0) -> h5py.Dataset:
+    """One /items column of schema.ITEM_COLUMNS, resizable (new stores, migrations)."""
+    return items.create_dataset(name, shape=(rows,), maxshape=(None,), chunks=(4096,),
+                                dtype=schema.ITEM_COLUMNS[name])
+
+
 def init_layout(h5: h5py.File, model: ModelInfo, dtype: str) -> None:
     h5.attrs.update({
         "format": schema.FORMAT, "schema_version": schema.SCHEMA_VERSION,
@@ -29,8 +35,8 @@ def init_layout(h5: h5py.File, model: ModelInfo, dtype: str) -> None:
     items.attrs["committed"] = 0
     items.attrs["chain"] = np.bytes_(EMPTY_CHAIN)  # running checksum of committed batches
     items.attrs["removed"] = 0
-    for name, kind in schema.ITEM_COLUMNS.items():
-        items.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(4096,), dtype=kind)
+    for name in schema.ITEM_COLUMNS:
+        create_column(items, name)
     rows = max(1, (1 << 20) // (4 * model.dim))   # ~1 MiB chunks of whole rows
     items.create_dataset("embedding", shape=(0, model.dim), maxshape=(None, model.dim),
                          chunks=(rows, model.dim), dtype=dtype)

@@ -1,6 +1,6 @@
 """The on-disk layout of a gallery store (one HDF5 file) and the model record.
 
-Layout (schema version 1):
+Layout (schema version 2; migrations.py turns older files into it):
   /                      attrs: format, schema_version, created, dim, dtype,
                                 active_model (version used for queries), aliases (JSON)
   /models/<version>      one group per encoder version ("v1", "v2", ...); attrs are
@@ -8,6 +8,9 @@ Layout (schema version 1):
   /items/<field>         one dataset per column, all the same length; only the first
                          `committed` rows (attr on /items) are part of the gallery;
                          rows past it are leftovers of an interrupted enrol
+  /items/id_hash         uint64 per row, id_hash(id): the duplicate-id check and remove-by-id
+                         read these 8 bytes/row, and the exact ids only of rows whose hash
+                         matches (schema v2; verify checks every hash against its id)
   /items/embedding       (N, dim) L2-normalised, chunked and resizable
   /batches               append-only JSON records (bytelog.py), one per committed enrol batch, with
                          the batch's sha256 and the running chain checksum
@@ -17,18 +20,19 @@ Layout (schema version 1):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from gallery.errors import BadInput
 
 FORMAT = "gallery.store"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DTYPES = ("float32", "float16")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -43,7 +47,14 @@ ITEM_COLUMNS: dict[str, str] = {
     "enrolled_at": "float64",
     "deleted": "uint8",      # tombstone: never returned again, id never reused
     "deleted_at": "float64",
+    "id_hash": "uint64",     # id_hash(id), see below (schema v2)
 }
+
+
+def id_hash(ids: Sequence[str]) -> np.ndarray:
+    """uint64 per id: the first 8 bytes, little endian, of blake2b(UTF-8 id, digest_size=8)."""
+    digests = b"".join(hashlib.blake2b(i.encode("utf-8"), digest_size=8).digest() for i in ids)
+    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
 
 
 def now_iso() -> str:

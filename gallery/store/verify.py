@@ -1,9 +1,10 @@
-"""Integrity check of a store: counts, per-batch checksums, ids, models, index freshness.
+"""Integrity check of a store: counts, per-batch checksums, ids and id hashes, models, index freshness.
 
 `ok` is False only for real damage (a checksum or count that disagrees, duplicate
-ids, rows naming unknown models, non-finite vectors). A stale index or rows left
-past the committed count by an interrupted enrol are warnings: both are repaired
-automatically (index rebuilt on the next search, tail overwritten on the next enrol).
+ids, an id_hash that is not its id's, rows naming unknown models, non-finite
+vectors). A stale index or rows left past the committed count by an interrupted
+enrol are warnings: both are repaired automatically (index rebuilt on the next
+search, tail overwritten on the next enrol).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gallery.store import idindex
 from gallery.store import items as items_mod
 from gallery.store.schema import ITEM_COLUMNS
 
@@ -85,6 +87,9 @@ def _check_rows(store: "Store", cols: dict, problems: list[str]) -> None:
     ids = cols["id"]
     if len(set(ids.tolist())) != len(ids):
         problems.append("duplicate item ids")
+    wrong = idindex.mismatches(store.h5["items"], store.committed)
+    if wrong.size:  # the duplicate-id check and remove-by-id trust these hashes
+        problems.append(f"id_hash does not match the id in {wrong.size} row(s), first row {wrong[0]}")
     unknown = sorted(set(cols["model"].tolist()) - set(store.model_versions()))
     if unknown:
         problems.append(f"rows embedded by unknown model version(s): {', '.join(unknown)}")

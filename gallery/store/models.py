@@ -1,0 +1,117 @@
+"""The model records of a store: versions, the active query model, aliases, thresholds.
+
+A mixin of Store (gallery/store/core.py), which supplies `h5`, `path`, `_cache`,
+`require_writer` and `append_history`; Store's public API is unchanged by the split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import h5py
+import numpy as np
+
+from gallery.errors import BadInput
+from gallery.store import schema
+from gallery.store.layout import write_model
+from gallery.store.schema import ModelInfo
+
+
+class ModelRecords:
+    h5: h5py.File
+    path: Path
+    _cache: dict[str, Any]
+    require_writer: Callable[[], None]
+    append_history: Callable[[dict], None]
+
+    @property
+    def active_model(self) -> str:
+        return str(self.h5.attrs["active_model"])
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        return json.loads(self.h5.attrs.get("aliases", "{}"))
+
+    def model_versions(self) -> list[str]:
+        return sorted(self.h5["models"].keys())
+
+    def model(self, version: str | None = None) -> ModelInfo:
+        """The record of a version or alias (default: the active query model)."""
+        version = self.resolve_version(version or self.active_model)
+        return ModelInfo.from_attrs(self.h5["models"][version].attrs)
+
+    def thresholds(self, query_version: str | None = None) -> dict[str, float]:
+        """Calibrated thresholds for queries by a model, per gallery version (cached: search
+        calls this per batch, and decoding a model's attrs costs milliseconds)."""
+        version = self.resolve_version(query_version or self.active_model)
+        cache = self._cache.setdefault("thresholds", {})
+        if version not in cache:
+            cache[version] = self.model(version).thresholds
+        return dict(cache[version])
+
+    def models(self) -> list[ModelInfo]:
+        return [self.model(v) for v in self.model_versions()]
+
+    def resolve_version(self, name: str) -> str:
+        """A version name or alias -> the version; unknown -> BadInput listing both."""
+        if name in self.h5["models"]:
+            return name
+        aliases = self.aliases
+        if name in aliases:
+            return aliases[name]
+        valid = ", ".join(self.model_versions() + sorted(aliases))
+        raise BadInput(f"unknown model version {name!r} in {self.path}; valid: {valid}")
+
+    def add_model(self, model: ModelInfo) -> None:
+        """Register a new encoder version (same dimension); does not activate it."""
+        self.require_writer()
+        schema.check_version_name(model.version)
+        if model.version in self.h5["models"] or model.version in self.aliases:
+            raise BadInput(f"model version {model.version!r} already exists in {self.path}")
+        if model.dim != self.dim:
+            raise BadInput(f"model {model.version} has dimension {model.dim}, store has {self.dim}")
+        write_model(self.h5, model)
+        self.append_history({"event": "add_model", "model": model.version, "sha256": model.sha256})
+
+    def update_model(self, model: ModelInfo) -> None:
+        """Rewrite an existing version's record (thresholds, compat report...)."""
+        self.require_writer()
+        self.resolve_version(model.version)
+        del self.h5["models"][model.version]
+        write_model(self.h5, model)
+        self._cache.pop("thresholds", None)
+        self.h5.flush()
+
+    def set_active_model(self, version: str) -> None:
+        self.require_writer()
+        resolved = self.resolve_version(version)
+        previous = self.active_model
+        self.h5.attrs["active_model"] = resolved
+        self.append_history({"event": "activate", "model": resolved, "previous": previous})
+
+    def set_alias(self, alias: str, version: str | None) -> None:
+        """Point `alias` at a version (None removes it)."""
+        self.require_writer()
+        aliases = self.aliases
+        if version is None:
+            aliases.pop(alias, None)
+        else:
+            schema.check_version_name(alias)
+            if alias in self.h5["models"]:
+                raise BadInput(f"alias {alias!r} clashes with a model version")
+            aliases[alias] = self.resolve_version(version)
+        self.h5.attrs["aliases"] = json.dumps(aliases, sort_keys=True)
+        self.append_history({"event": "alias", "alias": alias, "model": aliases.get(alias)})
+
+    def set_threshold(self, query_version: str, gallery_version: str, value: float) -> None:
+        """Record the decision threshold for queries by one model against rows of another."""
+        if not np.isfinite(value):
+            raise BadInput(f"threshold must be finite, got {value}")
+        info = self.model(query_version)
+        gallery_version = self.resolve_version(gallery_version)
+        info.thresholds[gallery_version] = float(value)
+        self.update_model(info)
+        self.append_history({"event": "threshold", "query": info.version, "gallery": gallery_version,
+                             "value": float(value)})
