@@ -10,7 +10,7 @@ import pytest
 from gallery.errors import BadInput
 from gallery.index import IndexParams, build, default_kind, sidecar_path, sidecar_state
 from gallery.preprocess import l2_normalize
-from gallery.store import ModelInfo, Store
+from gallery.store import ModelInfo, Store, items
 
 
 def _gallery_like(n: int, dim: int, identities: int, noise: float, seed: int):
@@ -97,10 +97,10 @@ def test_sidecar_fresh_stale_rebuilt(tmp_path):
     store.invalidate()  # drop the in-memory copy: the sidecar is loaded, not rebuilt
     again = store.index()
     assert again.meta["built_at"] == first.meta["built_at"]
-    store.enroll(x[:3] + 1.0, ["n0", "n1", "n2"])
+    items.enroll(store, x[:3] + 1.0, ["n0", "n1", "n2"])  # below Store.enroll: no catch-up
     assert sidecar_state(store)[0] == "stale"
     assert store.index().count == 503 and sidecar_state(store)[0] == "fresh"
-    store.remove(["i7"])
+    items.remove(store, ["i7"])
     assert sidecar_state(store)[0] == "stale"
     caught_up = store.index()  # one removal: masked, not a rebuild (tests/test_index_catch_up.py)
     assert caught_up.count == 503 and caught_up.meta["dead"] == 1

@@ -64,9 +64,7 @@ def test_writer_catches_the_sidecar_up_so_readers_find_it_fresh(store):
     st.index(kind="ivf")
     st.enroll(l2_normalize(x[:5] + 0.1), [f"n{i}" for i in range(5)])
     st.remove(["r1", "r2"])
-    assert sidecar_state(st)[0] == "stale"
-    assert sidecar.refresh_after_write(st) == "extended"
-    assert sidecar_state(st)[0] == "fresh"
+    assert sidecar_state(st)[0] == "fresh"  # no search in between: the writer did it
     with Store.open(st.path) as reader:  # another process's view: loads, does not rebuild
         assert sidecar_state(reader)[0] == "fresh" and reader.index().meta["dead"] == 2
         assert reader.verify()["ok"]  # a fresh index may hold masked rows: not damage
@@ -82,3 +80,12 @@ def test_sharded_search_never_returns_a_masked_row(tmp_path, store):
     st.close()
     with ShardedGallery([st.path]) as sharded:
         assert "r5" not in sharded.search(x[5:6], k=3).ids.ravel().tolist()
+
+
+def test_enrol_and_remove_leave_a_fresh_sidecar(store):
+    st, x = store
+    assert st.enroll(x[:2] * -1, ["a", "b"])["index"] == "missing"  # no index yet: nothing to do
+    st.index(kind="ivf")
+    assert st.enroll(l2_normalize(x[:3] + 0.2), ["n0", "n1", "n2"])["index"] == "extended"
+    assert sidecar_state(st)[0] == "fresh"
+    assert st.remove(["r9"])["index"] == "extended" and sidecar_state(st)[0] == "fresh"

@@ -189,7 +189,10 @@ def test_stale_and_corrupt_index_are_rebuilt(tmp_path):
     run = lambda *a: CliRunner().invoke(app, [str(x) for x in a])  # noqa: E731
     assert run("search", store, "--embeddings", tmp_path / "q.npy", "--json").exit_code == 0  # builds the sidecar
     emb, ids = _inputs(tmp_path, 1, "new", 42)  # the query's own vector
-    assert run("enroll", store, "--embeddings", emb, "--ids", ids).exit_code == 0
+    old = {p: p.read_bytes() for p in (Path(str(store) + ".index"), Path(str(store) + ".index.json"))}
+    assert run("enroll", store, "--embeddings", emb, "--ids", ids).exit_code == 0  # catches the sidecar up
+    for path, data in old.items():  # an index from before the enrol (restored from a backup, say)
+        path.write_bytes(data)
     report = json.loads(run("verify", store, "--json").stdout)
     assert report["ok"] and report["index"] == "stale" and "index is stale" in report["warnings"][0]
     hits = json.loads(run("search", store, "--embeddings", tmp_path / "q.npy", "--json").stdout)

@@ -31,7 +31,8 @@ def test_python_round_trip(tmp_path):
     people = [f"person{i % 20}" for i in range(200)]
     with Store.create(tmp_path / "s.h5", ModelInfo(version="v1", dim=DIM, model_id="m")) as store:
         result = store.enroll(x, ids, people, batch_size=50)
-        assert result == {"event": "enroll", "model": "v1", "rows": 200, "start": 0, "stop": 200}
+        assert result == {"event": "enroll", "model": "v1", "rows": 200, "start": 0, "stop": 200,
+                          "index": "missing"}
     with Store.open(tmp_path / "s.h5") as store:
         cols = store.columns()
         assert cols["id"].tolist() == ids and cols["identity"].tolist() == people
@@ -98,7 +99,8 @@ def test_removed_ids_never_return_nor_reused(store_path):
     with Store.open(store_path, "a") as store:
         x = store.embeddings()
         assert store.remove(["i5", "i6"])["removed"] == 2
-        assert store.remove(["i5"]) == {"event": "remove", "removed": 0, "already_removed": 1, "ids": []}
+        assert store.remove(["i5"]) == {"event": "remove", "removed": 0, "already_removed": 1, "ids": [],
+                                        "index": "missing"}
         result = store.search(x[[5, 6]], k=300)
         assert not {"i5", "i6"} & set(result.ids.ravel().tolist())
         with pytest.raises(BadInput, match="never reused"):

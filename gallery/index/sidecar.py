@@ -13,6 +13,7 @@ import numpy as np
 
 from gallery.index.core import GalleryIndex, IndexParams, default_kind
 from gallery.index.streaming import build_over_store
+from gallery.store.items import snapshot
 from gallery.store.ranges import live_blocks
 
 if TYPE_CHECKING:
@@ -37,9 +38,10 @@ def sidecar_state(store: "Store") -> tuple[str, str]:
         built_from = (meta["checksum"], meta["rows"])
     except (ValueError, KeyError, OSError) as exc:
         return "corrupt", f"{meta_path.name}: {exc.__class__.__name__}"
-    if built_from != (store.content_checksum(), store.committed):
-        if meta["rows"] != store.committed:
-            return "stale", f"built from {meta['rows']} rows, the store has {store.committed}"
+    committed = snapshot(store)[0]
+    if built_from != (store.content_checksum(), committed):
+        if meta["rows"] != committed:
+            return "stale", f"built from {meta['rows']} rows, the store has {committed}"
         return "stale", "rows were removed or re-embedded since it was built"
     return "fresh", "built from the current content"
 
@@ -105,7 +107,7 @@ def _extend(store: "Store", index: GalleryIndex, checksum: str) -> GalleryIndex 
     most DEAD_MAX indexed rows were removed, and the gallery at most doubled: an IVF
     quantiser trained on a much smaller gallery would leave the cells unbalanced.
     """
-    meta, committed, deleted = index.meta, store.committed, store.columns()["deleted"]
+    meta, (committed, current_chain, deleted) = index.meta, snapshot(store)
     base = int(meta["rows"])
     chain = _chain_at(store, base)
     if "rollout" in store.h5 or base > committed or chain is None:
@@ -122,9 +124,9 @@ def _extend(store: "Store", index: GalleryIndex, checksum: str) -> GalleryIndex 
         return None
     for vectors, rows in live_blocks(store, new):
         index.faiss.add_with_ids(np.ascontiguousarray(vectors), rows)
-    meta.update(count=int(index.faiss.ntotal), rows=committed, checksum=checksum, chain=store.chain,
+    meta.update(count=int(index.faiss.ntotal), rows=committed, checksum=checksum, chain=current_chain,
                 excluded=excluded + int(deleted[base:].sum()), dead=dead,
-                prefix=prefix_digest(committed, store.chain, deleted), extended_at=time.time())
+                prefix=prefix_digest(committed, current_chain, deleted), extended_at=time.time())
     log.info("caught up %s index of %s: %d rows added, %d removed rows masked", index.kind, store.path,
              new.size, dead)
     _save(store, index)
@@ -146,14 +148,14 @@ def _differs(current: dict, wanted: dict) -> bool:
 
 
 def _build_for_store(store: "Store", kind: str | None, checksum: str, **params: Any) -> GalleryIndex:
-    live = np.flatnonzero(~store.columns()["deleted"])
+    committed, chain, deleted = snapshot(store)
+    live = np.flatnonzero(~deleted)
     kind = kind or default_kind(live.size)
     log.info("building %s index over %d rows of %s", kind, live.size, store.path)
     clean = {k: v for k, v in params.items() if v is not None}
-    deleted = store.columns()["deleted"]
     index = build_over_store(store, live, IndexParams(kind=kind, **clean), checksum=checksum,
-                             rows=store.committed, prefix=prefix_digest(store.committed, store.chain, deleted),
-                             chain=store.chain, excluded=int(deleted.sum()), dead=0)
+                             rows=committed, prefix=prefix_digest(committed, chain, deleted),
+                             chain=chain, excluded=int(deleted.sum()), dead=0)
     _save(store, index)
     return index
 

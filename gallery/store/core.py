@@ -181,11 +181,18 @@ class Store(ModelRecords):
     def enroll(self, embeddings: np.ndarray, ids: Sequence[str], identities: Sequence[str] | None = None,
                **kwargs: Any) -> dict:
         from gallery.store import items
-        return items.enroll(self, embeddings, ids, identities, **kwargs)
+        return self._with_index_caught_up(items.enroll(self, embeddings, ids, identities, **kwargs))
 
     def remove(self, ids: Sequence[str]) -> dict:
         from gallery.store import items
-        return items.remove(self, ids)
+        return self._with_index_caught_up(items.remove(self, ids))
+
+    def _with_index_caught_up(self, result: dict) -> dict:
+        """The writer brings an existing index sidecar up to date (appends added, removals
+        masked) so readers find it fresh rather than each catching up on their own."""
+        from gallery import index
+        result["index"] = index.refresh_after_write(self)
+        return result
 
     def columns(self) -> dict[str, np.ndarray]:
         from gallery.store import items

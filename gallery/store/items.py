@@ -222,13 +222,14 @@ def remove(store: "Store", ids: Sequence[str]) -> dict:
 def columns(store: "Store") -> dict[str, np.ndarray]:
     """Committed rows' metadata columns (cached until the next write)."""
     if "columns" not in store._cache:
-        n = store.committed
+        n, _, deleted = snapshot(store)
         items = store.h5["items"]
         cols: dict[str, np.ndarray] = {}
         for name, kind in ITEM_COLUMNS.items():
-            ds = items[name]
-            cols[name] = decode(ds[:n]) if kind.startswith("S") else ds[:n]
-        cols["deleted"] = cols["deleted"].astype(bool)
+            if name != "deleted":
+                ds = items[name]
+                cols[name] = decode(ds[:n]) if kind.startswith("S") else ds[:n]
+        cols["deleted"] = deleted
         if "rollout" in store.h5:  # rows re-embedded by a backfill (gallery/rollout/overlay.py)
             from gallery.rollout.overlay import apply_columns
             apply_columns(store, cols)
@@ -263,11 +264,26 @@ def _raw_embeddings(store: "Store", rows: np.ndarray | None = None) -> np.ndarra
     return np.asarray(ds[uniq] if uniq.size else np.empty((0, store.dim)), np.float32)[inverse]
 
 
+def snapshot(store: "Store") -> tuple[int, str, np.ndarray]:
+    """(committed rows, the chain checksum after them, their tombstones), read together once
+    and cached until the next write: the one view a reader's checksum, columns and index
+    catch-up all use, however far a concurrent writer has moved on meanwhile."""
+    if "snapshot" not in store._cache:
+        attrs = store.h5["items"].attrs
+        for _ in range(100):  # committed and chain are one commit: re-read if one landed between
+            n, chain = int(attrs["committed"]), attrs["chain"]
+            if int(attrs["committed"]) == n:
+                break
+        chain = chain.decode() if isinstance(chain, bytes) else str(chain)
+        store._cache["snapshot"] = (n, chain, store.h5["items"]["deleted"][:n].astype(bool))
+    return store._cache["snapshot"]
+
+
 def content_checksum(store: "Store") -> str:
     """Changes whenever the searchable content changes (an enrol or a removal)."""
     digest = hashlib.sha256()
-    digest.update(f"{store.committed}:{store.chain}:".encode())
-    deleted = store.h5["items"]["deleted"][: store.committed].astype(bool)  # 1 byte/row, not columns()
+    committed, chain, deleted = snapshot(store)  # 1 byte/row, not columns()
+    digest.update(f"{committed}:{chain}:".encode())
     digest.update(np.packbits(deleted).tobytes())
     if "rollout" in store.h5:  # a backfill or a query-model switch over backfilled rows
         from gallery.rollout.overlay import checksum_part

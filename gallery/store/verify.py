@@ -116,16 +116,19 @@ def _check_index(store: "Store", problems: list[str], warnings: list[str]) -> st
             meta = json.loads(Path(str(index.sidecar_path(store)) + ".json").read_text())
         except (OSError, ValueError):
             meta = {}
-        live = int((~store.columns()["deleted"]).sum())
+        from gallery.store.items import snapshot
+
+        committed, _, deleted = snapshot(store)  # the same view the checksum is computed over
+        live = int((~deleted).sum())
         # Re-check freshness on this very read: a concurrent reader may have replaced the
         # sidecar since sidecar_state() looked (it then belongs to another snapshot).
-        same = (meta.get("checksum"), meta.get("rows")) == (store.content_checksum(), store.committed)
+        same = (meta.get("checksum"), meta.get("rows")) == (store.content_checksum(), committed)
         dead = int(meta.get("dead", 0))  # removed rows the index masks (gallery/index/sidecar.py)
         if same and int(meta.get("count", -1)) != live + dead:
             problems.append(f"index claims to be fresh but holds {meta.get('count')} vectors for {live} "
                             f"live rows (+{dead} masked); run `gallery reindex`")
     if state == "stale":
-        warnings.append(f"index is stale ({reason}); it is rebuilt on the next search")
+        warnings.append(f"index is stale ({reason}); it is caught up or rebuilt on the next search")
     elif state == "corrupt":
         warnings.append(f"index sidecar unreadable ({reason}); it is rebuilt on the next search")
     return state
