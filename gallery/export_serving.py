@@ -41,7 +41,7 @@ def version_vectors(store: "Store") -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """version -> (rows, float32 vectors): originals by enrolling version + backfills."""
     n = store.committed
     raw_models = decode(store.h5["items"]["model"][:n])
-    deleted = store.columns()["deleted"]
+    deleted = store.tombstones()
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for version in np.unique(raw_models[~deleted]).tolist():
         rows = np.flatnonzero((raw_models == version) & ~deleted)
@@ -138,7 +138,7 @@ def export_milvus(store: "Store", out: str | Path) -> dict:
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     tmp.mkdir()
     try:
-        n = int((~store.columns()["deleted"]).sum())
+        n = store.count()
         emb = np.lib.format.open_memmap(tmp / "embedding.npy", "w+", np.float32, (n, store.dim))
         fields: dict[str, list[np.ndarray]] = {"row": [], "item_id": [], "identity": [],
                                                "enrolled_version": [], "model_version": []}

@@ -143,7 +143,7 @@ class TorchFlatIndex:
 def from_store(store: "Store", device: str | None = None, dtype: str = "float16",
                chunk: int = 1 << 18, **kwargs: Any) -> TorchFlatIndex:
     """Upload a store's live rows to the device, reading `chunk` rows at a time."""
-    live = np.flatnonzero(~store.columns()["deleted"])
+    live = np.flatnonzero(~store.tombstones())
     index = TorchFlatIndex(store.dim, device=device, dtype=dtype, **kwargs)
     for lo in range(0, live.size, chunk):
         rows = live[lo : lo + chunk]

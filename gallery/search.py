@@ -129,7 +129,7 @@ def search(
 
 def live_first(store: "Store", scores: np.ndarray, rows: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
     """Drop tombstoned rows from faiss output, keep the best `keep` columns."""
-    deleted = store.columns()["deleted"]
+    deleted = store.tombstones()
     if rows.shape[1] <= keep and not (len(deleted) and deleted[np.maximum(rows, 0)].any()):
         return scores, rows
     dead = (rows < 0) | deleted[np.maximum(rows, 0)] if len(deleted) else rows < 0
@@ -156,26 +156,32 @@ def rescore_exactly(store: "Store", q: np.ndarray, rows: np.ndarray, k: int) -> 
 
 def assemble(store: "Store", version: str, scores: np.ndarray, rows: np.ndarray,
              threshold: float | None) -> SearchResult:
-    """Attach ids, identities and versions to faiss output; drop tombstoned rows."""
-    cols = store.columns()
+    """Attach ids, identities and versions to faiss output; drop tombstoned rows.
+    Reads the metadata of the hit rows only (store.values_at), never every row's."""
+    deleted = store.tombstones()
     rows = rows.astype(np.int64, copy=True)
     scores = scores.astype(np.float32, copy=True)
     safe = np.where(rows >= 0, rows, 0)
     # Tombstones are never in a fresh index; this guards a sidecar raced by a removal.
-    dead = (rows < 0) | cols["deleted"][safe] if len(cols["deleted"]) else rows < 0
+    dead = (rows < 0) | deleted[safe] if len(deleted) else rows < 0
     rows[dead] = -1
     scores[dead] = -np.inf
-    order = np.argsort(-scores, axis=1, kind="stable") if dead.any() else None
-    if order is not None:
+    if dead.any():
+        order = np.argsort(-scores, axis=1, kind="stable")
         rows = np.take_along_axis(rows, order, 1)
         scores = np.take_along_axis(scores, order, 1)
-        safe = np.where(rows >= 0, rows, 0)
-    pick = (lambda col: np.where(rows >= 0, col[safe], "")) if len(cols["id"]) else (
-        lambda col: np.full(rows.shape, "", dtype=object))
-    models = pick(cols["model"])
+    hit = rows >= 0
+
+    def pick(name: str) -> np.ndarray:  # "" where no hit; object arrays for an empty store
+        out = np.full(rows.shape, "", dtype=object)
+        if hit.any():
+            out[hit] = store.values_at(name, rows[hit])
+        return out.astype(str) if len(deleted) else out
+
+    models = pick("model")
     return SearchResult(
-        query_model=version, scores=scores, rows=rows, ids=pick(cols["id"]),
-        identities=pick(cols["identity"]), models=models,
+        query_model=version, scores=scores, rows=rows, ids=pick("id"),
+        identities=pick("identity"), models=models,
         thresholds=_thresholds(store, version, models, threshold),
     )
 

@@ -101,10 +101,9 @@ class ShardedGallery:
         out = {name: np.full(ids.shape, "", dtype=object) for name in ("id", "identity", "model")}
         for n, store in enumerate(self.stores):
             mine = shards == n
-            if mine.any():
-                cols = store.columns()
+            if mine.any():  # the hit rows' metadata only, not every row's
                 for name in out:
-                    out[name][mine] = cols[name][rows[mine]]
+                    out[name][mine] = store.values_at(name, rows[mine])
         scores = np.where(hit, scores, -np.inf).astype(np.float32)
         return ShardedResult(scores, shards, rows, out["id"], out["identity"], out["model"])
 

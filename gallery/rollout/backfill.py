@@ -26,6 +26,7 @@ from gallery.fingerprint import file_sha256
 from gallery.preprocess import l2_normalize
 from gallery.rollout import overlay, state
 from gallery.store import Store
+from gallery.store.items import model_counts
 
 log = logging.getLogger(__name__)
 
@@ -142,18 +143,14 @@ def backfill(config: BackfillConfig, loader: Callable[..., Any] | None = None, p
 
 
 def _older_rows(store: Store) -> int:
-    cols = store.columns()
-    return int((~cols["deleted"] & (cols["model"] != store.active_model)).sum())
+    return sum(count for version, count in model_counts(store).items() if version != store.active_model)
 
 
 def status(store_path: str | Path) -> dict:
     """Backfill progress of the query model: rows per model version and any unfinished run."""
     with Store.open(store_path, "r") as st:
-        cols = st.columns()
-        live = ~cols["deleted"]
-        versions, counts = np.unique(cols["model"][live], return_counts=True)
         pending = overlay.plan(st, st.active_model)
         problems = overlay.check(st)
-        return {"model": st.active_model, "rows_per_model": dict(zip(versions.tolist(), counts.tolist())),
+        return {"model": st.active_model, "rows_per_model": model_counts(st),  # not every row decoded
                 "unfinished_run": None if pending is None else {"done": pending[1], "planned": len(pending[0])},
                 "ok": not problems, "problems": problems}

@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 from gallery.rollout.state import GROUP, lineage
-from gallery.store.items import decode
+from gallery.store.items import stored_models
 
 if TYPE_CHECKING:
     from gallery.store import Store
@@ -176,15 +176,26 @@ def view(store: "Store", version: str | None = None) -> OverlayView | None:
     keeps its v2 embedding under v2 queries even if an earlier v1 backfill (made while
     v1 was the query model again) also covers it.
     """
+    picked = _pick(store, version)
+    if picked is None:
+        return None
+    rows, names, parts, keep = picked
+    blocks = [np.asarray(g["embedding"][:n], np.float32)[use] for g, n, use in parts]
+    return OverlayView(rows, names, np.concatenate(blocks)[keep])
+
+
+def _pick(store: "Store", version: str | None):
+    """view()'s rows (ascending) and versions, with where to read their embeddings:
+    ([(group, published rows, rows used)], positions in their concatenation); or None."""
     present = versions(store)
     chain = lineage(store, version)
     if not present or not set(present) & set(chain):
         return None
     rank = {v: i for i, v in enumerate(chain)}
     n_rows = store.committed
-    names_, inverse = np.unique(decode(store.h5["items"]["model"][:n_rows]), return_inverse=True)
-    base = np.array([rank.get(str(m), -1) for m in names_], np.int64)[inverse.ravel()]
-    rows, ranks, names, blocks = [], [], [], []
+    names_, codes = stored_models(store, n_rows)  # one decode per run of equal rows, not per row
+    base = np.array([rank.get(m, -1) for m in names_], np.int64)[codes]
+    rows, names, parts = [], [], []
     for v in chain:
         g = group(store, v) if v in present else None
         if g is None:
@@ -194,24 +205,30 @@ def view(store: "Store", version: str | None = None) -> OverlayView | None:
         use = (r < n_rows) & (base[np.minimum(r, max(n_rows - 1, 0))] < rank[v]) if n_rows else r < 0
         rows.append(r[use])
         names.append(np.full(int(use.sum()), v, dtype=object))
-        blocks.append(np.asarray(g["embedding"][:n], np.float32)[use])
+        parts.append((g, n, use))
     all_rows = np.concatenate(rows)
     if not all_rows.size:
         return None
     # Later lineage entries (newer models) win: keep the last occurrence of each row.
     _, last = np.unique(all_rows[::-1], return_index=True)
-    keep = np.sort(len(all_rows) - 1 - last)
-    return OverlayView(all_rows[keep], np.concatenate(names)[keep].astype(str), np.concatenate(blocks)[keep])
+    keep = len(all_rows) - 1 - last  # in ascending row order
+    return all_rows[keep], np.concatenate(names)[keep].astype(str), parts, keep
 
 
-def apply_columns(store: "Store", cols: dict[str, np.ndarray]) -> None:
-    """Store hook: rows re-embedded for the active model report that model's version."""
-    v = _active_view(store)
-    if v is not None and len(v.rows):
-        inside = v.rows < len(cols["model"])
-        model = cols["model"].astype(object)
-        model[v.rows[inside]] = v.versions[inside]
-        cols["model"] = model.astype(str)
+def apply_models(store: "Store", rows: np.ndarray, models: np.ndarray) -> np.ndarray:
+    """Store hook: `models` of the ascending `rows`, with rows re-embedded for the active
+    model reporting the version that re-embedded them."""
+    shown = active_models(store)
+    if shown is None or not rows.size:
+        return models
+    v_rows, v_versions = shown
+    pos = np.minimum(np.searchsorted(v_rows, rows), len(v_rows) - 1)
+    hit = v_rows[pos] == rows
+    if not hit.any():
+        return models
+    out = models.astype(object)
+    out[hit] = v_versions[pos[hit]]
+    return out.astype(str)
 
 
 def apply_embeddings(store: "Store", out: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
@@ -263,3 +280,15 @@ def _active_view(store: "Store") -> OverlayView | None:
     if "overlay_view" not in store._cache:
         store._cache["overlay_view"] = view(store)
     return store._cache["overlay_view"]
+
+
+def active_models(store: "Store") -> tuple[np.ndarray, np.ndarray] | None:
+    """(rows ascending, version that re-embedded each) of the active model's overlay, or
+    None: what a row's `model` reports, without reading the overlay's embeddings."""
+    if GROUP not in store.h5:
+        return None
+    if "overlay_models" not in store._cache:
+        cached = store._cache.get("overlay_view")
+        picked = (cached.rows, cached.versions) if cached is not None else _pick(store, None)
+        store._cache["overlay_models"] = None if picked is None else (picked[0], picked[1])
+    return store._cache["overlay_models"]

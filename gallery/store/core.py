@@ -6,7 +6,7 @@ look-ups in idindex.py), integrity checks in verify.py, export in export.py; the
 are one-line delegations so rollout code (gallery/rollout.py) can build on a
 small, documented surface: `add_model`, `set_active_model`, `set_alias`,
 `resolve_version`, `set_threshold`, `append_history`, `enroll`, `remove`,
-`columns`, `embeddings`, `search`.
+`columns`, `values_at`, `tombstones`, `embeddings`, `search`.
 """
 
 from __future__ import annotations
@@ -198,6 +198,15 @@ class Store(ModelRecords):
         from gallery.store import items
         return items.columns(self)
 
+    def values_at(self, name: str, rows: np.ndarray) -> np.ndarray:
+        from gallery.store import items
+        return items.values_at(self, name, rows)
+
+    def tombstones(self) -> np.ndarray:
+        """bool per committed row: removed (1 byte per row, not the columns)."""
+        from gallery.store import items
+        return items.snapshot(self)[2]
+
     def embeddings(self, rows: np.ndarray | None = None) -> np.ndarray:
         from gallery.store import items
         return items.embeddings(self, rows)
@@ -208,7 +217,7 @@ class Store(ModelRecords):
 
     def count(self) -> int:
         """Live (not tombstoned) rows."""
-        return int((~self.columns()["deleted"]).sum())
+        return int((~self.tombstones()).sum())
 
     def verify(self) -> dict:
         from gallery.store import verify
@@ -227,17 +236,12 @@ class Store(ModelRecords):
         return search.search(self, queries, k=k, **kwargs)
 
     def info(self) -> dict:
+        from gallery.store import items
         return {
             "path": str(self.path), "schema_version": self.schema_version, "dim": self.dim,
             "dtype": self.dtype, "created": str(self.h5.attrs["created"]),
             "active_model": self.active_model, "aliases": self.aliases,
             "rows": self.committed, "live": self.count(),
             "models": [m.summary() for m in self.models()],
-            "per_model": _per_model_counts(self.columns()),
+            "per_model": items.model_counts(self),
         }
-
-
-def _per_model_counts(cols: dict[str, np.ndarray]) -> dict[str, int]:
-    live = ~cols["deleted"]
-    versions, counts = np.unique(cols["model"][live], return_counts=True)
-    return {str(v): int(c) for v, c in zip(versions, counts)}

@@ -220,7 +220,9 @@ def remove(store: "Store", ids: Sequence[str]) -> dict:
 
 
 def columns(store: "Store") -> dict[str, np.ndarray]:
-    """Committed rows' metadata columns (cached until the next write)."""
+    """Every committed row's metadata columns (cached until the next write). Decodes every
+    row (~2 s per 1M rows): readers that need a few rows use values_at, tombstones come
+    from snapshot, per-model counts from model_counts."""
     if "columns" not in store._cache:
         n, _, deleted = snapshot(store)
         items = store.h5["items"]
@@ -231,10 +233,64 @@ def columns(store: "Store") -> dict[str, np.ndarray]:
                 cols[name] = decode(ds[:n]) if kind.startswith("S") else ds[:n]
         cols["deleted"] = deleted
         if "rollout" in store.h5:  # rows re-embedded by a backfill (gallery/rollout/overlay.py)
-            from gallery.rollout.overlay import apply_columns
-            apply_columns(store, cols)
+            from gallery.rollout.overlay import apply_models
+            cols["model"] = apply_models(store, np.arange(n), cols["model"])
         store._cache["columns"] = cols
     return store._cache["columns"]
+
+
+def values_at(store: "Store", name: str, rows: np.ndarray) -> np.ndarray:
+    """columns()[name][rows] reading and decoding those rows only (a search's hits, not
+    every row): any shape, any order, repeats allowed. `model` reports the version that
+    re-embedded a backfilled row, as columns() does."""
+    rows = np.asarray(rows, dtype=np.int64)
+    n = snapshot(store)[0]
+    if rows.size and (rows.min() < 0 or rows.max() >= n):
+        raise BadInput(f"row numbers out of range 0..{n - 1}")
+    uniq, inverse = np.unique(rows.ravel(), return_inverse=True)
+    values = idindex.read_rows(store.h5["items"][name], uniq)  # sorted rows, nearby ones in one slice
+    if ITEM_COLUMNS[name].startswith("S"):
+        values = decode(values)
+    if name == "model" and "rollout" in store.h5:
+        from gallery.rollout.overlay import apply_models
+        values = apply_models(store, uniq, values)
+    return values[inverse.ravel()].reshape(rows.shape)
+
+
+def stored_models(store: "Store", n: int) -> tuple[list[str], np.ndarray]:
+    """(the distinct versions in the first n rows' model column, an int32 code per row into
+    them), decoding one value per run of equal rows (rows come in whole batches of one
+    version): a comparison per row instead of a decode per row."""
+    ds = store.h5["items"]["model"]
+    found: dict[bytes, int] = {}
+    codes = np.empty(n, np.int32)
+    for lo in range(0, n, READ_CHUNK):
+        raw = ds[lo : min(n, lo + READ_CHUNK)]
+        starts = np.flatnonzero(np.concatenate(([True], raw[1:] != raw[:-1])))
+        heads = [found.setdefault(value, len(found)) for value in raw[starts].tolist()]
+        codes[lo : lo + raw.size] = np.repeat(heads, np.diff(np.append(starts, raw.size)))
+    return [value.decode("utf-8") for value in found], codes
+
+
+def model_counts(store: "Store") -> dict[str, int]:
+    """Live rows per model version, as columns()["model"] reports them (backfilled rows
+    count for the version that re-embedded them), without decoding every row."""
+    n, _, deleted = snapshot(store)
+    names, codes = stored_models(store, n)
+    if "rollout" in store.h5:
+        from gallery.rollout.overlay import active_models
+        shown = active_models(store)
+        if shown is not None:
+            rows, versions = shown
+            inside = rows < n
+            extra, inverse = np.unique(versions[inside], return_inverse=True)
+            codes[rows[inside]] = len(names) + inverse.ravel()
+            names = [*names, *extra.tolist()]
+    counts = np.bincount(codes[~deleted], minlength=len(names)).tolist()
+    total: dict[str, int] = {}
+    for name, count in zip(names, counts):  # a version can appear as stored and as re-embedder
+        total[name] = total.get(name, 0) + count
+    return {name: total[name] for name in sorted(total) if total[name]}
 
 
 def embeddings(store: "Store", rows: np.ndarray | None = None) -> np.ndarray:
@@ -300,5 +356,9 @@ def _encode(values: Sequence[str]) -> list[bytes]:
 
 
 def decode(raw: np.ndarray) -> np.ndarray:
-    """Fixed-width UTF-8 bytes -> a numpy unicode array."""
-    return np.char.decode(raw, "utf-8") if raw.size else raw.astype(str)
+    """Fixed-width UTF-8 bytes -> a numpy unicode array. Through a list of str: the same
+    values as np.char.decode, faster (1M ids: 0.6 s against 1.0 s at 12 characters, 0.4 s
+    against 1.6 s at 60)."""
+    if raw.ndim != 1:
+        return decode(raw.ravel()).reshape(raw.shape)
+    return np.array([value.decode("utf-8") for value in raw.tolist()], dtype=str)
