@@ -3,6 +3,7 @@
     .venv/bin/python bench/index_build.py --rows 10000000 --kinds flat,hnsw,ivfsq8,ivfpq \
         [--queries 200] [--threads 2] [--store /tmp/gallery_index_build/g.h5] \
         [--out bench/results/index_build.json] [--reuse]
+    .venv/bin/python bench/index_build.py --report bench/results/index_build_*.json   # the tables
 
 Unlike bench/scale.py (which drives faiss directly on generated vectors), every index
 here is built by the library from a real store file (`Store.index(kind, rebuild=True)`,
@@ -120,8 +121,31 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps(out))
 
 
+def markdown(paths: list[Path]) -> str:
+    """BENCHMARKS.md rows from one or more results JSONs (`--report A.json B.json`)."""
+    out = ["| rows | index | build s | peak RSS GiB | index MiB | p50 ms | p99 ms | batch q/s | recall@10 |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for path in paths:
+        res = json.loads(path.read_text())
+        for r in res["kinds"]:
+            if "refused" in r:
+                out.append(f"| {res['rows']:,} | {r['kind']} | refused: {r['refused']} | | | | | | |")
+                continue
+            out.append(f"| {res['rows']:,} | {r['kind']} | {r['build_s']:.0f} | {r['peak_rss_gib']:.1f} | "
+                       f"{r['sidecar_bytes'] / 2**20:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                       f"{r['batch_qps']:.0f} | {r['recall@10']:.3f} |")
+            for sw in r.get("sweep", []):
+                out.append(f"| | nprobe {sw['nprobe']} | | | | {sw['p50_ms']:.1f} | {sw['p99_ms']:.1f} | "
+                           f"{sw['batch_qps']:.0f} | {sw['recall@10']:.3f} |")
+            for rr in r.get("rerank", []):
+                out.append(f"| | search --rerank {rr['rerank']} | | | | {rr['p50_ms']:.1f} | {rr['p99_ms']:.1f} | "
+                           f"| {rr['recall@10']:.3f} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--report", nargs="+", type=Path, help="print the markdown table of results JSONs and exit")
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--kinds", default="flat,hnsw,ivfsq8,ivfpq")
     ap.add_argument("--queries", type=int, default=200)
@@ -131,6 +155,9 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="search the index already beside the store")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.report:
+        print(markdown(args.report))
+        return
     args.work = args.store.parent
     if args.child:
         return child(args)
