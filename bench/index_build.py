@@ -92,7 +92,7 @@ def child(args: argparse.Namespace) -> None:
     q, truth = np.load(args.work / "queries.npy"), np.load(args.work / "truth.npy")
     out: dict = {"kind": args.child}
     with Store.open(args.store) as st:
-        st.columns()
+        st.tombstones()  # what search itself reads; rss_before is the open store
         out["rss_before_gib"] = rss_gib()
         t = time.perf_counter()
         try:
