@@ -121,31 +121,33 @@ def search(
         index.set_search_params(nprobe=nprobe, ef_search=ef_search)
     fetch = k * (rerank or 1)
     dead = int(index.meta.get("dead", 0))  # removed rows the index still holds (gallery.index)
-    scores, rows = live_first(store, *index.search(q, fetch + dead), fetch)
+    scores, rows = index.search(q, fetch + dead)
     if rerank:
-        scores, rows = rescore_exactly(store, q, rows, k)
-    return assemble(store, version, scores, rows, threshold)
+        scores, rows = rescore_exactly(store, q, live_first(store, scores, rows, fetch)[1], k)
+    return assemble(store, version, scores, rows, threshold, keep=k)
 
 
 def live_first(store: "Store", scores: np.ndarray, rows: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
-    """Drop tombstoned rows from faiss output, keep the best `keep` columns."""
+    """faiss output with tombstoned rows and empty slots as -1 / -inf, sorted after the
+    live hits; the best `keep` columns."""
     deleted = store.tombstones()
-    if rows.shape[1] <= keep and not (len(deleted) and deleted[np.maximum(rows, 0)].any()):
-        return scores, rows
+    rows = rows.astype(np.int64, copy=True)
+    scores = scores.astype(np.float32, copy=True)
     dead = (rows < 0) | deleted[np.maximum(rows, 0)] if len(deleted) else rows < 0
-    scores = np.where(dead, -np.inf, scores).astype(np.float32)
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :keep]
-    rows = np.where(dead, -1, rows)
-    return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
+    rows[dead] = -1
+    scores[dead] = -np.inf
+    if dead.any():
+        order = np.argsort(-scores, axis=1, kind="stable")
+        rows = np.take_along_axis(rows, order, 1)
+        scores = np.take_along_axis(scores, order, 1)
+    return scores[:, :keep], rows[:, :keep]
 
 
 def rescore_exactly(store: "Store", q: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact cosine of each query to its candidate rows (store vectors), best k kept."""
-    from gallery.store.ranges import embeddings_at
-
     found = rows >= 0
     uniq, inverse = np.unique(rows[found], return_inverse=True)
-    vectors = embeddings_at(store, uniq)
+    vectors = store.embeddings(uniq)
     exact = np.full(rows.shape, -np.inf, np.float32)
     qi = np.nonzero(found)[0]
     exact[found] = np.einsum("nd,nd->n", q[qi], vectors[inverse])
@@ -155,21 +157,13 @@ def rescore_exactly(store: "Store", q: np.ndarray, rows: np.ndarray, k: int) -> 
 
 
 def assemble(store: "Store", version: str, scores: np.ndarray, rows: np.ndarray,
-             threshold: float | None) -> SearchResult:
-    """Attach ids, identities and versions to faiss output; drop tombstoned rows.
-    Reads the metadata of the hit rows only (store.values_at), never every row's."""
+             threshold: float | None, keep: int | None = None) -> SearchResult:
+    """Attach ids, identities and versions to faiss output (its best `keep` columns, all
+    by default); drop tombstoned rows. Reads the metadata of the hit rows only
+    (store.values_at), never every row's."""
     deleted = store.tombstones()
-    rows = rows.astype(np.int64, copy=True)
-    scores = scores.astype(np.float32, copy=True)
-    safe = np.where(rows >= 0, rows, 0)
-    # Tombstones are never in a fresh index; this guards a sidecar raced by a removal.
-    dead = (rows < 0) | deleted[safe] if len(deleted) else rows < 0
-    rows[dead] = -1
-    scores[dead] = -np.inf
-    if dead.any():
-        order = np.argsort(-scores, axis=1, kind="stable")
-        rows = np.take_along_axis(rows, order, 1)
-        scores = np.take_along_axis(scores, order, 1)
+    # Tombstones in a fresh index are the masked removals (gallery.index) or a sidecar raced by one.
+    scores, rows = live_first(store, scores, rows, rows.shape[1] if keep is None else keep)
     hit = rows >= 0
 
     def pick(name: str) -> np.ndarray:  # "" where no hit; object arrays for an empty store

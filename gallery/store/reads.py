@@ -94,11 +94,16 @@ def model_counts(store: "Store") -> dict[str, int]:
 
 def embeddings(store: "Store", rows: np.ndarray | None = None) -> np.ndarray:
     """Committed embeddings as float32 (all, or the given row numbers)."""
-    out = _raw_embeddings(store, rows)
-    if "rollout" in store.h5:  # rows re-embedded by a backfill (gallery/rollout/overlay.py)
-        from gallery.rollout.overlay import apply_embeddings
-        out = apply_embeddings(store, out, rows)
-    return out
+    return with_backfills(store, _raw_embeddings(store, rows), rows)
+
+
+def with_backfills(store: "Store", out: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    """Embeddings of `rows` (None: all committed rows) as queries see them: rows
+    re-embedded by a backfill (gallery/rollout/overlay.py) substituted."""
+    if "rollout" not in store.h5:
+        return out
+    from gallery.rollout.overlay import apply_embeddings
+    return apply_embeddings(store, out, rows)
 
 
 def _raw_embeddings(store: "Store", rows: np.ndarray | None = None) -> np.ndarray:
@@ -114,9 +119,13 @@ def _raw_embeddings(store: "Store", rows: np.ndarray | None = None) -> np.ndarra
         raise BadInput(f"row numbers out of range 0..{n - 1}")
     if rows.size > n // 8:
         return _raw_embeddings(store)[rows]
-    # h5py point reads need strictly increasing indices.
+    # One hyperslab read per distinct row: several times faster than an HDF5 point
+    # selection of the same rows (measured ~0.1 vs ~0.45 ms per row).
     uniq, inverse = np.unique(rows, return_inverse=True)
-    return np.asarray(ds[uniq] if uniq.size else np.empty((0, store.dim)), np.float32)[inverse]
+    out = np.empty((uniq.size, store.dim), np.float32)
+    for i, row in enumerate(uniq.tolist()):
+        out[i] = ds[row]
+    return out[inverse]
 
 
 def snapshot(store: "Store") -> tuple[int, str, np.ndarray]:
