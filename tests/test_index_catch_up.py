@@ -89,3 +89,26 @@ def test_enrol_and_remove_leave_a_fresh_sidecar(store):
     assert st.enroll(l2_normalize(x[:3] + 0.2), ["n0", "n1", "n2"])["index"] == "extended"
     assert sidecar_state(st)[0] == "fresh"
     assert st.remove(["r9"])["index"] == "extended" and sidecar_state(st)[0] == "fresh"
+
+
+def test_a_sidecar_from_the_previous_release_is_still_caught_up(store):
+    """Sidecars written before `chain`/`excluded` carry only a prefix digest."""
+    import json
+
+    from gallery.index.sidecar import prefix_digest, sidecar_path
+    from gallery.store.items import snapshot
+
+    st, x = store
+    built = st.index(kind="flat")
+    meta_path = sidecar_path(st).with_suffix(".index.json")
+    meta = json.loads(meta_path.read_text())
+    committed, chain, deleted = snapshot(st)
+    for key in ("chain", "excluded", "dead"):
+        del meta[key]
+    meta["prefix"] = prefix_digest(committed, chain, deleted)
+    meta_path.write_text(json.dumps(meta))
+    st.invalidate()
+    assert st.enroll(l2_normalize(x[:4] + 0.3), [f"n{i}" for i in range(4)])["index"] == "extended"
+    caught_up = st.index()
+    assert caught_up.meta["built_at"] == built.meta["built_at"] and caught_up.count == 3004
+    assert "prefix" not in caught_up.meta and caught_up.meta["excluded"] == 0

@@ -15,8 +15,8 @@ tombstoned rows are never added.
 
 from gallery.index.core import (FLAT_MAX, IVF_MAX, IVFSQ8_MAX, KINDS, GalleryIndex, IndexParams, build,
                                 default_kind, estimate_bytes, train_rows)
-from gallery.index.sidecar import prefix_digest, refresh_after_write, sidecar_path, sidecar_state, store_index
+from gallery.index.sidecar import refresh_after_write, sidecar_path, sidecar_state, store_index
 
 __all__ = ["FLAT_MAX", "IVF_MAX", "IVFSQ8_MAX", "KINDS", "GalleryIndex", "IndexParams", "build",
-           "default_kind", "estimate_bytes", "train_rows", "prefix_digest", "sidecar_path",
+           "default_kind", "estimate_bytes", "train_rows", "sidecar_path",
            "sidecar_state", "store_index", "refresh_after_write"]

@@ -222,8 +222,9 @@ def build(vectors: np.ndarray, row_ids: np.ndarray, params: IndexParams, **meta:
     """Build an index over unit vectors (in memory) whose faiss ids are `row_ids` (store rows)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = vectors.shape
-    sample = sample_positions(train_rows(params.resolved(n, dim), n), n)
-    return build_from(vectors[sample], [(vectors, row_ids)], n, dim, params, **meta)
+    size = train_rows(params.resolved(n, dim), n)
+    train = vectors[sample_positions(size, n)] if size < n else vectors  # no copy of every vector
+    return build_from(train, [(vectors, row_ids)], n, dim, params, **meta)
 
 
 def sample_positions(size: int, n: int, seed: int = 0) -> np.ndarray:

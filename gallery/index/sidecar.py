@@ -63,9 +63,8 @@ def store_index(store: "Store", kind: str | None = None, rebuild: bool = False, 
 def refresh_after_write(store: "Store") -> str:
     """A writer's follow-up to an enrol or a removal: catch an existing sidecar up (rows
     added, removed rows masked), so readers find it fresh instead of each doing it on
-    their own. Never rebuilds
-    (minutes at scale: `gallery reindex`'s job). Returns the sidecar's state afterwards:
-    "missing", "fresh", "corrupt", "extended" or "stale"."""
+    their own. Never rebuilds (minutes at scale: `gallery reindex`'s job). Returns the
+    sidecar's state afterwards: "missing", "fresh", "corrupt", "extended" or "stale"."""
     state, _ = sidecar_state(store)
     if state != "stale":
         return state
@@ -89,7 +88,8 @@ def _candidate(store: "Store", kind: str | None, params: dict) -> GalleryIndex |
 
 
 def prefix_digest(rows: int, chain: str, deleted: np.ndarray) -> str:
-    """What an index built over the first `rows` rows depends on: their batches and tombstones."""
+    """What an older sidecar (no `chain`/`excluded` record) said it was built from: the
+    first `rows` rows' batches and tombstones. Read only to catch such a sidecar up."""
     digest = hashlib.sha256(f"{rows}:{chain}:".encode())
     digest.update(np.packbits(deleted[:rows]).tobytes())
     return digest.hexdigest()
@@ -125,8 +125,8 @@ def _extend(store: "Store", index: GalleryIndex, checksum: str) -> GalleryIndex 
     for vectors, rows in live_blocks(store, new):
         index.faiss.add_with_ids(np.ascontiguousarray(vectors), rows)
     meta.update(count=int(index.faiss.ntotal), rows=committed, checksum=checksum, chain=current_chain,
-                excluded=excluded + int(deleted[base:].sum()), dead=dead,
-                prefix=prefix_digest(committed, current_chain, deleted), extended_at=time.time())
+                excluded=excluded + int(deleted[base:].sum()), dead=dead, extended_at=time.time())
+    meta.pop("prefix", None)  # an older sidecar's record, superseded by chain + excluded
     log.info("caught up %s index of %s: %d rows added, %d removed rows masked", index.kind, store.path,
              new.size, dead)
     _save(store, index)
@@ -154,8 +154,7 @@ def _build_for_store(store: "Store", kind: str | None, checksum: str, **params: 
     log.info("building %s index over %d rows of %s", kind, live.size, store.path)
     clean = {k: v for k, v in params.items() if v is not None}
     index = build_over_store(store, live, IndexParams(kind=kind, **clean), checksum=checksum,
-                             rows=committed, prefix=prefix_digest(committed, chain, deleted),
-                             chain=chain, excluded=int(deleted.sum()), dead=0)
+                             rows=committed, chain=chain, excluded=int(deleted.sum()), dead=0)
     _save(store, index)
     return index
 
