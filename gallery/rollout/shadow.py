@@ -90,9 +90,9 @@ def search_path(store: Store, version: str, queries: np.ndarray, k: int) -> Path
     rows = np.where(pos >= 0, live[np.maximum(pos, 0)], -1) if len(live) else np.full_like(pos, -1)
     table = store.model(version).thresholds
     hit = pos >= 0
-    identities = decode(store.h5["items"]["identity"][: store.committed]).astype(object)
     hit_models = np.where(hit, models[np.maximum(pos, 0)], "") if len(live) else np.full(pos.shape, "")
-    hit_identities = np.where(hit, identities[np.maximum(rows, 0)], "") if len(live) else np.full(pos.shape, "")
+    hit_identities = np.full(pos.shape, "", dtype=object)
+    hit_identities[hit] = store.values_at("identity", rows[hit])  # the hits' rows only
     limits = np.vectorize(lambda m: table.get(str(m), -np.inf), otypes=[np.float32])(hit_models)
     # The same decision rule as `gallery search` (SearchResult.best), so shadow flips mean real flips.
     best = SearchResult(version, scores, rows, hit_identities, hit_identities, hit_models, limits).best
