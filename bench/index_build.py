@@ -62,14 +62,6 @@ def exact_topk(store: Store, q: np.ndarray, k: int) -> np.ndarray:
     return best_i
 
 
-def peak_rss_gib() -> float:
-    """VmHWM: this process's own peak (ru_maxrss would carry the parent's over exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**20
-    return float("nan")
-
-
 def rerank_row(st: Store, kind: str, q: np.ndarray, truth: np.ndarray, factor: int) -> dict:
     """`gallery search --rerank`: the library's search with exact re-scoring from the store."""
     from gallery.search import search
@@ -102,7 +94,7 @@ def child(args: argparse.Namespace) -> None:
             print(json.dumps(out))
             return
         out["build_s"] = time.perf_counter() - t
-        out["peak_rss_gib"] = peak_rss_gib()
+        out["peak_rss_gib"] = rss_gib("VmHWM")
         out["params"], out["train_rows"] = index.meta["params"], index.meta["train_rows"]
         out["sidecar_bytes"] = Path(str(st.path) + ".index").stat().st_size
         out["p50_ms"], out["p99_ms"], out["batch_qps"] = latency(index, q, 10, min(len(q), 100))

@@ -89,10 +89,12 @@ class Data:
         return l2_normalize(base[pick] + noise)
 
 
-def rss_gib() -> float:
+def rss_gib(field: str = "VmRSS") -> float:
+    """This process's memory from /proc/self/status: VmRSS now, or VmHWM its own peak
+    (ru_maxrss would carry a parent's peak over exec)."""
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 2**20
     return float("nan")
 
