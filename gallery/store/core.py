@@ -66,17 +66,24 @@ class Store(ModelRecords):
         if model.dim < 1:
             raise BadInput(f"embedding dimension must be >= 1, got {model.dim}")
         schema.check_version_name(model.version)
-        lock = WriterLock(path).acquire()
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            # Built under a temporary name, renamed when complete: no half-made store.
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))  # EROFS etc. named here
+        except OSError as exc:
+            raise BadInput(f"cannot write store {path}: {exc.strerror} ({tmp})") from None
+        try:
+            # Built under a temporary name, linked into place when complete (no half-made
+            # store; link, unlike rename, never replaces a store another process created).
             with h5py.File(tmp, "w", locking=False) as h5:
                 init_layout(h5, model, dtype)
-            os.replace(tmp, path)
-        except BaseException:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise BadInput(f"store already exists: {path}") from None
+        except OSError as exc:
+            raise BadInput(f"cannot write store {path}: {exc.strerror}") from None
+        finally:
             tmp.unlink(missing_ok=True)
-            lock.release()
-            raise
+        lock = WriterLock(path).acquire()
         store = cls(path, _open_h5(path, "r+"), lock)
         store.append_history({"event": "init", "model": model.version, "dim": model.dim})
         return store
