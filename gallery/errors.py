@@ -17,6 +17,10 @@ class BadInput(GalleryError):
     exit_code = 2
 
 
+class NotFound(BadInput):
+    """An item, model or file named by the user does not exist (a BadInput: CLI exit 2)."""
+
+
 class GateFailed(GalleryError):
     """A quality gate (compatibility report, threshold) refused the operation."""
 

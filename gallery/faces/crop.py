@@ -60,8 +60,12 @@ class FaceCropper:
     def crop(self, path: str | Path) -> np.ndarray:
         """One aligned crop, HxWxC uint8 in the spec's colour order."""
         path = Path(path)
-        image = load_photo(path)
-        aligned = align_face(image, self.landmarks_for(path, image), size=self.spec.width)
+        return self.crop_image(load_photo(path), path)
+
+    def crop_image(self, image: np.ndarray, name: str | Path) -> np.ndarray:
+        """The same crop of a photo already decoded to HxWx3 RGB uint8 (an HTTP upload:
+        gallery/serve); `name` keys the landmarks and names the photo in errors."""
+        aligned = align_face(image, self.landmarks_for(Path(name), image), size=self.spec.width)
         return to_color_order(aligned, self.spec)
 
     def crop_many(self, paths: Sequence[str | Path],

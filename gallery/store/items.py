@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from gallery.errors import BadInput, GalleryError
+from gallery.errors import BadInput, GalleryError, NotFound
 from gallery.preprocess import l2_normalize
 from gallery.store import bytelog, idindex, schema
 from gallery.store.reads import (READ_CHUNK, batch_records, columns, content_checksum,  # noqa: F401
@@ -203,7 +203,7 @@ def remove(store: "Store", ids: Sequence[str]) -> dict:
     where = idindex.find(store, wanted)
     unknown = [i for i in wanted if i not in where]
     if unknown:
-        raise BadInput(f"unknown ids: {', '.join(unknown[:5])}" + (" ..." if len(unknown) > 5 else ""))
+        raise NotFound(f"unknown ids: {', '.join(unknown[:5])}" + (" ..." if len(unknown) > 5 else ""))
     rows = np.array(sorted({where[i] for i in wanted}), dtype=np.int64)
     items = store.h5["items"]
     fresh = rows[idindex.read_rows(items["deleted"], rows) == 0]

@@ -1,0 +1,36 @@
+"""Run the service under uvicorn: one process, graceful stop on SIGTERM / SIGINT.
+
+uvicorn stops accepting connections on SIGTERM, lets in-flight requests finish (up to
+`graceful_seconds`), then runs the app's shutdown, which stops the switcher. The store's
+writer lock is only ever held inside a write request's commit, so once in-flight
+requests are done no lock is held.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gallery.serve.config import ServeConfig
+from gallery.store import generation
+
+log = logging.getLogger(__name__)
+
+
+def uvicorn_config(config: ServeConfig, loader: Any = None, log_level: str = "info") -> Any:
+    import uvicorn
+
+    from gallery.serve.app import create_app
+
+    return uvicorn.Config(create_app(config, loader), host=config.host, port=config.port,
+                          log_level=log_level, access_log=False, server_header=False,
+                          timeout_graceful_shutdown=config.graceful_seconds, lifespan="on")
+
+
+def serve(config: ServeConfig, loader: Any = None) -> None:
+    """Serve `config.store` until SIGTERM/SIGINT (BadInput first if it is not a store)."""
+    import uvicorn
+
+    generation(config.store)  # refuse a missing or unreadable store before binding
+    config.warn_if_exposed()
+    uvicorn.Server(uvicorn_config(config, loader)).run()
