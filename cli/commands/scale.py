@@ -1,4 +1,4 @@
-"""Scale-out commands: search-shards, search-gpu, export-serving."""
+"""Scale-out commands: search-shards, search-gpu, export-serving (an alias of `sync`)."""
 
 from __future__ import annotations
 
@@ -96,32 +96,19 @@ def search_gpu_cmd(
 def export_serving_cmd(
     store: Path = typer.Argument(..., help="Store file."),
     qdrant: Optional[str] = typer.Option(None, "--qdrant", help="Qdrant URL (http...) or a local folder."),
-    collection: Optional[str] = typer.Option(None, "--collection", help="Qdrant collection (default: store name)."),
-    milvus: Optional[Path] = typer.Option(None, "--milvus", help="Folder for Milvus bulk-insert files."),
+    collection: Optional[str] = typer.Option(None, "--collection", help="Serving alias (default: store name)."),
+    milvus: Optional[str] = typer.Option(None, "--milvus", help="Milvus URL or a milvus-lite .db file."),
     as_json: bool = JSON,
 ) -> None:
-    """Copy the live gallery to Qdrant (vector per model version) or Milvus bulk-insert files."""
-    from gallery import export_serving
-    from gallery.store import Store
+    """Alias of `gallery sync qdrant|milvus STORE --uri URI` (kept for scripts; the one-shot
+    export and its Milvus bulk-insert files were replaced by the incremental sync)."""
+    from cli.commands.engines import sync_store
 
     if (qdrant is None) == (milvus is None):
-        raise BadInput("give either --qdrant URL|FOLDER or --milvus FOLDER")
-    with Store.open(store) as st:
-        if milvus is not None:
-            result = export_serving.export_milvus(st, milvus)
-        else:
-            try:
-                from qdrant_client import QdrantClient
-            except ImportError:
-                raise BadInput("--qdrant needs qdrant-client (pip install '.[serving]')") from None
-            remote = qdrant.startswith(("http://", "https://"))
-            client = QdrantClient(url=qdrant) if remote else QdrantClient(path=qdrant)
-            try:
-                result = export_serving.export_qdrant(st, client, collection or store.stem)
-            finally:
-                client.close()
+        raise BadInput("give either --qdrant URL|FOLDER or --milvus URL|FILE.db")
+    kind, uri = ("qdrant", qdrant) if qdrant is not None else ("milvus", milvus)
+    result = sync_store(kind, store, uri, collection, batch=1000, index="HNSW")
     if as_json:
         emit_json(result)
     else:
-        console.print(f"exported {result.get('rows', result.get('points'))} rows of {store} -> "
-                      f"{result.get('out', result.get('collection'))}")
+        console.print(f"synced {store} -> {kind} {result['collection']} ({result['upserted']} rows sent)")

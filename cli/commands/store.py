@@ -191,6 +191,10 @@ def search_cmd(
     detect: bool = DETECT,
     detector: Optional[Path] = DETECTOR,
     landmarks: Optional[Path] = LANDMARKS,
+    engine: Optional[str] = typer.Option(None, "--engine", help="Search the serving view a `gallery sync` "
+                                         "keeps: milvus:URI, qdrant:URI, or a URI this store was synced to."),
+    collection: Optional[str] = typer.Option(None, "--collection", help="With --engine: the serving alias "
+                                             "(default: the store's file name)."),
     as_json: bool = JSON,
 ) -> None:
     """k nearest gallery items per query, with open-set rejection."""
@@ -199,6 +203,8 @@ def search_cmd(
 
     if bool(image) == (embeddings is not None):
         raise BadInput("give either --image PATH (repeatable) or --embeddings FILE")
+    if engine is not None and image:
+        raise BadInput("--engine takes --embeddings queries (embed images with the store's model first)")
     opts = dict(k=k, threshold=threshold, query_version=query_model, kind=index, nprobe=nprobe,
                 ef_search=ef_search, rerank=rerank)
     with Store.open(store) as st:
@@ -211,9 +217,16 @@ def search_cmd(
         elif image:
             result, names = search_mod.search_images(st, image, model_path=model, loader=load_encoder_any,
                                                      **_load_kwargs(require_gpu, providers), **opts)
-        else:
+        elif engine is None:
             queries, names = search_mod.read_query_embeddings(embeddings)
             result = search_mod.search(st, queries, **opts)
+        else:
+            from gallery import engines
+
+            queries, names = search_mod.read_query_embeddings(embeddings)
+            with engines.connect(*engines.parse_engine(engine, st, collection)) as eng:
+                result = engines.search(eng, collection or engines.default_alias(st), queries, k=k,
+                                        threshold=threshold, store=st)
     records = result.to_records(names)
     if as_json:
         emit_json(records)

@@ -105,6 +105,22 @@ class ModelRecords:
         self.h5.attrs["aliases"] = json.dumps(aliases, sort_keys=True)
         self.append_history({"event": "alias", "alias": alias, "model": aliases.get(alias)})
 
+    def engine_cursor(self, key: str) -> dict | None:
+        """The sync cursor gallery.engines recorded for `key` (an engine + collection), or None."""
+        return json.loads(self.h5.attrs.get("engine_cursors", "{}")).get(key)
+
+    def set_engine_cursor(self, key: str, cursor: dict | None) -> None:
+        """Record (None: forget) an engine sync cursor: small JSON, one attribute write, no
+        history event (a sync writes it after every engine batch)."""
+        self.require_writer()
+        table = json.loads(self.h5.attrs.get("engine_cursors", "{}"))
+        if cursor is None:
+            table.pop(key, None)
+        else:
+            table[key] = cursor
+        self.h5.attrs["engine_cursors"] = json.dumps(table, sort_keys=True)
+        self.h5.flush()
+
     def set_threshold(self, query_version: str, gallery_version: str, value: float) -> None:
         """Record the decision threshold for queries by one model against rows of another."""
         if not np.isfinite(value):
