@@ -40,14 +40,24 @@ class MilvusEngine(Engine):
             from pymilvus import MilvusClient
         except ImportError:
             raise self.fail("connect", "pymilvus is not installed (pip install '.[serving]')") from None
-        # pymilvus logs every failed RPC with a traceback before raising; we report the
-        # raised error as one line instead.
-        logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+        # pymilvus logs every failed RPC with a traceback before raising (we report the raised
+        # error as one line instead), and milvus-lite's in-process gRPC server logs the RPCs it
+        # does not implement (AllocTimestamp, which pymilvus only uses to wait on index builds).
+        for name in ("pymilvus", "grpc._server"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         path = local_path(uri)
         if path is not None and not path.endswith(".db"):
             raise self.fail("connect", "a local Milvus (milvus-lite) is a file ending in .db, "
                             "a server an http(s):// URL")
         self.client = self.call("connect", MilvusClient, path or uri, timeout=timeout)
+        self._loaded: set[str] = set()
+
+    def _load(self, collection: str) -> None:
+        # Milvus searches and queries only loaded collections; a reopened milvus-lite file
+        # or a restarted server starts with them released. Loading a loaded one is a no-op.
+        if collection not in self._loaded:
+            self.call("load_collection", self.client.load_collection, collection)
+            self._loaded.add(collection)
 
     def close(self) -> None:
         self.call("close", self.client.close)
@@ -92,6 +102,7 @@ class MilvusEngine(Engine):
 
     def _pages(self, collection: str, lo: int, hi: int, fields: list[str]) -> list[dict]:
         # By primary-key ranges: one query may not reach past 16384 rows.
+        self._load(collection)
         out: list[dict] = []
         for start in range(lo, hi, PAGE):
             stop = min(hi, start + PAGE)
@@ -134,6 +145,7 @@ class MilvusEngine(Engine):
     def search(self, collection: str, queries: np.ndarray, k: int, versions: list[str],
                params: dict | None = None) -> Hits:
         # One vector field holds every row's serving vector: one search answers for all versions.
+        self._load(collection)
         found = self.call("search", self.client.search, collection, data=queries.tolist(), limit=k,
                           output_fields=["item_id", "identity", "model_version"],
                           search_params={"metric_type": "IP", "params": params or {}})
