@@ -19,8 +19,8 @@ def sync_store(kind: str, store: Path, uri: str, collection: Optional[str], batc
     from gallery import engines
     from gallery.store import Store
 
-    with Store.open(store, "a") as st:
-        with engines.connect(kind, uri) as engine:
+    with engines.connect(kind, uri) as engine:  # an unknown or unreachable engine: the store is never opened
+        with Store.open(store, "a") as st:
             return engines.sync(st, engine, collection=collection, batch=batch, index=index)
 
 

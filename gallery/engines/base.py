@@ -92,6 +92,8 @@ class Engine:
         return None
     def upsert(self, collection: str, rows: Rows) -> None: raise NotImplementedError
     def delete(self, collection: str, rows: np.ndarray) -> None: raise NotImplementedError
+    def settle(self, collection: str) -> None:
+        """After a sync's writes: let the engine seal and index them (no-op by default)."""
     def models_in(self, collection: str, lo: int, hi: int) -> dict[int, str]:
         """row -> model version of the rows lo <= row < hi the collection holds."""
         raise NotImplementedError

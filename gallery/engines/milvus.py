@@ -110,6 +110,12 @@ class MilvusEngine(Engine):
                              output_fields=["row", *fields], limit=stop - start)
         return out
 
+    def settle(self, collection: str) -> None:
+        # Seals the written rows into segments the vector index covers (milvus-lite otherwise
+        # scans its in-memory table in Python on every search; a server seals on its own
+        # schedule). Once per sync, after the last batch.
+        self.call("flush", self.client.flush, collection)
+
     def models_in(self, collection: str, lo: int, hi: int) -> dict[int, str]:
         return {int(h["row"]): str(h["model_version"]) for h in self._pages(collection, lo, hi, ["model_version"])}
 

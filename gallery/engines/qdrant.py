@@ -36,7 +36,9 @@ class QdrantEngine(Engine):
         except ImportError:
             raise self.fail("connect", "qdrant-client is not installed (pip install '.[serving]')") from None
         path = local_path(uri)
-        if path is not None:
+        if uri == ":memory:":  # nothing persisted: for benchmarks and one-process experiments
+            self.client = self.call("connect", QdrantClient, location=":memory:")
+        elif path is not None:
             self.client = self.call("connect", QdrantClient, path=path)
         else:
             self.client = self.call("connect", QdrantClient, url=uri, timeout=int(timeout), check_compatibility=False)

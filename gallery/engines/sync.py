@@ -192,6 +192,8 @@ class _Sync:
             blocks[b:b + 1] = [fingerprint]
             self.cursor["partial"] = None
             self.save()
+        if self.sent["batches"]:
+            engine.settle(view)
         record = self.view_record()
         if engine.meta(view) != record:
             engine.set_meta(view, record)  # the view is complete: rows first, then its record
