@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import typer
 from rich.console import Console
@@ -87,3 +88,18 @@ def emit(as_json: bool, result: Any, message: Any) -> None:
         emit_json(result)
     else:
         console.print(message)
+
+
+@contextmanager
+def progress_bar(label: str, quiet: bool) -> Iterator[tuple[Any, Any]]:
+    """(on_total, advance) callbacks driving one transient Rich bar on stderr; (None, None) when
+    quiet or stderr is not a terminal (logs and pipes get no bar residue)."""
+    if quiet or not err_console.is_terminal:
+        yield None, None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield (lambda n: bar.update(task, total=n)), (lambda n: bar.advance(task, n))

@@ -6,8 +6,12 @@ bench/search.py). Each hit carries the model version that embedded it, which is
 what makes a mixed-version gallery (v1 rows + v2 rows) searchable and auditable.
 
 Thresholds: an explicit `threshold` applies to every hit; otherwise the threshold
-stored for the pair (query model, the hit's gallery model) applies, if any;
-otherwise nothing is rejected.
+stored for the pair (query model, the hit's gallery model) applies. A pair with no
+stored threshold is *uncalibrated* (NaN in `thresholds`): its hits are listed but
+never accepted, so they never win the open-set decision, unless the caller opts in
+with `accept_uncalibrated` (then they are accepted at any score, margin = raw score).
+Raw cosine scores of different pairs live on different scales, which is why a pair
+without its own threshold cannot be compared with one that has it.
 """
 
 from __future__ import annotations
@@ -33,12 +37,23 @@ class SearchResult:
     ids: np.ndarray         # (nq, k) object: item ids ("" where no hit)
     identities: np.ndarray  # (nq, k) object
     models: np.ndarray      # (nq, k) object: version that embedded each hit
-    thresholds: np.ndarray  # (nq, k) threshold applied to each hit (-inf = none)
+    thresholds: np.ndarray  # (nq, k) threshold applied to each hit (NaN = uncalibrated pair)
+    accept_uncalibrated: bool = False
+
+    @property
+    def calibrated(self) -> np.ndarray:
+        """(nq, k) bool: a real hit whose (query model, row model) pair has a threshold."""
+        return (self.rows >= 0) & np.isfinite(self.thresholds)
 
     @property
     def accepted(self) -> np.ndarray:
-        """(nq, k) bool: a real hit at or above its threshold."""
-        return (self.rows >= 0) & (self.scores >= self.thresholds)
+        """(nq, k) bool: a real hit at or above its pair's threshold; an uncalibrated
+        pair's hit only with accept_uncalibrated."""
+        with np.errstate(invalid="ignore"):
+            ok = self.calibrated & (self.scores >= self.thresholds)
+        if self.accept_uncalibrated:
+            ok |= (self.rows >= 0) & ~np.isfinite(self.thresholds)
+        return ok
 
     @property
     def best(self) -> np.ndarray:
@@ -49,33 +64,42 @@ class SearchResult:
         its own. With one threshold for every hit this is the first accepted hit."""
         if not self.rows.shape[1]:
             return np.full(len(self.rows), -1)
-        margin = np.where(self.accepted, self.scores - np.where(np.isfinite(self.thresholds),
-                                                                self.thresholds, 0), -np.inf)
-        return np.where(self.accepted.any(axis=1), np.argmax(margin, axis=1), -1)
+        ok = self.accepted
+        margin = np.where(ok, self.scores - np.where(np.isfinite(self.thresholds), self.thresholds, 0), -np.inf)
+        return np.where(ok.any(axis=1), np.argmax(margin, axis=1), -1)
 
     @property
     def rejected(self) -> np.ndarray:
-        """(nq,) bool: open-set rejection, no hit clears its own threshold (or no hit)."""
+        """(nq,) bool: open-set rejection, no hit accepted (or no hit)."""
         return self.best < 0
 
     def match(self) -> list[str | None]:
         """The identity of each query's match (see `best`), None when rejected."""
         return [None if b < 0 else str(self.identities[q, b]) for q, b in enumerate(self.best)]
 
+    def uncalibrated_pairs(self, q: int) -> list[str]:
+        """`query->row` model pairs among query q's hits that have no threshold."""
+        missing = (self.rows[q] >= 0) & ~np.isfinite(self.thresholds[q])
+        return sorted({f"{self.query_model}->{m}" for m in self.models[q][missing]})
+
     def to_records(self, names: list[str] | None = None) -> list[dict[str, Any]]:
-        """JSON-ready: one record per query with its accepted hits, best first."""
+        """JSON-ready: one record per query with every hit (best score first), each with
+        the threshold used (None = uncalibrated pair) and whether it was accepted."""
         out = []
-        ok, matches = self.accepted, self.match()
+        ok, matches, best = self.accepted, self.match(), self.best
         for q in range(len(self.rows)):
-            hits = [
-                {"item_id": str(self.ids[q, j]), "identity": str(self.identities[q, j]),
-                 "score": float(self.scores[q, j]), "model_version": str(self.models[q, j]),
-                 "row": int(self.rows[q, j])}
-                for j in np.flatnonzero(ok[q])
-            ]
+            hits = []
+            for j in np.flatnonzero(self.rows[q] >= 0):
+                limit = float(self.thresholds[q, j])
+                hits.append({"item_id": str(self.ids[q, j]), "identity": str(self.identities[q, j]),
+                             "score": float(self.scores[q, j]), "model_version": str(self.models[q, j]),
+                             "row": int(self.rows[q, j]),
+                             "threshold": limit if np.isfinite(limit) else None,
+                             "accepted": bool(ok[q, j]), "match": bool(j == best[q])})
             record = {"query": names[q] if names else q, "query_model": self.query_model,
-                      "rejected": bool(self.rejected[q]),
+                      "rejected": bool(best[q] < 0),
                       "match": matches[q],
+                      "uncalibrated_pairs": self.uncalibrated_pairs(q),
                       "hits": hits}
             out.append(record)
         return out
@@ -102,6 +126,7 @@ def search(
     nprobe: int | None = None,
     ef_search: int | None = None,
     rerank: int | None = None,
+    accept_uncalibrated: bool = False,
 ) -> SearchResult:
     """k nearest live rows for each query embedding (raw or normalised).
 
@@ -124,7 +149,9 @@ def search(
     scores, rows = index.search(q, fetch + dead)
     if rerank:
         scores, rows = rescore_exactly(store, q, live_first(store, scores, rows, fetch)[1], k)
-    return assemble(store, version, scores, rows, threshold, keep=k)
+    result = assemble(store, version, scores, rows, threshold, keep=k)
+    result.accept_uncalibrated = accept_uncalibrated
+    return result
 
 
 def live_first(store: "Store", scores: np.ndarray, rows: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +211,7 @@ def _thresholds(store: "Store", version: str, models: np.ndarray, threshold: flo
     if threshold is not None:
         return np.full(models.shape, float(threshold), np.float32)
     table = store.thresholds(version)
-    out = np.full(models.shape, -np.inf, np.float32)
+    out = np.full(models.shape, np.nan, np.float32)  # NaN: the pair is uncalibrated
     for gallery_version, value in table.items():
         out[models == gallery_version] = value
     return out

@@ -49,13 +49,19 @@ def test_cli_round_trip(setup, tmp_path):
     for rec, q in zip(records, query):
         expected = np.argsort(-(gallery_emb @ q))[:3]
         assert [h["item_id"] for h in rec["hits"]] == [gallery_ids[i] for i in expected]
-        assert rec["hits"][0]["model_version"] == "v1" and not rec["rejected"]
+        assert rec["hits"][0]["model_version"] == "v1"
+        # no threshold calibrated for v1 queries vs v1 rows: every hit listed, none accepted
+        assert rec["rejected"] and rec["uncalibrated_pairs"] == ["v1->v1"]
+        assert [(h["threshold"], h["accepted"]) for h in rec["hits"]] == [(None, False)] * 3
+    opted = ok("search", store, "--image", probes[0], "-k", "3", "--accept-uncalibrated", "--json")[0]
+    assert opted["match"] == opted["hits"][0]["identity"] and opted["hits"][0]["match"]
 
     # Search with embeddings and an open-set threshold.
     np.save(tmp_path / "q.npy", np.vstack([extra[:2], -extra[:1]]))
     records = ok("search", store, "--embeddings", tmp_path / "q.npy", "--threshold", "0.99", "--json")
     assert [r["match"] for r in records] == ["extra0", "extra1", None]
-    assert records[2]["rejected"] and records[2]["hits"] == []
+    assert records[2]["rejected"] and not any(h["accepted"] for h in records[2]["hits"])
+    assert all(h["threshold"] == pytest.approx(0.99) for r in records for h in r["hits"])
 
     ok("remove", store, "e0", paths[0].parent.name + "/" + paths[0].name)
     records = ok("search", store, "--embeddings", tmp_path / "q.npy", "-k", "70", "--json")

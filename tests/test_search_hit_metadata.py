@@ -64,9 +64,9 @@ def _naive_search(st: Store, q: np.ndarray, k: int) -> dict:
             out[name].append([str(cols[column][r]) if r >= 0 else "" for r in row])
         best, best_margin = None, -np.inf
         for j, r in enumerate(row):
-            limit = table.get(out["models"][-1][j], -np.inf)
-            if r >= 0 and out["scores"][-1][j] >= limit:
-                margin = out["scores"][-1][j] - (limit if np.isfinite(limit) else 0)
+            limit = table.get(out["models"][-1][j])  # None: uncalibrated pair, never accepted
+            if r >= 0 and limit is not None and out["scores"][-1][j] >= limit:
+                margin = out["scores"][-1][j] - limit
                 if margin > best_margin:
                     best, best_margin = out["identities"][-1][j], margin
         out["match"].append(best)

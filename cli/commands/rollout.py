@@ -5,14 +5,13 @@ Exit codes: 0 done, 1 a gate refused the upgrade, 2 bad input, 3 store locked.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-from cli.common import console, emit, emit_json, handle_errors, load_encoder_any, render_table
+from cli.commands.threshold import warn_uncalibrated
+from cli.common import console, emit, emit_json, handle_errors, load_encoder_any, progress_bar, render_table
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 STORE_OPT = typer.Option(..., "--store", envvar="GALLERY_STORE", help="Store file (or $GALLERY_STORE).")
@@ -25,18 +24,6 @@ def register(app: typer.Typer) -> None:
                        ("prune", prune_cmd), ("shadow", shadow_cmd), ("backfill", backfill_cmd)):
         app.command(name)(func)
     app.add_typer(alias_app, name="alias")
-
-
-@contextmanager
-def _bar(label: str, quiet: bool) -> Iterator[tuple[Any, Any]]:
-    """(on_total, advance) callbacks driving one Rich bar; (None, None) when quiet."""
-    if quiet:
-        yield None, None
-        return
-    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(label, total=None)
-        yield (lambda n: bar.update(task, total=n)), (lambda n: bar.advance(task, n))
 
 
 @handle_errors
@@ -53,6 +40,7 @@ def upgrade_cmd(
     from gallery.rollout import upgrade
 
     result = upgrade(store, model, report, version=version, force=force, loader=load_encoder_any, stage=stage)
+    warn_uncalibrated(result["uncalibrated"], store)
     if as_json:
         emit_json(result)
         return
@@ -76,6 +64,7 @@ def rollback_cmd(
     from gallery.rollout import rollback
 
     result = rollback(store, to)
+    warn_uncalibrated(result["uncalibrated"], store)
     emit(as_json, result, f"rolled back {store}: query model {result['from']} -> {result['to']}")
 
 
@@ -181,7 +170,7 @@ def shadow_cmd(
     config = ShadowConfig(store=str(store), queries=str(queries), old=old, new=new, k=k,
                           old_model=None if old_model is None else str(old_model),
                           new_model=None if new_model is None else str(new_model), batch_size=batch_size)
-    with _bar("embedding queries", as_json) as (_, advance):
+    with progress_bar("embedding queries", as_json) as (_, advance):
         result = shadow(config, loader=load_encoder_any, progress=advance)
     if out is not None:
         emit_json(result, out)
@@ -225,7 +214,7 @@ def backfill_cmd(
     config = BackfillConfig(store=str(store), images=str(images), batch_size=batch_size,
                             model=None if model is None else str(model), trust_images=trust_images,
                             publish_every=publish_every)
-    with _bar("backfilling", as_json) as (on_total, advance):
+    with progress_bar("backfilling", as_json) as (on_total, advance):
         result = backfill(config, loader=load_encoder_any, progress=advance, on_total=on_total)
     if as_json:
         emit_json(result)

@@ -9,7 +9,9 @@ from typing import Iterator, List, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-from cli.common import DEFAULTS_HELP, KIND_CHOICES, console, emit, emit_json, handle_errors, load_encoder_any, render_table
+from cli.commands.threshold import warn_uncalibrated
+from cli.common import (DEFAULTS_HELP, KIND_CHOICES, console, emit, emit_json, err_console, handle_errors,
+                        load_encoder_any, render_table)
 from gallery.errors import BadInput
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
@@ -57,6 +59,7 @@ def init_cmd(
 ) -> None:
     """Create a gallery store with its first model."""
     from gallery.store import ModelInfo, Store
+    from gallery.thresholds import uncalibrated
 
     if (model is None) == (dim is None):
         raise BadInput("give either --model FILE or --dim D --model-id NAME")
@@ -67,7 +70,8 @@ def init_cmd(
             raise BadInput("--dim needs --model-id NAME (how the embeddings' model is identified)")
         info = ModelInfo(version=version, dim=dim, model_id=model_id)
     with Store.create(store, info, dtype=dtype) as st:
-        result = st.info()
+        result = {**st.info(), "uncalibrated": uncalibrated(st)}
+    warn_uncalibrated(result["uncalibrated"], store)
     emit(as_json, result, f"created {store}: model {info.version}, dim {info.dim}, {dtype}")
 
 
@@ -178,7 +182,8 @@ def search_cmd(
     image: Optional[List[Path]] = typer.Option(None, "--image", help="Query image or folder (repeatable)."),
     embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="Query embeddings .npy or .h5."),
     k: int = typer.Option(10, "-k", "--k", help="Hits per query."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Reject hits below this cosine score (default: the store's calibrated one, if any)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Reject hits below this cosine score (default: the store's calibrated one per model pair)."),
+    accept_uncalibrated: bool = typer.Option(False, "--accept-uncalibrated", help="Let hits of a model pair without a threshold be accepted (at any score)."),
     query_model: Optional[str] = typer.Option(None, "--query-model", help="Version or alias that made the queries (default: active)."),
     model: Optional[Path] = typer.Option(None, "--model", help="Where the query model file is now (checked by sha256)."),
     index: Optional[str] = typer.Option(None, "--index", help=f"{KIND_CHOICES} (default: by size, or the built one)."),
@@ -206,7 +211,7 @@ def search_cmd(
     if engine is not None and image:
         raise BadInput("--engine takes --embeddings queries (embed images with the store's model first)")
     opts = dict(k=k, threshold=threshold, query_version=query_model, kind=index, nprobe=nprobe,
-                ef_search=ef_search, rerank=rerank)
+                ef_search=ef_search, rerank=rerank, accept_uncalibrated=accept_uncalibrated)
     with Store.open(store) as st:
         if image and (detect or landmarks):  # gallery.faces hook: photos -> aligned face crops
             from gallery.faces.enroll import search_face_images
@@ -228,18 +233,27 @@ def search_cmd(
                 result = engines.search(eng, collection or engines.default_alias(st), queries, k=k,
                                         threshold=threshold, store=st)
     records = result.to_records(names)
+    if not accept_uncalibrated:
+        warn_uncalibrated(sorted({p for rec in records for p in rec["uncalibrated_pairs"]}), store)
     if as_json:
         emit_json(records)
         return
+    render_search(f"search {store} (query model {result.query_model})", records)
+
+
+def render_search(title: str, records: list[dict]) -> None:
+    """One row per hit with its pair threshold and verdict; the query's decision on its first row."""
     rows = []
     for rec in records:
+        decision = rec["match"] if rec["match"] is not None else "(rejected)"
         if not rec["hits"]:
-            rows.append((_short(rec["query"]), "-", "(rejected)", None, None, None))
+            rows.append((_short(rec["query"]), decision, "-", "", None, None, None, ""))
         for rank, hit in enumerate(rec["hits"], 1):
-            rows.append((_short(rec["query"]) if rank == 1 else "", rank, hit["identity"], hit["item_id"],
-                         hit["score"], hit["model_version"]))
-    render_table(f"search {store} (query model {result.query_model})",
-                 ("query", "rank", "identity", "item", "score", "model"), rows)
+            verdict = "match" if hit["match"] else ("yes" if hit["accepted"] else
+                                                   ("uncalibrated" if hit["threshold"] is None else "no"))
+            rows.append((_short(rec["query"]) if rank == 1 else "", decision if rank == 1 else "", rank,
+                         hit["identity"], hit["score"], hit["threshold"], hit["model_version"], verdict))
+    render_table(title, ("query", "decision", "rank", "identity", "score", "threshold", "model", "accepted"), rows)
 
 
 @handle_errors

@@ -172,17 +172,32 @@ def _identify(probes: np.ndarray, g: np.ndarray, search: SearchProtocol) -> dict
 def _thresholds(name_roles, curves, identities, target_far) -> list[dict]:
     entries = []
     for name, (q, g) in name_roles.items():
-        impostor = curves[name]["impostor"]
-        threshold, achieved = threshold_at_far(impostor, target_far)
         entries.append({
             "query": q, "gallery": g, "comparison": name,
             "query_sha256": identities[q].get("sha256"), "gallery_sha256": identities[g].get("sha256"),
             "query_model_id": identities[q].get("model_id"), "gallery_model_id": identities[g].get("model_id"),
-            "threshold": threshold, "far": target_far, "achieved_far": achieved,
-            "supported": bool(target_far * impostor.size >= 1.0 - 1e-9),
-            "num_impostor": int(impostor.size),
+            **threshold_entry(curves[name]["impostor"], target_far),
         })
     return entries
+
+
+def threshold_entry(impostor: np.ndarray, far: float) -> dict:
+    """The calibrated threshold at `far` from impostor scores, and whether their count supports it."""
+    threshold, achieved = threshold_at_far(impostor, far)
+    return {"threshold": threshold, "far": far, "achieved_far": achieved,
+            "supported": bool(far * impostor.size >= 1.0 - 1e-9), "num_impostor": int(impostor.size)}
+
+
+def pair_threshold(q_units: np.ndarray, g_units: np.ndarray, pairs: PairProtocol, far: float) -> dict:
+    """Calibrate one (query model, gallery model) pair on the check's impostor pairs: the
+    same threshold check-compat reports for that pair (`gallery threshold calibrate`)."""
+    return threshold_entry(_pair_scores(q_units, g_units, pairs)[~pairs.issame], far)
+
+
+def open_protocols(data: str, protocol_config: ProtocolConfig) -> tuple[EvalSet, PairProtocol]:
+    """An evaluation set and its 1:1 pairs, exactly as check-compat builds them."""
+    evalset = open_evalset(data)
+    return evalset, _protocols(evalset, protocol_config)[0]
 
 
 def _save(path: str, evalset: EvalSet, items: dict, identities: dict, pairs: PairProtocol) -> None:

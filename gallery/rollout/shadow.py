@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 class ShadowConfig:
     store: str
     queries: str
-    old: str | None = None          # default: the model the query model replaced
-    new: str | None = None          # default: the query model
+    old: str | None = None          # default: the model the query model replaced (the query model when staged)
+    new: str | None = None          # default: the staged model, else the query model
     k: int = 10
     old_model: str | None = None    # where the old model's file is now
     new_model: str | None = None
@@ -93,7 +93,7 @@ def search_path(store: Store, version: str, queries: np.ndarray, k: int) -> Path
     hit_models = np.where(hit, models[np.maximum(pos, 0)], "") if len(live) else np.full(pos.shape, "")
     hit_identities = np.full(pos.shape, "", dtype=object)
     hit_identities[hit] = store.values_at("identity", rows[hit])  # the hits' rows only
-    limits = np.vectorize(lambda m: table.get(str(m), -np.inf), otypes=[np.float32])(hit_models)
+    limits = np.vectorize(lambda m: table.get(str(m), np.nan), otypes=[np.float32])(hit_models)
     # The same decision rule as `gallery search` (SearchResult.best), so shadow flips mean real flips.
     best = SearchResult(version, scores, rows, hit_identities, hit_identities, hit_models, limits).best
     accepted = best >= 0
@@ -155,8 +155,13 @@ def shadow(config: ShadowConfig, loader: Callable[..., Any] | None = None,
     config.validate()
     paths, labels = list_queries(Path(config.queries))
     with Store.open(config.store, "r") as st:
-        new = st.resolve_version(config.new or st.active_model)
-        old = st.resolve_version(config.old) if config.old else state.previous_model(st, new)
+        # Right after `upgrade --stage` the staged model is the new path and the query model the old one.
+        staged = state.staged_model(st) if config.new is None else None
+        new = st.resolve_version(config.new or staged or st.active_model)
+        if config.old:
+            old = st.resolve_version(config.old)
+        else:
+            old = st.active_model if staged else state.previous_model(st, new)
         if old == new:
             raise BadInput(f"old and new query models are both {old}: nothing to compare")
         results = {}

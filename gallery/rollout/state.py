@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 GROUP = "rollout"
 # Events the rollout writes, plus the store's own model events: what `gallery history` shows.
 ROLLOUT_EVENTS = ("init", "add_model", "activate", "alias", "upgrade", "stage", "rollback",
-                  "backfill", "prune", "migrate")
+                  "backfill", "prune", "migrate", "threshold", "calibrate", "model_path")
 
 
 def actor() -> dict[str, str]:
@@ -75,6 +75,17 @@ def previous_model(store: "Store", version: str | None = None) -> str:
     if previous not in store.model_versions():
         raise BadInput(f"previous model {previous} was pruned from {store.path}")
     return previous
+
+
+def staged_model(store: "Store") -> str | None:
+    """The version `upgrade --stage` registered and no upgrade or rollback has acted on since."""
+    for event in reversed(store.history()):
+        if event.get("event") in ("upgrade", "rollback"):
+            return None
+        if event.get("event") == "stage":
+            staged = event.get("to")
+            return staged if staged in store.model_versions() and staged != store.active_model else None
+    return None
 
 
 def record(store: "Store", event: str, **fields: object) -> dict:

@@ -9,7 +9,10 @@ that write is the commit point of an upgrade and of a rollback.
 Thresholds: the report calibrates one per (query, gallery) comparison. The new
 model's pairs (new->old, new/new) and old->new (used by old queries against new
 rows after a rollback) are stored. The old model's own old/old threshold is left
-as the operator set it, so a rollback restores today's behaviour exactly.
+as the operator set it, so a rollback restores today's behaviour exactly; only when
+it has none is the report's old/old stored (an uncalibrated pair never accepts a
+hit, so without it the old query path would reject everything). The result names
+the served pairs still uncalibrated (gallery.thresholds).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from gallery.errors import BadInput, GateFailed
 from gallery.fingerprint import file_sha256
 from gallery.rollout import state
 from gallery.store import ModelInfo, Store
+from gallery.thresholds import uncalibrated
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +97,10 @@ def _plan(store: Store, report: dict, new: ModelInfo, version: str | None) -> di
     thresholds, unsupported = [], []
     for entry in report["thresholds"]:
         q, g = roles.get(entry["query"]), roles.get(entry["gallery"])
-        if q is None or g is None or (q, g) == (old.version, old.version):
-            continue  # reference model pairs; old/old is the operator's own setting
+        if q is None or g is None:
+            continue  # reference model pairs
+        if (q, g) == (old.version, old.version) and old.version in old.thresholds:
+            continue  # old/old is the operator's own setting once there is one
         value = entry["threshold"]
         if value is None or not math.isfinite(float(value)):
             continue
@@ -173,7 +179,7 @@ def _apply(st: Store, plan: dict, info: ModelInfo, summary: dict, force: bool, s
                           "unsupported_far": plan["unsupported"]})
     if forced_over:
         log.warning("upgrade of %s forced over: %s", st.path, "; ".join(forced_over))
-    return result
+    return {**result, "uncalibrated": uncalibrated(st)}
 
 
 def rollback(store_path: str | Path, to: str | None = None) -> dict:
@@ -188,7 +194,7 @@ def rollback(store_path: str | Path, to: str | None = None) -> dict:
             raise BadInput(f"{target} is not an earlier query model of {current} (lineage {chain})")
         st.set_active_model(target)  # the commit point
         st.invalidate()
-        return state.record(st, "rollback", **{"from": current, "to": target})
+        return {**state.record(st, "rollback", **{"from": current, "to": target}), "uncalibrated": uncalibrated(st)}
 
 
 def set_alias(store_path: str | Path, name: str, version: str | None) -> dict:

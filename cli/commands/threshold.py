@@ -1,0 +1,93 @@
+"""`gallery threshold calibrate|show|set`: the open-set thresholds of every model pair a store serves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cli.common import console, emit_json, err_console, handle_errors, load_encoder_any, progress_bar, render_table
+
+JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+STORE = typer.Argument(..., envvar="GALLERY_STORE", help="Store file (or $GALLERY_STORE).")
+
+threshold_app = typer.Typer(help="Open-set thresholds per (query model, row model) pair.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(threshold_app, name="threshold")
+
+
+def warn_uncalibrated(pairs: list[str], store: Path | str) -> None:
+    """The one line init/upgrade/rollback/search print when a served pair has no threshold."""
+    if pairs:
+        err_console.print(f"[yellow]warning:[/] uncalibrated model pair(s) {', '.join(pairs)}: search never "
+                          f"accepts their hits; run `gallery threshold calibrate {store} --data EVAL`",
+                          highlight=False, soft_wrap=True)
+
+
+@threshold_app.command("calibrate")
+@handle_errors
+def calibrate_cmd(
+    store: Path = STORE,
+    data: Optional[Path] = typer.Option(None, "--data", help="Labelled images ROOT/<identity>/<image> (as check-compat)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Take the thresholds from a check-compat report instead."),
+    target_far: float = typer.Option(1e-4, "--target-far", help="False accept rate of the thresholds."),
+    impostor_pairs: int = typer.Option(100_000, "--impostor-pairs", help="Impostor pairs to sample (as check-compat)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the impostor sampling (as check-compat)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per encoder batch."),
+    as_json: bool = JSON,
+) -> None:
+    """Calibrate every (query model, row model) pair the store serves."""
+    from gallery.thresholds import calibrate
+
+    with progress_bar("embedding evaluation images", as_json) as (_, advance):
+        result = calibrate(store, data=data, report=report, target_far=target_far, loader=load_encoder_any,
+                           batch_size=batch_size, progress=advance, seed=seed, impostor_pairs=impostor_pairs)
+    if as_json:
+        emit_json(result)
+        return
+    for e in result["calibrated"]:
+        note = "" if e.get("supported", True) is not False else " (too few impostor pairs for this FAR)"
+        console.print(f"threshold {e['query']} queries vs {e['rows']} rows: {e['threshold']:.4f}{note}")
+    for line in result["skipped"]:
+        console.print(f"  [yellow]skipped:[/] {line}")
+    warn_uncalibrated(result["uncalibrated"], store)
+
+
+@threshold_app.command("show")
+@handle_errors
+def show_cmd(store: Path = STORE, as_json: bool = JSON) -> None:
+    """Every served pair and its threshold (uncalibrated ones too)."""
+    from gallery.thresholds import show
+
+    result = show(store)
+    if as_json:
+        emit_json(result)
+        return
+    render_table(f"thresholds of {store} (query model {result['active_model']})",
+                 ("query model", "row model", "threshold", "served"),
+                 [(p["query"], p["rows"], "uncalibrated" if p["threshold"] is None else p["threshold"], p["served"])
+                  for p in result["pairs"]])
+    warn_uncalibrated(result["uncalibrated"], store)
+
+
+@threshold_app.command("set")
+@handle_errors
+def set_cmd(
+    store: Path = STORE,
+    query: str = typer.Argument(..., help="Query model version (or alias)."),
+    rows: str = typer.Argument(..., help="Row model version (or alias)."),
+    value: float = typer.Argument(..., help="Cosine score threshold in [-1, 1]."),
+    as_json: bool = JSON,
+) -> None:
+    """Set the threshold of one (query model, row model) pair by hand."""
+    from gallery.thresholds import set_threshold
+
+    result = set_threshold(store, query, rows, value)
+    if as_json:
+        emit_json(result)
+        return
+    console.print(f"threshold {result['query']} queries vs {result['rows']} rows: {result['threshold']:.4f}")
+    warn_uncalibrated(result["uncalibrated"], store)

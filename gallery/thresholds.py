@@ -1,0 +1,168 @@
+"""Decision thresholds through a model version's whole life: which (query model, row model)
+pairs a store serves, which of them lack a threshold, and calibrating them.
+
+A store serves a pair (Q, R) when Q can be the query model (the active one, the ones a
+rollback returns to, a staged one) and rows embedded by R are in the gallery (or will be:
+Q's own enrolments). Search never accepts a hit of an uncalibrated pair (gallery.search),
+so every served pair needs a threshold for open-set answers: `calibrate` measures them on
+labelled images with check-compat's protocol (same pairs, same FAR), or copies them from a
+check-compat report whose models are the store's. Everything is computed on a read-only
+handle first and written in one writer session, so a refused calibration changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+from gallery.errors import BadInput
+from gallery.store import Store
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[..., Any]
+
+
+def query_models(store: Store) -> list[str]:
+    """Versions that can be the query model: the active one, its rollback lineage, a staged one."""
+    from gallery.rollout import state
+
+    versions = state.lineage(store)
+    staged = state.staged_model(store)
+    if staged is not None and staged not in versions:
+        versions.append(staged)
+    return [v for v in versions if v in store.model_versions()]
+
+
+def row_models(store: Store) -> list[str]:
+    """Versions that embedded live rows (as stored, or re-embedded by a backfill)."""
+    from gallery.rollout import overlay
+
+    found = {v for v, n in store.info()["per_model"].items() if n} | set(overlay.versions(store))
+    return sorted(v for v in found if v in store.model_versions())
+
+
+def served_pairs(store: Store) -> list[tuple[str, str]]:
+    """Every (query model, row model) pair a search of this store can compare."""
+    rows = row_models(store)
+    return [(q, r) for q in query_models(store) for r in sorted(set(rows) | {q})]
+
+
+def uncalibrated(store: Store) -> list[str]:
+    """`query->rows` names of the served pairs without a threshold."""
+    return [f"{q}->{r}" for q, r in served_pairs(store) if r not in store.thresholds(q)]
+
+
+def table(store: Store) -> list[dict]:
+    """One entry per served pair (and per other stored threshold): value, or None when uncalibrated."""
+    served = served_pairs(store)
+    out = [{"query": q, "rows": r, "threshold": store.thresholds(q).get(r), "served": True} for q, r in served]
+    for info in store.models():
+        for r, value in sorted(info.thresholds.items()):
+            if (info.version, r) not in served:
+                out.append({"query": info.version, "rows": r, "threshold": value, "served": False})
+    return out
+
+
+def show(store_path: str | Path) -> dict:
+    with Store.open(store_path, "r") as st:
+        return {"store": str(store_path), "active_model": st.active_model, "pairs": table(st),
+                "uncalibrated": uncalibrated(st)}
+
+
+def set_threshold(store_path: str | Path, query: str, rows: str, value: float) -> dict:
+    """Set one pair's threshold by hand (recorded in history)."""
+    if not math.isfinite(value) or not -1.0 <= value <= 1.0:
+        raise BadInput(f"threshold must be a cosine score in [-1, 1], got {value}")
+    with Store.open(store_path, "a") as st:
+        st.set_threshold(query, rows, value)
+        q, r = st.resolve_version(query), st.resolve_version(rows)
+        return {"query": q, "rows": r, "threshold": float(value), "uncalibrated": uncalibrated(st)}
+
+
+def _from_report(store: Store, report_path: str | Path) -> list[dict]:
+    """The report's thresholds whose two models are both versions of this store (by sha256)."""
+    from gallery.compat.report import load_report
+
+    report = load_report(report_path)
+    by_sha = {m.sha256: m.version for m in store.models() if m.sha256}
+    by_id = {m.model_id: m.version for m in store.models() if m.model_id and not m.sha256}
+    roles = {}
+    for role, ident in report["models"].items():
+        version = by_sha.get(ident.get("sha256")) or by_id.get(ident.get("model_id"))
+        if version is not None:
+            roles[role] = version
+    if not roles:
+        raise BadInput(f"compat report {report_path} is about none of the models of {store.path}")
+    out = []
+    for entry in report["thresholds"]:
+        q, r = roles.get(entry["query"]), roles.get(entry["gallery"])
+        value = entry.get("threshold")
+        if q is None or r is None or value is None or not math.isfinite(float(value)):
+            continue
+        out.append({"query": q, "rows": r, "threshold": float(value), "far": entry.get("far"),
+                    "supported": entry.get("supported"), "source": str(report_path)})
+    return out
+
+
+def _from_data(store: Store, data: str | Path, target_far: float, pairs_wanted: list[tuple[str, str]],
+               loader: Loader | None, batch_size: int, progress: Callable[[int], None] | None,
+               seed: int, impostor_pairs: int) -> tuple[list[dict], list[str]]:
+    """Embed the evaluation set once per model and calibrate each wanted pair on its impostor pairs."""
+    from gallery.compat.checker import CheckConfig, open_protocols, pair_threshold
+    from gallery.preprocess import l2_normalize
+    from gallery.store.sources import model_encoder
+
+    if not 0.0 < target_far < 1.0:
+        raise BadInput(f"--target-far must be in (0, 1), got {target_far}")
+    protocol = CheckConfig(seed=seed, impostor_pairs=impostor_pairs).protocol()
+    evalset, pairs = open_protocols(str(data), protocol)
+    skipped, units = [], {}
+    for version in sorted({v for pair in pairs_wanted for v in pair}):
+        if not store.model(version).has_encoder:
+            skipped.append(f"{version} is embedding-only (no encoder to embed the evaluation images)")
+            continue
+        encoder = model_encoder(store, version, None, loader)
+        log.info("embedding %d evaluation items with %s", evalset.num_items, version)
+        units[version] = l2_normalize(evalset.to_units(evalset.embed(encoder, batch_size, progress)))
+    out = []
+    for q, r in pairs_wanted:
+        if q in units and r in units:
+            entry = pair_threshold(units[q], units[r], pairs, target_far)
+            out.append({"query": q, "rows": r, **entry, "source": str(data)})
+    return out, skipped
+
+
+def calibrate(store_path: str | Path, data: str | Path | None = None, report: str | Path | None = None,
+              target_far: float = 1e-4, loader: Loader | None = None, batch_size: int = 64,
+              progress: Callable[[int], None] | None = None, seed: int = 0,
+              impostor_pairs: int = 100_000) -> dict:
+    """Calibrate every served pair from labelled images (`data`) or copy them from a `report`."""
+    if (data is None) == (report is None):
+        raise BadInput("give either --data EVAL (labelled images) or --report REPORT.json")
+    if data is not None and not Path(data).exists():
+        raise BadInput(f"evaluation data not found: {data}")
+    with Store.open(store_path, "r") as st:
+        wanted = served_pairs(st)
+        if report is not None:
+            entries, skipped = [e for e in _from_report(st, report) if (e["query"], e["rows"]) in wanted], []
+        else:
+            entries, skipped = _from_data(st, data, target_far, wanted, loader, batch_size, progress,
+                                          seed, impostor_pairs)
+    if not entries:
+        raise BadInput(f"nothing to calibrate in {store_path}: " + ("; ".join(skipped) or
+                       "the report's models are not the store's served pairs"))
+    with Store.open(store_path, "a") as st:
+        per_query: dict[str, dict[str, float]] = {}
+        for e in entries:
+            per_query.setdefault(e["query"], {})[e["rows"]] = e["threshold"]
+        for q, values in per_query.items():
+            info = st.model(q)
+            info.thresholds.update(values)
+            st.update_model(info)
+        st.append_history({"event": "calibrate", "source": str(report or data), "target_far": target_far,
+                           "thresholds": [{k: e[k] for k in ("query", "rows", "threshold")} for e in entries]})
+        missing = uncalibrated(st)
+    return {"store": str(store_path), "calibrated": entries, "skipped": skipped, "uncalibrated": missing}
