@@ -38,7 +38,8 @@ def upgraded_store(root, name: str, per_class: int, eval_per_class: int, imposto
     make_onnx_encoder(root / "v2.onnx", seed=1)
     write_digit_folder(root / "images", n_per_class=per_class, seed=0)
     write_digit_folder(root / "eval", n_per_class=eval_per_class, seed=2)
-    store = root / name
+    store = root / "stores" / name  # models outside its folder: recorded absolute, copies find them
+    store.parent.mkdir(exist_ok=True)
     ok("init", store, "--model", root / "v1.onnx")
     ok("enroll", store, "--images", root / "images")
     ok("check-compat", "--old", root / "v1.onnx", "--new", root / "v2.onnx", "--data", root / "eval",

@@ -44,7 +44,8 @@ def base(tmp_path_factory):
         (root / "later" / p.parent.name).mkdir(parents=True, exist_ok=True)
         shutil.copy(p, root / "later" / p.parent.name / f"late{p.name}")
     write_digit_folder(root / "eval", n_per_class=6, seed=2)
-    store = root / "base.h5"
+    store = root / "stores" / "base.h5"  # models outside its folder: recorded absolute, copies find them
+    store.parent.mkdir()
     ok("init", store, "--model", root / "v1.onnx")
     ok("enroll", store, "--images", root / "gallery")
     # Random nets: a gate that holds trivially passes; the criterion between independent nets fails.

@@ -31,7 +31,8 @@ def setup(tmp_path_factory):
     write_digit_folder(root / "images", n_per_class=4, seed=0)
     write_digit_folder(root / "eval", n_per_class=4, seed=2)
     write_digit_folder(root / "queries", n_per_class=1, seed=1)
-    store = root / "base.h5"
+    store = root / "stores" / "base.h5"  # models outside its folder: recorded absolute, copies find them
+    store.parent.mkdir()
     for args in (["init", store, "--model", root / "v1.onnx"], ["enroll", store, "--images", root / "images"]):
         result = CliRunner().invoke(app, [str(a) for a in args])
         assert result.exit_code == 0, result.stdout + result.stderr

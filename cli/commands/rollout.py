@@ -58,12 +58,14 @@ def upgrade_cmd(
 def rollback_cmd(
     store: Path = typer.Argument(..., help="Store file."),
     to: Optional[str] = typer.Option(None, "--to", help="An earlier query model (default: the one replaced)."),
+    allow_missing_model: bool = typer.Option(False, "--allow-missing-model",
+                                             help="Switch even if the model's file is missing (embedding queries only)."),
     as_json: bool = JSON,
 ) -> None:
     """Restore the previous query model (one atomic switch; models and rows are kept)."""
     from gallery.rollout import rollback
 
-    result = rollback(store, to)
+    result = rollback(store, to, allow_missing_model=allow_missing_model)
     warn_uncalibrated(result["uncalibrated"], store)
     emit(as_json, result, f"rolled back {store}: query model {result['from']} -> {result['to']}")
 

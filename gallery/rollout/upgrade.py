@@ -159,6 +159,10 @@ def _apply(st: Store, plan: dict, info: ModelInfo, summary: dict, force: bool, s
         info.thresholds.update(per_model.pop(new, {}))
         info.compat_report = summary
         st.add_model(info)
+    elif st.model(new).path != info.path:  # remember where the given file is now
+        record = st.model(new)
+        record.path = info.path
+        st.update_model(record)
     for q, table in per_model.items():
         record = st.model(q)
         record.thresholds.update(table)
@@ -182,8 +186,13 @@ def _apply(st: Store, plan: dict, info: ModelInfo, summary: dict, force: bool, s
     return {**result, "uncalibrated": uncalibrated(st)}
 
 
-def rollback(store_path: str | Path, to: str | None = None) -> dict:
-    """Make the model the current one replaced the query model again (one attribute write)."""
+def rollback(store_path: str | Path, to: str | None = None, allow_missing_model: bool = False) -> dict:
+    """Make the model the current one replaced the query model again (one attribute write).
+
+    Refused (store untouched) when the target's model file is missing or is not that model,
+    unless `allow_missing_model` (the store then serves embedding queries only)."""
+    from gallery import modelfiles
+
     with Store.open(store_path, "a") as st:
         current = st.active_model
         target = st.resolve_version(to) if to else state.previous_model(st)
@@ -192,6 +201,7 @@ def rollback(store_path: str | Path, to: str | None = None) -> dict:
         if target not in state.lineage(st, current):
             chain = " -> ".join(state.lineage(st, current))
             raise BadInput(f"{target} is not an earlier query model of {current} (lineage {chain})")
+        modelfiles.require(st, target, allow_missing_model)
         st.set_active_model(target)  # the commit point
         st.invalidate()
         return {**state.record(st, "rollback", **{"from": current, "to": target}), "uncalibrated": uncalibrated(st)}

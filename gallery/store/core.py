@@ -24,7 +24,7 @@ from gallery.errors import BadInput, GalleryError
 from gallery.store import bytelog, migrations, schema
 from gallery.store.layout import EMPTY_CHAIN, init_layout, write_model  # noqa: F401
 from gallery.store.locking import WriterLock
-from gallery.store.models import ModelRecords
+from gallery.store.models import ModelRecords, with_stored_path
 from gallery.store.schema import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class Store(ModelRecords):
             # Built under a temporary name, linked into place when complete (no half-made
             # store; link, unlike rename, never replaces a store another process created).
             with h5py.File(tmp, "w", locking=False) as h5:
-                init_layout(h5, model, dtype)
+                init_layout(h5, with_stored_path(path, model), dtype)
             os.link(tmp, path)
         except FileExistsError:
             raise BadInput(f"store already exists: {path}") from None

@@ -7,6 +7,7 @@ A mixin of Store (gallery/store/core.py), which supplies `h5`, `path`, `_cache`,
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +18,14 @@ from gallery.errors import BadInput
 from gallery.store import schema
 from gallery.store.layout import write_model
 from gallery.store.schema import ModelInfo
+
+
+def with_stored_path(store_path: Path, model: ModelInfo) -> ModelInfo:
+    """The record as written: its file path relative to the store's folder when inside it
+    (in memory, `model()` gives it resolved, so a record read and written back is unchanged)."""
+    from gallery.modelfiles import to_stored
+
+    return replace(model, path=to_stored(store_path, model.path))
 
 
 class ModelRecords:
@@ -39,8 +48,13 @@ class ModelRecords:
 
     def model(self, version: str | None = None) -> ModelInfo:
         """The record of a version or alias (default: the active query model)."""
+        from gallery.modelfiles import resolve
+
         version = self.resolve_version(version or self.active_model)
-        return ModelInfo.from_attrs(self.h5["models"][version].attrs)
+        info = ModelInfo.from_attrs(self.h5["models"][version].attrs)
+        found = resolve(self.path, info.path)  # recorded relative to the store's folder when inside it
+        info.path = None if found is None else str(found)
+        return info
 
     def thresholds(self, query_version: str | None = None) -> dict[str, float]:
         """Calibrated thresholds for queries by a model, per gallery version (cached: search
@@ -72,7 +86,7 @@ class ModelRecords:
             raise BadInput(f"model version {model.version!r} already exists in {self.path}")
         if model.dim != self.dim:
             raise BadInput(f"model {model.version} has dimension {model.dim}, store has {self.dim}")
-        write_model(self.h5, model)
+        write_model(self.h5, with_stored_path(self.path, model))
         self.append_history({"event": "add_model", "model": model.version, "sha256": model.sha256})
 
     def update_model(self, model: ModelInfo) -> None:
@@ -80,7 +94,7 @@ class ModelRecords:
         self.require_writer()
         self.resolve_version(model.version)
         del self.h5["models"][model.version]
-        write_model(self.h5, model)
+        write_model(self.h5, with_stored_path(self.path, model))
         self._cache.pop("thresholds", None)
         self.h5.flush()
 

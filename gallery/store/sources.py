@@ -125,9 +125,10 @@ def model_encoder(store: "Store", version: str | None = None, model_path: str | 
     if not info.has_encoder:
         raise BadInput(f"model {info.version} of {store.path} is embedding-only (no encoder file); "
                        "use embeddings, not images")
-    path = Path(model_path or info.path or "")
-    if not path.is_file():
-        raise BadInput(f"encoder file of model {info.version} not found: {path} (pass --model PATH)")
+    path = Path(model_path) if model_path else (Path(info.path) if info.path else None)
+    if path is None or not path.is_file():
+        raise BadInput(f"the file of model {info.version} is missing: {path or '(none recorded)'} "
+                       f"(gallery model set-path {store.path} {info.version} PATH, or pass --model PATH)")
     digest = file_sha256(path)
     if digest != info.sha256:
         raise BadInput(f"{path} is not model {info.version} of {store.path} "
