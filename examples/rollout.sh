@@ -12,7 +12,9 @@
 #   13 backfill failed (rolled back)   14 verify failed (rolled back)   2 usage
 #
 # Tunables (environment): GALLERY (the CLI), GATES (check-compat gate options),
-# MAX_FLIP_RATE (share of shadow queries whose decision may flip), WORK (report folder).
+# MAX_FLIP_RATE (share of shadow queries whose decision may flip for the worse: labelled
+# queries ROOT/<identity>/<image> count lost correct matches and new wrong matches; a flat
+# folder of unlabelled queries counts every changed decision), WORK (report folder).
 set -uo pipefail
 
 if [[ $# -lt 4 || $# -gt 5 ]]; then
@@ -66,9 +68,15 @@ rc=$?
 python3 - "$WORK/shadow.json" "$MAX_FLIP_RATE" <<'EOF' >&2
 import json, sys
 report, limit = json.load(open(sys.argv[1])), float(sys.argv[2])
-rate = report["decisions"]["changed"] / max(1, report["queries"])
-print(f"rollout: shadow: {report['decisions']['changed']}/{report['queries']} decisions flip "
-      f"({rate:.3f}, limit {limit}); top-k overlap {report['topk_overlap']['mean']:.3f}")
+d, n = report["decisions"], max(1, report["queries"])
+# Both paths are calibrated (uncalibrated pairs accept nothing), so these are real decision changes.
+# Labelled queries gate on the flips that make an answer worse (a correct match lost, a wrong
+# match made); an improvement is not a reason to stay on the old model. Unlabelled: every flip.
+flips, kind = (d["regressed"], "regressed") if "regressed" in d else (d["changed"], "changed")
+rate = flips / n
+print(f"rollout: shadow: {d['changed']}/{report['queries']} decisions change"
+      + (f" ({d['improved']} improved, {d['regressed']} regressed)" if "regressed" in d else "")
+      + f"; gate on {kind}: {rate:.3f} (limit {limit}); top-k overlap {report['topk_overlap']['mean']:.3f}")
 sys.exit(0 if rate <= limit else 1)
 EOF
 [[ $? -eq 0 ]] || fail 12 "shadow" "too many decisions flip (see $WORK/shadow.json); $OLD is still the query model"

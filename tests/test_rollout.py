@@ -192,7 +192,8 @@ def test_shadow_matches_brute_force(work, tmp_path):
         t1, t2 = st.model("v1").thresholds, st.model("v2").thresholds
     q1, paths = queries(root, "v1.onnx")
     q2, _ = queries(root, "v2.onnx")
-    overlaps, flips = [], 0
+    overlaps, flips, regressed = [], 0, 0
+    outcomes = {"old": {"correct": 0, "wrong": 0, "rejected": 0}, "new": {"correct": 0, "wrong": 0, "rejected": 0}}
     for i in range(len(paths)):
         s1, s2 = q1[i] @ emb.T, q2[i] @ emb.T
         a, b = np.argsort(-s1)[:k], np.argsort(-s2)[:k]
@@ -200,8 +201,13 @@ def test_shadow_matches_brute_force(work, tmp_path):
         d1 = identity[a[0]] if s1[a[0]] >= t1["v1"] else None  # every row is v1: the top hit decides
         d2 = identity[b[0]] if s2[b[0]] >= t2["v1"] else None
         flips += d1 != d2
+        truth = paths[i].parent.name
+        for side, d in (("old", d1), ("new", d2)):
+            outcomes[side]["rejected" if d is None else ("correct" if d == truth else "wrong")] += 1
+        regressed += (d1 == truth and d2 != truth) or (d1 is None and d2 is not None and d2 != truth)
     assert result["topk_overlap"]["mean"] == pytest.approx(np.mean(overlaps))
     assert result["decisions"]["changed"] == flips and result["queries"] == len(paths)
+    assert result["outcomes"] == outcomes and result["decisions"]["regressed"] == regressed
     assert "accuracy" in result  # probes are ROOT/<identity>/<image>
 
 
@@ -211,8 +217,10 @@ def test_stage_then_shadow_before_cutover(work):
     assert staged["event"] == "stage" and staged["to"] == "v2"
     with Store.open(store) as st:
         assert st.active_model == "v1" and "v1" in st.model("v2").thresholds
-    result = ok("shadow", store, "--queries", root / "probes", "--old", "v1", "--new", "v2", "--json")
+    result = ok("shadow", store, "--queries", root / "probes", "--json")  # defaults: staged v2 vs query model v1
     assert (result["old"], result["new"]) == ("v1", "v2") and result["queries"] == 20
+    explicit = ok("shadow", store, "--queries", root / "probes", "--old", "v1", "--new", "v2", "--json")
+    assert explicit["per_query"] == result["per_query"]
     switched = ok("upgrade", store, "--model", root / "v2.onnx", "--report", passing, "--json")
     assert switched["event"] == "upgrade" and not switched["registered"]
     assert ok("rollback", store, "--json")["to"] == "v1"

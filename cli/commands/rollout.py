@@ -164,6 +164,7 @@ def shadow_cmd(
     new_model: Optional[Path] = typer.Option(None, "--new-model", help="Where the new model file is now."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON report (with its config) here."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per encoder batch."),
+    show: int = typer.Option(10, "--show", help="Queries listed with both decisions (the JSON has all)."),
     as_json: bool = JSON,
 ) -> None:
     """Same queries through the old and new query path: top-k overlap, rank changes, decision flips."""
@@ -183,10 +184,19 @@ def shadow_cmd(
     console.print(f"shadow {result['old']} vs {result['new']} on {result['queries']} queries (k={result['k']}): "
                   f"top-k overlap {o['mean']:.3f} (min {o['min']:.2f}), same top-1 item "
                   f"{result['top1_same_item']:.3f}, mean rank shift {result['rank_shift']['mean']:.2f}")
-    console.print(f"accepted: {d['old_accepted']} -> {d['new_accepted']}; flips {d['flips']}")
+    worse = f" (regressed {d['regressed']}, improved {d['improved']})" if "regressed" in d else ""
+    console.print(f"accepted: {d['old_accepted']} -> {d['new_accepted']}; decisions changed {d['changed']}{worse}")
     if "accuracy" in result:
         a = result["accuracy"]
         console.print(f"rank-1: {a['old_rank1']:.3f} -> {a['new_rank1']:.3f}")
+        o = result["outcomes"]
+        render_table("open-set outcomes", ("outcome", result["old"], result["new"]),
+                     [(name, o["old"][name], o["new"][name]) for name in ("correct", "wrong", "rejected")])
+    shown = result["per_query"][:show]
+    render_table(f"decisions side by side (first {len(shown)} of {result['queries']})",
+                 ("query", "label", result["old"], result["new"]),
+                 [(Path(q["query"]).name, q["label"], q["old"] or "(rejected)", q["new"] or "(rejected)")
+                  for q in shown])
 
 
 @handle_errors

@@ -137,13 +137,29 @@ def compare(old: PathResult, new: PathResult, k: int, labels: list[str] | None, 
                       "flips": flips, "changed": int(sum(flips.values()))},
         "examples": examples,
     }
+    report["per_query"] = [{"query": names[q], "label": labels[q] if labels else None,
+                            "old": old_dec[q], "new": new_dec[q]} for q in range(len(names))]
     if labels is not None:
         truth = np.asarray(labels)
         report["accuracy"] = {"old_rank1": float((old.identity == truth).mean()),
                               "new_rank1": float((new.identity == truth).mean()),
                               "old_accepted_correct": float((old.accepted & (old.identity == truth)).mean()),
                               "new_accepted_correct": float((new.accepted & (new.identity == truth)).mean())}
+        report["outcomes"] = {"old": outcomes(old_dec, truth), "new": outcomes(new_dec, truth)}
+        # Flips that make an answer worse: a correct match lost, or a wrong match made.
+        old_ok, new_ok = old_dec == truth, new_dec == truth
+        old_wrong = np.array([d is not None for d in old_dec]) & ~old_ok
+        new_wrong = np.array([d is not None for d in new_dec]) & ~new_ok
+        report["decisions"]["regressed"] = int((old_ok & ~new_ok).sum() + (new_wrong & ~old_wrong & ~old_ok).sum())
+        report["decisions"]["improved"] = int((new_ok & ~old_ok).sum())
     return report
+
+
+def outcomes(decisions: np.ndarray, truth: np.ndarray) -> dict[str, int]:
+    """Open-set outcome counts of one query path: correct match, wrong match, rejected."""
+    rejected = np.array([d is None for d in decisions])
+    correct = ~rejected & (decisions == truth)
+    return {"correct": int(correct.sum()), "wrong": int((~rejected & ~correct).sum()), "rejected": int(rejected.sum())}
 
 
 def shadow(config: ShadowConfig, loader: Callable[..., Any] | None = None,
