@@ -217,7 +217,16 @@ def backfill_cmd(
 
     if show_status:
         result = status(store)
-        emit_json(result) if as_json else console.print(result)
+        if as_json:
+            emit_json(result)
+        else:
+            run = result["unfinished_run"]
+            rows = ", ".join(f"{v}: {n}" for v, n in sorted(result["rows_per_model"].items()))
+            console.print(f"{store}: query model {result['model']}; live rows per model {rows}; "
+                          + (f"unfinished backfill {run['done']}/{run['planned']} (rerun to resume)" if run
+                             else "no unfinished backfill"), highlight=False)
+            for line in result["problems"]:
+                console.print(f"  [red]problem:[/] {line}")
         if not result["ok"]:
             raise typer.Exit(1)
         return

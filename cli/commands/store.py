@@ -17,7 +17,7 @@ from gallery.errors import BadInput
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 REQUIRE_GPU = typer.Option(False, "--require-gpu", help="Fail unless CUDA is the active provider.")
 # Face photos (gallery.faces): detect + align with YuNet, or align with given 5-point landmarks.
-DETECT = typer.Option(False, "--detect", help="Face photos: detect and align faces with YuNet ([faces] extra).")
+DETECT = typer.Option(False, "--detect", help="Face photos: detect and align faces with YuNet (\\[faces] extra).")
 DETECTOR = typer.Option(None, "--detector", help="YuNet ONNX for --detect (default: $GALLERY_YUNET_MODEL).")
 LANDMARKS = typer.Option(None, "--landmarks", help="Face photos: 5-point landmarks CSV/JSON per image.")
 

@@ -42,6 +42,13 @@ def _cv2():
         ) from None
     if not hasattr(cv2, "FaceDetectorYN"):
         raise BadInput(f"OpenCV {cv2.__version__} lacks FaceDetectorYN; 4.5.4 or newer is needed")
+    # OpenCV's own logger writes `[ WARN:0@...] setPreferableTarget` to stderr on every
+    # detector it builds: noise between our one-line errors; real failures raise anyway.
+    logging_api = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging_api is not None:
+        logging_api.setLogLevel(logging_api.LOG_LEVEL_ERROR)
+    elif hasattr(cv2, "setLogLevel"):  # older builds
+        cv2.setLogLevel(2)  # LOG_LEVEL_ERROR
     return cv2
 
 

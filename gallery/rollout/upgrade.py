@@ -81,7 +81,11 @@ def _plan(store: Store, report: dict, new: ModelInfo, version: str | None) -> di
     if not _same_file(report["models"]["old"], old):
         raise BadInput(_mismatch("old", report["models"]["old"], old) + f", the query model of {store.path}")
     if report["models"]["new"].get("sha256") != new.sha256:
-        raise BadInput(_mismatch("new", report["models"]["new"], new) + " given with --model")
+        got = report["models"]["new"]
+        hint = (" (same weights, different file: rerun check-compat with that file)"
+                if new.model_id and got.get("model_id") == new.model_id else "")
+        raise BadInput(f"compat report's new model ({str(got.get('sha256'))[:12]}...) is not the file given "
+                       f"with --model {new.path} ({str(new.sha256)[:12]}...){hint}")
     existing = [m.version for m in store.models() if m.sha256 == new.sha256]
     if old.version in existing:
         raise BadInput(f"{new.path} is already the query model ({old.version}) of {store.path}")

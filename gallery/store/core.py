@@ -94,6 +94,8 @@ class Store(ModelRecords):
         path = Path(path)
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', not {mode!r}")
+        if path.is_dir():
+            raise BadInput(f"{path} is a directory, not a store file (give the .h5 file inside it)")
         if not path.is_file():
             raise BadInput(f"store not found: {path}")
         lock = WriterLock(path).acquire() if mode == "a" else None
