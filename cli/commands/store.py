@@ -232,6 +232,7 @@ def search_cmd(
             with engines.connect(*engines.parse_engine(engine, st, collection)) as eng:
                 result = engines.search(eng, collection or engines.default_alias(st), queries, k=k,
                                         threshold=threshold, store=st)
+            result.accept_uncalibrated = accept_uncalibrated
     records = result.to_records(names)
     if not accept_uncalibrated:
         warn_uncalibrated(sorted({p for rec in records for p in rec["uncalibrated_pairs"]}), store)
