@@ -5,9 +5,11 @@
 
 The bound: a search of nq queries over N rows of dimension d is 2*nq*N*d FLOP; at the
 card's dense fp16 tensor-core rate that is the shortest possible time. Reported: time
-per search, achieved TFLOP/s and % of that peak for the two-level top-k path, the same
-with plain torch.topk (what the two-level trick buys), the matmul alone (the ceiling of
-any matmul-then-select design), small-batch latency p50/p99, and exactness of a sample
+per search, achieved TFLOP/s and % of that peak for the library's search
+(`search_two_level`, torch ops), the fused Triton path (`search_fused`, select="fused")
+and its kernel alone where Triton runs, the block-wise two-level top-k and
+plain torch.topk selections (what the two-level trick buys), the matmul alone (the
+ceiling of any matmul-then-select design), small-batch latency p50/p99, and exactness of a sample
 of queries against a float32 torch reference. The gallery is generated on the device
 (random unit vectors: timing of exact search does not depend on the data).
 `--device cpu --rows 100000 --dim 64` runs the same code on a CPU as a smoke test.
@@ -46,11 +48,11 @@ def timed(fn, sync, repeats: int = 3) -> float:
     return best
 
 
-def make_index(args, torch):
+def make_index(args, torch, select: str = "torch"):
     from gallery.gpu_search import TorchFlatIndex
 
     index = TorchFlatIndex(args.dim, device=args.device, dtype="float16", block_rows=args.block_rows,
-                           query_batch=args.queries)
+                           query_batch=args.queries, select=select)
     g = torch.Generator(device=args.device).manual_seed(0)
     chunks = []
     for lo in range(0, args.rows, 1 << 20):  # generated on the device, normalised in float32
@@ -89,6 +91,24 @@ def main() -> None:
 
     t_search = timed(lambda: index.search(q, args.k), sync)
     qd = torch.from_numpy(q).to(args.device).half()
+    t_fused = t_fused_kernel = None
+    fused_error = fused_recall = None
+    from gallery import gpu_kernels
+
+    if gpu_kernels.available(index.device):  # the same rows through the fused Triton path
+        from gallery.gpu_search import TorchFlatIndex
+
+        fused = TorchFlatIndex(args.dim, device=args.device, dtype="float16", block_rows=args.block_rows,
+                               query_batch=args.queries, select="fused")
+        fused._x, fused._ids = index._x, index._ids
+        try:  # a kernel that fails to build must not cost the rest of the run
+            t_fused = timed(lambda: fused.search(q, args.k), sync)
+            t_fused_kernel = timed(lambda: gpu_kernels.group_maxima(qd, index._x), sync)
+            _, want = index.search(q[:256], args.k)
+            _, got_f = fused.search(q[:256], args.k)
+            fused_recall = float(np.mean([len(set(a) & set(b)) / args.k for a, b in zip(want, got_f)]))
+        except Exception as exc:  # noqa: BLE001 (reported in the JSON)
+            fused_error = f"{type(exc).__name__}: {exc}"[:500]
 
     def blocks(select):
         for lo in range(0, args.rows, index.block_rows):
@@ -131,12 +151,18 @@ def main() -> None:
     result = {"device": name, "peak_fp16_tflops": peak, "rows": args.rows, "dim": args.dim,
               "queries": args.queries, "k": args.k, "block_rows": index.block_rows, "flop": flop,
               "search_two_level": rate(t_search), "select_two_level_only_blocks": rate(t_two),
+              "search_fused": rate(t_fused) if t_fused else None,
+              "fused_group_max_kernel": rate(t_fused_kernel) if t_fused_kernel else None,
+              "fused_same_rows_as_torch_path": fused_recall, "fused_error": fused_error,
               "select_plain_topk_blocks": rate(t_plain), "matmul_only": rate(t_matmul),
               "latency": lat, "recall_vs_float32": recall,
               "gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
     Path(args.out).write_text(json.dumps(result, indent=2))
-    for key in ("search_two_level", "select_two_level_only_blocks", "select_plain_topk_blocks", "matmul_only"):
+    for key in ("search_two_level", "search_fused", "fused_group_max_kernel",
+                "select_two_level_only_blocks", "select_plain_topk_blocks", "matmul_only"):
         r = result[key]
+        if r is None:
+            continue
         pct = f"{r['pct_of_peak']:.1f}% of peak" if r["pct_of_peak"] else "no peak known"
         print(f"{key:30s} {r['s'] * 1000:9.1f} ms {r['tflops']:8.1f} TFLOP/s  {pct}")
     print(f"recall@{args.k} vs float32: {recall:.4f}; latency {lat}")

@@ -9,8 +9,10 @@ The two loops alternate for --rounds rounds and each reports its best timed wind
 the best window is the one least disturbed by other processes.
 
 CPU:  .venv/bin/python bench/train.py --threads 2 --out bench/results/train_cpu.json
-GPU:  .venv/bin/python bench/train.py --config configs/gpu_iresnet50.toml \
-          --out bench/results/train_gpu.json
+GPU:  .venv/bin/python bench/train.py --config configs/gpu_iresnet50.toml --classes 93431 \
+          --epochs 2 --rounds 1 --steps 100 --out bench/results/gpu/train_iresnet50.json
+With --classes C > steps x batch the fit loop's epoch holds C images (one per class), so
+its timed epoch is longer than the bare loop's window of --steps steps.
 """
 
 from __future__ import annotations
@@ -35,15 +37,19 @@ from trainer.fit import fit
 from trainer.heads import build_head
 
 
-def make_data(path: Path, config: TrainConfig, count: int) -> None:
-    """Real Fashion-MNIST at small sizes; at 112 px random pixels (throughput only)."""
+def make_data(path: Path, config: TrainConfig, count: int, classes: int = 1000) -> None:
+    """Real Fashion-MNIST at small sizes; at 112 px random pixels (throughput only), one
+    label per image up to `classes` (ArcFace over ~93k classes needs >= 93k images: 256
+    random images are tiled, since pixel values do not change a GPU's speed)."""
     if config.image_size <= 64:
         images, labels = fashion_mnist(per_class=-(-count // 10))
         images, labels = images[:count], labels[:count]
     else:
         rng = np.random.default_rng(0)
-        images = rng.integers(0, 256, (count, config.image_size, config.image_size, 3), np.uint8)
-        labels = np.arange(count) % 1000
+        size = config.image_size
+        base = rng.integers(0, 256, (min(count, 256), size, size, 3), np.uint8)
+        images = np.resize(base, (count, size, size, 3))
+        labels = np.arange(count) % classes
     np.savez(path, images=images, labels=labels)
 
 
@@ -110,18 +116,24 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="fit epochs (first is warm-up)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating fit/bare rounds")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--classes", type=int, default=1000,
+                        help="identities in the synthetic 112 px data (images >= classes)")
+    parser.add_argument("--arch", help="override the config's backbone")
     parser.add_argument("--out", type=Path, help="write the result JSON here")
     args = parser.parse_args()
     defaults = dict(arch="small", image_size=32, dim=128, batch_size=128, head="arcface",
                     device="auto", seed=0)
     config = (TrainConfig.from_file(args.config) if args.config
               else TrainConfig.from_dict(defaults))
+    if args.arch:
+        config = TrainConfig.from_dict({**config.to_dict(), "arch": args.arch})
     if args.threads:
         torch.set_num_threads(args.threads)
     fit_rates, bare_rates, fit_cpu, bare_cpu = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data.npz"
-        make_data(data, config, args.steps * config.batch_size)
+        count = max(args.steps * config.batch_size, args.classes)
+        make_data(data, config, -(-count // config.batch_size) * config.batch_size, args.classes)
         for _ in range(args.rounds):
             rate, cpu_rate, classes = fit_loop(config, data, args.epochs)
             fit_rates.append(rate)
@@ -142,6 +154,7 @@ def main() -> None:
         "cpu_ratio": round(max(fit_cpu) / max(bare_cpu), 3),
         "fit_rounds": [round(r, 1) for r in fit_rates],
         "bare_rounds": [round(r, 1) for r in bare_rates], "steps": args.steps,
+        "num_classes": classes,
         "load_average": [round(v, 2) for v in os.getloadavg()],
         "torch": torch.__version__,
     }

@@ -169,12 +169,29 @@ def embed_images(encoder: Encoder, images_uint8_nhwc: np.ndarray | Sequence[np.n
     """HxWxC uint8 images in the encoder's colour order -> (N, dim) raw embeddings."""
     if len(images_uint8_nhwc) == 0:
         return np.zeros((0, encoder.dim), np.float32)
-    out = encoder.embed(to_tensor(images_uint8_nhwc, encoder.spec))
+    # optional capability: upload uint8 pixels and normalise on the encoder's device
+    # (4x less to copy, and no float passes over the batch on one host core)
+    batch = _uint8_batch(images_uint8_nhwc, encoder.spec) if hasattr(encoder, "embed_uint8") else None
+    if batch is not None:
+        out = encoder.embed_uint8(batch)
+    else:
+        out = encoder.embed(to_tensor(images_uint8_nhwc, encoder.spec))
     if out.shape != (len(images_uint8_nhwc), encoder.dim):
         raise BadInput(f"encoder returned shape {out.shape}, expected ({len(images_uint8_nhwc)}, {encoder.dim})")
     if not np.isfinite(out).all():
         raise BadInput("encoder produced NaN or inf embeddings")
     return out
+
+
+def _uint8_batch(images: np.ndarray | Sequence[np.ndarray], spec: PreprocessSpec) -> np.ndarray | None:
+    """The images as one contiguous NHWC uint8 array of the spec's shape, else None."""
+    try:
+        batch = np.asarray(images)
+    except ValueError:  # ragged: to_tensor names the bad shape
+        return None
+    if batch.dtype != np.uint8 or batch.shape[1:] != (spec.height, spec.width, spec.channels):
+        return None
+    return np.ascontiguousarray(batch)
 
 
 def embed_paths(

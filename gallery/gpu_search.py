@@ -17,6 +17,14 @@ float16 mode picks candidates from float16 scores (error <= ~1e-3) and re-scores
 the best `k + rerank` of them in float32, so the order and scores returned are those
 of float32 arithmetic over the stored vectors; "float32" mode is exact throughout.
 On a CPU (tests, machines without CUDA) the same code runs with torch's CPU kernels.
+
+With select="fused" (CUDA + Triton), float16 search skips the score matrix altogether:
+gallery.gpu_kernels computes each group's maximum inside the matrix-product kernel, one
+topk over those maxima picks the k + rerank best groups, and only their rows are
+scored again (float16, then float32 for the final k + rerank as above). Same groups,
+same candidates, same answer. It is meant to remove most of the selection cost at
+10M x 512 (BENCHMARKS.md, GPU), but has only run under Triton's CPU interpreter so far,
+so "auto" still means torch ops.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gallery import gpu_kernels
 from gallery.errors import BadInput
 
 if TYPE_CHECKING:
@@ -64,18 +73,28 @@ def two_level_topk(scores: Any, k: int, group: int = GROUP) -> tuple[Any, Any]:
 class TorchFlatIndex:
     """Brute-force inner-product index on a torch device; ids are store row numbers."""
 
+    SELECTS = ("auto", "fused", "torch")
+
     def __init__(self, dim: int, device: str | None = None, dtype: str = "float16",
-                 block_rows: int = 1 << 20, query_batch: int = 4096, rerank: int = 16) -> None:
+                 block_rows: int = 1 << 20, query_batch: int = 4096, rerank: int = 16,
+                 select: str = "auto") -> None:
         import torch
 
         if dtype not in ("float16", "float32"):
             raise BadInput(f"dtype must be float16 or float32, not {dtype!r}")
+        if select not in self.SELECTS:
+            raise BadInput(f"select must be one of {', '.join(self.SELECTS)}, not {select!r}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = getattr(torch, dtype)
         self.dim = int(dim)
         # Whole groups per block, so only the last block is ragged.
         self.block_rows = max(GROUP, block_rows // GROUP * GROUP)
         self.query_batch, self.rerank = int(query_batch), int(rerank)
+        if select == "fused" and not (self.dtype == torch.float16 and gpu_kernels.available(self.device)):
+            raise BadInput("select='fused' needs float16 rows on a CUDA device with Triton")
+        # "auto" stays on torch ops until the fused kernel has been timed on a GPU
+        # (BENCHMARKS.md, GPU: written after the one device run of its session)
+        self.fused = select == "fused"
         self._x = torch.empty((0, self.dim), dtype=self.dtype, device=self.device)
         self._ids = torch.empty(0, dtype=torch.int64, device=self.device)
 
@@ -124,6 +143,20 @@ class TorchFlatIndex:
 
         q = q32.to(self.dtype)
         cand = min(self.ntotal, k + (self.rerank if self.dtype == torch.float16 else 0))
+        if self.fused:
+            best_p = self._candidates_fused(q, cand)
+        else:
+            best_s, best_p = self._candidates_blocks(q, cand)
+        if self.dtype != torch.float32:  # re-score the candidates in float32
+            exact = torch.einsum("bd,bkd->bk", q32, self._x[best_p].float())
+            best_s, pick = torch.topk(exact, k, dim=1)
+            best_p = best_p.gather(1, pick)
+        return best_s.float(), self._ids[best_p[:, :k]]
+
+    def _candidates_blocks(self, q: Any, cand: int) -> tuple[Any, Any]:
+        """Best `cand` (scores, rows) per query from block-wise products and two-level top-k."""
+        import torch
+
         best_s = best_p = None
         for lo in range(0, self.ntotal, self.block_rows):
             block = self._x[lo : lo + self.block_rows]
@@ -133,11 +166,27 @@ class TorchFlatIndex:
                 s, pick = torch.topk(torch.cat([best_s, s], 1), cand, dim=1)
                 p = torch.cat([best_p, p], 1).gather(1, pick)
             best_s, best_p = s, p
-        if self.dtype != torch.float32:  # re-score the candidates in float32
-            exact = torch.einsum("bd,bkd->bk", q32, self._x[best_p].float())
-            best_s, pick = torch.topk(exact, k, dim=1)
-            best_p = best_p.gather(1, pick)
-        return best_s.float(), self._ids[best_p[:, :k]]
+        return best_s, best_p
+
+    def _candidates_fused(self, q: Any, cand: int) -> Any:
+        """Best `cand` rows per query: fused group maxima, then the best groups' rows only."""
+        import torch
+
+        group = gpu_kernels.GROUP
+        maxima = gpu_kernels.group_maxima(q, self._x)
+        _, groups = torch.topk(maxima, min(cand, maxima.shape[1]), dim=1)
+        del maxima
+        rows = (groups.unsqueeze(2) * group + torch.arange(group, device=q.device)).flatten(1)
+        valid = rows < self.ntotal  # the last group may be partial
+        rows = rows.masked_fill(~valid, 0)
+        best_p = torch.empty((len(q), cand), dtype=torch.int64, device=q.device)
+        chunk = max(1, (1 << 30) // (rows.shape[1] * self.dim * 2))  # ~1 GiB of gathered rows
+        for lo in range(0, len(q), chunk):
+            r = rows[lo : lo + chunk]
+            s = torch.bmm(self._x[r], q[lo : lo + chunk].unsqueeze(2)).squeeze(2)
+            s = s.masked_fill(~valid[lo : lo + chunk], float("-inf"))
+            best_p[lo : lo + chunk] = r.gather(1, torch.topk(s, cand, dim=1).indices)
+        return best_p
 
 
 def from_store(store: "Store", device: str | None = None, dtype: str = "float16",

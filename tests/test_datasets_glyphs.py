@@ -199,3 +199,22 @@ def test_builders_import_without_torch():
             "import gallery.datasets.glyphs, gallery.datasets.fashion_mnist, cli.commands.data")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_font_dirs_override_replaces_system_discovery(tmp_path, monkeypatch):
+    """GALLERY_FONT_DIRS (a host without the Debian fonts, e.g. a GPU machine given
+    subset fonts): only the faces found there are used, with their real design names."""
+    import shutil
+
+    from gallery.datasets.fonts import discover_faces, one_face_per_design
+
+    installed = {f.design: f for f in one_face_per_design(discover_faces())}
+    face = installed.get("Droid Sans Fallback") or next(iter(installed.values()))
+    shutil.copy(face.path, tmp_path / Path(face.path).name)
+    monkeypatch.setenv("GALLERY_FONT_DIRS", str(tmp_path))
+    found = discover_faces()
+    assert {f.path for f in found} == {str(tmp_path / Path(face.path).name)}
+    assert face.design in {f.design for f in found}
+    monkeypatch.setenv("GALLERY_FONT_DIRS", str(tmp_path / "empty"))
+    with pytest.raises(BadInput, match="no CJK fonts found"):
+        select_faces()

@@ -7,6 +7,7 @@ candidate + float32 re-score path, padding when k > N, and the store integration
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -105,3 +106,44 @@ def test_search_store_matches_faiss_flat(tmp_path):
 def test_import_gallery_gpu_search_does_not_import_torch():
     code = "import sys, gallery.gpu_search; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_fused_group_maxima_selection_is_exact(tmp_path):
+    """The Triton path (gallery.gpu_kernels), run by Triton's CPU interpreter where
+    Triton is installed (TRITON_INTERPRET must be set before triton is imported, hence
+    a child process): same answer as brute force over the float16 rows, with a partial
+    last group and rows that are not in store order."""
+    pytest.importorskip("triton")
+    x, q = _clustered(1000, 32, seed=6)  # 1000 = 7 full groups of 128 + 104
+    rows = np.random.default_rng(7).permutation(5000)[:1000]
+    np.savez(tmp_path / "in.npz", x=x, q=q, rows=rows)
+    code = f"""
+import numpy as np, torch
+from gallery import gpu_kernels
+from gallery.gpu_search import TorchFlatIndex
+d = np.load({str(tmp_path / "in.npz")!r})
+maxima = gpu_kernels.group_maxima(torch.from_numpy(d["q"]).half(), torch.from_numpy(d["x"]).half())
+index = TorchFlatIndex(32, device="cpu", dtype="float16", select="fused", rerank=4)
+index.add(d["x"], d["rows"])
+scores, got = index.search(d["q"], 10)
+np.savez({str(tmp_path / "out.npz")!r}, maxima=maxima.numpy(), scores=scores, got=got)
+"""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=600)
+    out = np.load(tmp_path / "out.npz")
+    full = q.astype(np.float64) @ x.astype(np.float16).astype(np.float64).T
+    group = 128
+    ref = np.stack([full[:, lo : lo + group].max(1) for lo in range(0, 1000, group)], 1)
+    np.testing.assert_allclose(out["maxima"], ref, atol=2e-3)
+    ref_s, ref_i = _brute(x.astype(np.float16).astype(np.float32), q, 10)
+    np.testing.assert_array_equal(out["got"], rows[ref_i])
+    np.testing.assert_allclose(out["scores"], ref_s, atol=1e-5)
+
+
+def test_fused_select_refused_where_it_cannot_run(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(BadInput, match="select='fused' needs"):
+        TorchFlatIndex(8, device="cpu", dtype="float16", select="fused")
+    assert TorchFlatIndex(8, device="cpu", dtype="float16").fused is False  # auto: torch ops
+    with pytest.raises(BadInput, match="select must be one of auto, fused, torch"):
+        TorchFlatIndex(8, device="cpu", select="faiss")

@@ -133,3 +133,27 @@ def test_poly_schedule_with_warmup():
         assert lrs[s] == pytest.approx(base * (1 - (s - warm) / (total - warm)) ** 2)
     assert all(a >= b for a, b in zip(lrs[warm:], lrs[warm + 1:]))
     assert lr_at(total, total, base, warm) == 0.0
+
+
+@pytest.mark.parametrize("color_order", ["RGB", "GRAY"])
+def test_torch_encoder_uint8_path_equals_host_preprocessing(tmp_path, color_order):
+    """embed_images hands a torch encoder raw uint8 pixels (normalised on its device);
+    the embeddings must be those of gallery.preprocess.to_tensor + embed, bit for bit."""
+    from gallery.encoder import embed_images
+    from gallery.fingerprint import strings_sha256
+    from gallery.preprocess import PreprocessSpec, to_tensor
+    from trainer.checkpoint import atomic_save, model_payload
+    from trainer.torch_encoder import load_pt_encoder
+
+    channels = 1 if color_order == "GRAY" else 3
+    spec = PreprocessSpec(height=32, width=32, color_order=color_order,
+                          mean=(120.0,) * channels, std=(60.0,) * channels)
+    arch = arch_config("small", 16, 32, channels)
+    torch.manual_seed(0)
+    net = build_backbone(arch).eval()
+    atomic_save(model_payload(net, arch, spec, ["a"], strings_sha256(["a"]), {"name": "independent"},
+                              {"name": "arcface"}, torch.zeros(1, channels, 32, 32), {}), tmp_path / "m.pt")
+    encoder = load_pt_encoder(tmp_path / "m.pt")
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, channels), np.uint8)
+    np.testing.assert_array_equal(embed_images(encoder, images),
+                                  encoder.embed(to_tensor(images, spec)))

@@ -145,8 +145,8 @@ class _Loop:
             loss, logs = self.train_step(images, labels, indices, lr)
             count, images_seen = count + 1, images_seen + len(labels)
             window, window_n = window + loss, window_n + 1
-            for key, value in logs.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
+            for key, value in logs.items():  # device tensors: no host sync per step
+                sums[key] = sums.get(key, 0.0) + value
             if self.step % LOG_EVERY == 0 or count == self.steps_per_epoch:
                 # one host sync per LOG_EVERY steps, not per step
                 total_loss = float(window)
@@ -199,7 +199,7 @@ def _epoch_record(epoch, step, lr, sums, count, images, seconds, loss_sum, info)
     record = {"epoch": epoch + 1, "end_step": step, "steps": count, "lr": lr,
               "loss": loss_sum / max(count, 1), "seconds": seconds,
               "img_per_s": images * info.world_size / max(seconds, 1e-9)}
-    record.update({k: v / max(count, 1) for k, v in sums.items()})
+    record.update({k: float(v) / max(count, 1) for k, v in sums.items()})
     return record
 
 

@@ -39,6 +39,16 @@ class TorchEncoder:
         tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
         return self.module(tensor).float().cpu().numpy()
 
+    @torch.no_grad()
+    def embed_uint8(self, images: np.ndarray) -> np.ndarray:
+        """NHWC uint8 in the spec's colour order -> (N, dim): gallery.preprocess.to_tensor's
+        (x - mean) / std in float32, done on the device."""
+        pixels = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float()
+        mean = torch.tensor(self.spec.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.spec.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        tensor = ((pixels - mean) / std).contiguous()
+        return self.module(tensor).float().cpu().numpy()
+
 
 def _device(providers: Any, require_gpu: bool) -> torch.device:
     if require_gpu and not torch.cuda.is_available():

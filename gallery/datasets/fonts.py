@@ -1,7 +1,9 @@
 """Installed CJK font faces and the characters each one really covers.
 
 Faces are found with fontconfig (`fc-list`) and, when it is missing, by scanning
-/usr/share/fonts. Region variants of one design (Noto Sans CJK SC/TC/JP/...,
+/usr/share/fonts. `GALLERY_FONT_DIRS` (directories joined with ':') replaces both: only
+the fonts found there are used (a machine without the Debian packages, e.g. a GPU host
+given fonts subset by bench/gpu_fonts.py). Region variants of one design (Noto Sans CJK SC/TC/JP/...,
 AR PL UKai CN/TW, the Mono and proportional twins) draw nearly identical
 ideographs, so they are grouped into one *design* and only one face per design is
 used: holding a face out of training must hold out its look, not just its name.
@@ -23,6 +25,7 @@ from gallery.errors import BadInput
 log = logging.getLogger(__name__)
 
 FONT_DIRS = (Path("/usr/share/fonts"), Path("/usr/local/share/fonts"))
+FONT_DIRS_ENV = "GALLERY_FONT_DIRS"
 FONT_SUFFIXES = {".ttf", ".ttc", ".otf", ".otc"}
 # Suffixes that only name a region or a spacing variant of the same design.
 _VARIANT = re.compile(r"(\s+(SC|TC|JP|KR|HK|CN|TW|TW MBE|Mono))+$")
@@ -53,7 +56,11 @@ class Face:
 
 def discover_faces(lang: tuple[str, ...] = ("zh", "ja")) -> list[Face]:
     """Every installed face supporting one of the languages, deduplicated by real file."""
-    faces = _faces_from_fc_list(lang) if shutil.which("fc-list") else _faces_from_scan()
+    override = os.environ.get(FONT_DIRS_ENV)
+    if override:
+        faces = _faces_from_scan(tuple(Path(d) for d in override.split(":") if d))
+    else:
+        faces = _faces_from_fc_list(lang) if shutil.which("fc-list") else _faces_from_scan()
     unique: dict[tuple[str, int], Face] = {}
     for face in faces:
         key = (os.path.realpath(face.path), face.index)
@@ -95,12 +102,12 @@ def _faces_from_fc_list(lang: tuple[str, ...]) -> list[Face]:
     return faces
 
 
-def _faces_from_scan() -> list[Face]:
-    """Fallback without fontconfig: read names from the files (CJK-looking cmaps only)."""
+def _faces_from_scan(dirs: tuple[Path, ...] = FONT_DIRS) -> list[Face]:
+    """Without fontconfig: read names from the files (CJK-looking cmaps only)."""
     from fontTools.ttLib import TTCollection, TTFont
 
     faces = []
-    for root in FONT_DIRS:
+    for root in dirs:
         for path in sorted(root.rglob("*")) if root.is_dir() else []:
             if path.suffix.lower() not in FONT_SUFFIXES:
                 continue

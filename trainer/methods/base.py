@@ -55,8 +55,10 @@ class CompatMethod(nn.Module):
         labels: torch.Tensor,
         indices: torch.Tensor,
         head: nn.Module,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Return the scalar training loss and a dict of floats to log."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        """Return the scalar training loss and a dict of values to log: detached scalar
+        tensors, which the loop sums on the device and reads once per epoch (float() here
+        would make the host wait for the GPU at every step)."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:

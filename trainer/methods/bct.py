@@ -83,10 +83,10 @@ class BCT(OldFeatureMethod):
         labels: torch.Tensor,
         indices: torch.Tensor,
         head: nn.Module,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.prototypes.numel() == 0:
             raise RuntimeError("bct: prepare() was not called before loss()")
         head_loss = head(embeddings, labels)
         influence = F.cross_entropy(self.influence_logits(embeddings, labels, head), labels)
         total = head_loss + self.bct_weight * influence
-        return total, {"head_loss": float(head_loss.detach()), "influence": float(influence.detach())}
+        return total, {"head_loss": head_loss.detach(), "influence": influence.detach()}

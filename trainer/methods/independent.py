@@ -23,6 +23,6 @@ class Independent(CompatMethod):
         labels: torch.Tensor,
         indices: torch.Tensor,
         head: nn.Module,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         value = head(embeddings, labels)
-        return value, {"head_loss": float(value.detach())}
+        return value, {"head_loss": value.detach()}

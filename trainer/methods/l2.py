@@ -45,8 +45,8 @@ class L2(OldFeatureMethod):
         labels: torch.Tensor,
         indices: torch.Tensor,
         head: nn.Module,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         head_loss = head(embeddings, labels)
         l2_term = self.distance_term(embeddings, indices)
         total = head_loss + self.l2_weight * l2_term
-        return total, {"head_loss": float(head_loss.detach()), "l2": float(l2_term.detach())}
+        return total, {"head_loss": head_loss.detach(), "l2": l2_term.detach()}

@@ -70,7 +70,7 @@ class MixBCT(OldFeatureMethod):
         labels: torch.Tensor,
         indices: torch.Tensor,
         head: nn.Module,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mixed, chosen = self.mix(embeddings, indices)
         value = head(mixed, labels)
-        return value, {"head_loss": float(value.detach()), "mixed_rows": float(chosen.sum())}
+        return value, {"head_loss": value.detach(), "mixed_rows": chosen.sum()}
