@@ -230,15 +230,30 @@ def search_images(
     **kwargs: Any,
 ) -> tuple[SearchResult, list[str]]:
     """Encode query images with the query model (default: active) and search."""
+    load_kwargs = {k_: kwargs.pop(k_) for k_ in ("providers", "require_gpu") if k_ in kwargs}
+    queries, names = embed_query_images(store, paths, query_version, model_path, loader, batch_size, progress,
+                                        **load_kwargs)
+    result = search(store, queries, k=k, threshold=threshold, query_version=query_version, **kwargs)
+    return result, names
+
+
+def embed_query_images(
+    store: "Store",
+    paths: Sequence[str | Path],
+    query_version: str | None = None,
+    model_path: str | Path | None = None,
+    loader: Callable[..., Any] | None = None,
+    batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
+    **load_kwargs: Any,
+) -> tuple[np.ndarray, list[str]]:
+    """Query images (files or folders) -> (embeddings by the query model, file names)."""
     from gallery.encoder import embed_paths
     from gallery.store.sources import expand_image_args, model_encoder
 
     files = expand_image_args(paths)
-    load_kwargs = {k_: kwargs.pop(k_) for k_ in ("providers", "require_gpu") if k_ in kwargs}
     encoder = model_encoder(store, query_version, model_path, loader, **load_kwargs)
-    queries = embed_paths(encoder, files, batch_size=batch_size, progress=progress)
-    result = search(store, queries, k=k, threshold=threshold, query_version=query_version, **kwargs)
-    return result, [str(f) for f in files]
+    return embed_paths(encoder, files, batch_size=batch_size, progress=progress), [str(f) for f in files]
 
 
 def read_query_embeddings(path: str | Path) -> tuple[np.ndarray, list[str]]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cli_helpers import ok, run
-from engine_helpers import KINDS, engine_uri, unit, v1_store
+from engine_helpers import KINDS, engine_uri, unit, upgrade, v1_store
 from gallery.store import ModelInfo, Store
 
 
@@ -56,8 +56,30 @@ def test_engine_errors_are_one_line_exit_2_store_unchanged(kind, tmp_path):
     line = _fails(["search", store, "--engine", f"{kind}:{uri}", "--collection", "nope", "--embeddings",
                    tmp_path / "q.npy"], store, kind, "search")
     assert "no alias or collection 'nope'" in line
+    with Store.open(store, "a") as st:
+        upgrade(st)  # the engine still serves v1's view: v2 queries must not meet it
+    line = _fails(["search", store, "--engine", uri, "--embeddings", tmp_path / "q.npy"], store, kind, "search")
+    assert "serves query model v1, the store's is v2" in line
     small = tmp_path / "small.h5"  # same alias "g", another dimension
     with Store.create(small, ModelInfo(version="v1", dim=8, model_id="m8")) as st:
         st.enroll(np.eye(8, dtype=np.float32), [f"e{i}" for i in range(8)])
     line = _fails(["sync", kind, small, "--uri", uri, "--collection", "g"], small, kind, "sync")
     assert "dimension 16, the store 8" in line
+
+
+def test_search_images_through_the_engine(tmp_path):
+    pytest.importorskip("torch")
+    from test_encoder import make_onnx_encoder, write_digit_folder
+
+    make_onnx_encoder(tmp_path / "v1.onnx")
+    write_digit_folder(tmp_path / "images", n_per_class=4)
+    write_digit_folder(tmp_path / "queries", n_per_class=1, seed=5)
+    store, uri = tmp_path / "g.h5", engine_uri("milvus", tmp_path)
+    ok("init", store, "--model", tmp_path / "v1.onnx")
+    ok("enroll", store, "--images", tmp_path / "images")
+    ok("sync", "milvus", store, "--uri", uri, "--index", "FLAT")
+    ours = ok("search", store, "--engine", uri, "--image", tmp_path / "queries", "-k", "3", "--json")
+    ref = ok("search", store, "--image", tmp_path / "queries", "-k", "3", "--index", "flat", "--json")
+    assert [r["query"] for r in ours] == [r["query"] for r in ref] and len(ours) == 10
+    assert [[h["item_id"] for h in r["hits"]] for r in ours] == [[h["item_id"] for h in r["hits"]] for r in ref]
+    assert [(r["match"], r["rejected"]) for r in ours] == [(r["match"], r["rejected"]) for r in ref]

@@ -208,12 +208,24 @@ def search_cmd(
 
     if bool(image) == (embeddings is not None):
         raise BadInput("give either --image PATH (repeatable) or --embeddings FILE")
-    if engine is not None and image:
-        raise BadInput("--engine takes --embeddings queries (embed images with the store's model first)")
+    if engine is not None and (detect or landmarks):
+        raise BadInput("--engine takes --embeddings or --image queries (no --detect/--landmarks)")
     opts = dict(k=k, threshold=threshold, query_version=query_model, kind=index, nprobe=nprobe,
                 ef_search=ef_search, rerank=rerank, accept_uncalibrated=accept_uncalibrated)
     with Store.open(store) as st:
-        if image and (detect or landmarks):  # gallery.faces hook: photos -> aligned face crops
+        if engine is not None:  # the serving view a `gallery sync` keeps, same decisions
+            from gallery import engines
+
+            if image:
+                queries, names = search_mod.embed_query_images(st, image, model_path=model, loader=load_encoder_any,
+                                                               **_load_kwargs(require_gpu, providers))
+            else:
+                queries, names = search_mod.read_query_embeddings(embeddings)
+            with engines.connect(*engines.parse_engine(engine, st, collection)) as eng:
+                result = engines.search(eng, collection or engines.default_alias(st), queries, k=k,
+                                        threshold=threshold, store=st)
+            result.accept_uncalibrated = accept_uncalibrated
+        elif image and (detect or landmarks):  # gallery.faces hook: photos -> aligned face crops
             from gallery.faces.enroll import search_face_images
 
             result, names = search_face_images(st, image, detector=detector, landmarks=landmarks,
@@ -222,17 +234,9 @@ def search_cmd(
         elif image:
             result, names = search_mod.search_images(st, image, model_path=model, loader=load_encoder_any,
                                                      **_load_kwargs(require_gpu, providers), **opts)
-        elif engine is None:
+        else:
             queries, names = search_mod.read_query_embeddings(embeddings)
             result = search_mod.search(st, queries, **opts)
-        else:
-            from gallery import engines
-
-            queries, names = search_mod.read_query_embeddings(embeddings)
-            with engines.connect(*engines.parse_engine(engine, st, collection)) as eng:
-                result = engines.search(eng, collection or engines.default_alias(st), queries, k=k,
-                                        threshold=threshold, store=st)
-            result.accept_uncalibrated = accept_uncalibrated
     records = result.to_records(names)
     if not accept_uncalibrated:
         warn_uncalibrated(sorted({p for rec in records for p in rec["uncalibrated_pairs"]}), store)

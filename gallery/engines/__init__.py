@@ -37,7 +37,7 @@ def parse_engine(text: str, store=None, alias: str | None = None) -> tuple[str, 
     if store is not None:
         alias = alias or default_alias(store)
         for name in ENGINES:
-            if store.engine_cursor(cursor_key(name, text, alias, store.active_model)) is not None:
+            if any(store.engine_cursor(cursor_key(name, text, alias, v)) is not None for v in store.model_versions()):
                 return name, text
     if text.endswith(".db"):
         return "milvus", text

@@ -9,6 +9,7 @@ would apply, so the open-set decision (`best`, `rejected`, `match`) is the store
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,6 +19,8 @@ from gallery.search import SearchResult, _thresholds, prepare_queries
 
 if TYPE_CHECKING:
     from gallery.store import Store
+
+log = logging.getLogger(__name__)
 
 
 class _ViewThresholds:
@@ -54,8 +57,15 @@ def search(engine: Engine, alias: str, queries: np.ndarray, k: int = 10, thresho
     if threshold is not None and not np.isfinite(threshold):
         raise BadInput(f"threshold must be finite, got {threshold}")
     target, record = serving_view(engine, alias)
-    if store is not None and store.dim != record["dim"]:
-        raise engine.fail("search", f"collection {target!r} has dimension {record['dim']}, the store {store.dim}")
+    if store is not None:  # queries embedded by the store's query model must meet that model's view
+        if store.dim != record["dim"]:
+            raise engine.fail("search", f"collection {target!r} has dimension {record['dim']}, the store {store.dim}")
+        if store.active_model != record["query_model"]:
+            raise engine.fail("search", f"collection {target!r} serves query model {record['query_model']}, the "
+                              f"store's is {store.active_model} (run `gallery sync`)")
+        if store.content_checksum() != record.get("checksum"):
+            log.warning("%s collection %s is behind the store %s (run `gallery sync`)", engine.name, target,
+                        store.path)
     q = prepare_queries(queries, int(record["dim"]))
     hits = engine.search(target, q, k, list(record["versions"]), params)
     version = record["query_model"]
