@@ -31,7 +31,8 @@ def test_sync_then_search_through_the_engine_decides_like_the_store(kind, tmp_pa
     assert [r["match"] for r in ours] == [r["match"] for r in ref]
     assert [r["rejected"] for r in ours] == [r["rejected"] for r in ref] and any(r["rejected"] for r in ref)
     assert [[h["item_id"] for h in r["hits"]] for r in ours] == [[h["item_id"] for h in r["hits"]] for r in ref]
-    named = ok("search", store, "--engine", f"{kind}:{uri}", "--embeddings", tmp_path / "q.npy", "-k", "4", "--json")
+    named = ok("search", store, "--engine", f"{kind}:{uri}", "--embeddings", tmp_path / "q.npy", "-k", "4",
+               "--ef-search", "64", "--json")  # the knob reaches the engine (FLAT: exact regardless)
     assert named == ours
 
 

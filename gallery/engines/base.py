@@ -109,6 +109,9 @@ class Engine:
     def search(self, collection: str, queries: np.ndarray, k: int, versions: list[str],
                params: dict | None = None) -> Hits:
         raise NotImplementedError
+    def knobs(self, ef_search: int | None, nprobe: int | None) -> dict:
+        """gallery's search knobs as this engine's search parameters."""
+        return {}
 
     def __enter__(self) -> "Engine":
         return self

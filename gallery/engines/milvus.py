@@ -148,6 +148,9 @@ class MilvusEngine(Engine):
     def drop(self, collection: str) -> None:
         self.call("drop_collection", self.client.drop_collection, collection)
 
+    def knobs(self, ef_search: int | None, nprobe: int | None) -> dict:
+        return {name: value for name, value in (("ef", ef_search), ("nprobe", nprobe)) if value is not None}
+
     def search(self, collection: str, queries: np.ndarray, k: int, versions: list[str],
                params: dict | None = None) -> Hits:
         # One vector field holds every row's serving vector: one search answers for all versions.

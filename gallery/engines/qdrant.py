@@ -130,6 +130,9 @@ class QdrantEngine(Engine):
     def drop(self, collection: str) -> None:
         self.call("delete_collection", self.client.delete_collection, collection)
 
+    def knobs(self, ef_search: int | None, nprobe: int | None) -> dict:
+        return {} if ef_search is None else {"hnsw_ef": ef_search}  # no IVF in Qdrant
+
     def search(self, collection: str, queries: np.ndarray, k: int, versions: list[str],
                params: dict | None = None) -> Hits:
         from qdrant_client import models
