@@ -223,8 +223,8 @@ def search_cmd(
                 queries, names = search_mod.read_query_embeddings(embeddings)
             with engines.connect(*engines.parse_engine(engine, st, collection)) as eng:
                 result = engines.search(eng, collection or engines.default_alias(st), queries, k=k,
-                                        threshold=threshold, store=st, params=eng.knobs(ef_search, nprobe))
-            result.accept_uncalibrated = accept_uncalibrated
+                                        threshold=threshold, store=st, params=eng.knobs(ef_search, nprobe),
+                                        accept_uncalibrated=accept_uncalibrated)
         elif image and (detect or landmarks):  # gallery.faces hook: photos -> aligned face crops
             from gallery.faces.enroll import search_face_images
 

@@ -47,9 +47,11 @@ def serving_view(engine: Engine, alias: str) -> tuple[str, dict]:
 
 
 def search(engine: Engine, alias: str, queries: np.ndarray, k: int = 10, threshold: float | None = None,
-           store: "Store | None" = None, params: dict | None = None) -> SearchResult:
+           store: "Store | None" = None, params: dict | None = None,
+           accept_uncalibrated: bool = False) -> SearchResult:
     """k nearest live rows per query from the engine's serving view, with the store's
-    open-set rule and the view's thresholds (`threshold` overrides them, as in search)."""
+    open-set rule and the view's thresholds (`threshold` and `accept_uncalibrated` as in
+    gallery.search.search)."""
     from gallery.errors import BadInput
 
     if k < 1:
@@ -72,4 +74,4 @@ def search(engine: Engine, alias: str, queries: np.ndarray, k: int = 10, thresho
     return SearchResult(query_model=version, scores=hits.scores, rows=hits.rows, ids=hits.ids.astype(str),
                         identities=hits.identities.astype(str), models=hits.models.astype(str),
                         thresholds=_thresholds(_ViewThresholds(record), version, hits.models.astype(str),
-                                               threshold))
+                                               threshold), accept_uncalibrated=accept_uncalibrated)
