@@ -19,6 +19,11 @@ from gallery.index import FLAT_MAX, IVF_MAX, IVFSQ8_MAX, KINDS
 KIND_CHOICES = " | ".join(KINDS)  # --index choices come from the index module
 DEFAULTS_HELP = f"flat to {FLAT_MAX:,} rows, ivf to {IVF_MAX:,}, ivfsq8 to {IVFSQ8_MAX:,}, ivfpq beyond"
 
+# Every command that takes a store takes it as its first positional argument, defaulting to
+# $GALLERY_STORE when omitted (tests/test_cli_vocabulary.py checks every registered command).
+STORE_ARG = typer.Argument(..., envvar="GALLERY_STORE", show_envvar=False, help="Store file (default: $GALLERY_STORE).")
+JSON_FLAG = typer.Option(False, "--json", help="Print the result as JSON.")
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -103,3 +108,24 @@ def progress_bar(label: str, quiet: bool) -> Iterator[tuple[Any, Any]]:
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task(label, total=None)
         yield (lambda n: bar.update(task, total=n)), (lambda n: bar.advance(task, n))
+
+
+STORE_OPTION = typer.Option(None, "--store", help="Store file (the older spelling of the positional STORE).")
+
+
+def split_store(args: Sequence[str], store_option: Path | None, names: Sequence[str]) -> tuple[Path, list[str]]:
+    """`STORE NAME...`, or `NAME... --store STORE` (older spelling), or `NAME...` with
+    $GALLERY_STORE: the store and the remaining positional values, named by `names`."""
+    import os
+
+    args = list(args)
+    if store_option is not None and len(args) == len(names):
+        return Path(store_option), args
+    if store_option is None and len(args) == len(names) + 1:
+        return Path(args[0]), args[1:]
+    if store_option is None and len(args) == len(names) and os.environ.get("GALLERY_STORE"):
+        return Path(os.environ["GALLERY_STORE"]), args
+    from gallery.errors import BadInput
+
+    usage = " ".join(["STORE", *names])
+    raise BadInput(f"expected {usage} (STORE may come from --store or $GALLERY_STORE), got {len(args)} value(s)")

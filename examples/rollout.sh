@@ -51,7 +51,7 @@ print(active["path"] or "")') || fail 2 "info" "cannot read $STORE"
 
 echo "rollout: 1/6 check-compat $OLD_MODEL -> $NEW_MODEL" >&2
 $GALLERY check-compat --old "$OLD_MODEL" --new "$NEW_MODEL" --data "$EVAL_DATA" \
-    --json "$WORK/report.json" $GATES --old-to-new >&2
+    --out "$WORK/report.json" $GATES --old-to-new >&2
 rc=$?
 [[ $rc -eq 0 ]] || fail 10 "check-compat" "exit $rc (1 = a gate failed, 2 = bad input); report: $WORK/report.json"
 

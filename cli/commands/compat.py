@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, List, Optional
 
 import typer
 
-from cli.common import console, emit_json, handle_errors
+from cli.common import console, emit_json, err_console, handle_errors
 
 
 def _load_any(path: str) -> Any:
@@ -84,7 +84,9 @@ def check_compat(
         "--data", help="Identity folder, insightface FILE.bin, or IJB-C folder.")] = None,
     embeddings: Annotated[Optional[Path], typer.Option(
         "--embeddings", help="Precomputed embeddings of both models (HDF5; see docs/report-schema.md).")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here ('-' = stdout).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report (instead of the tables).")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the JSON report here ('-' = stdout).")] = None,
+    legacy: Annotated[Optional[List[str]], typer.Argument(hidden=True, metavar="")] = None,
     reference: Annotated[Optional[Path], typer.Option(
         "--reference", help="Independent new model: enables the update gain.")] = None,
     target_far: Annotated[float, typer.Option("--target-far", help="FAR of the calibrated thresholds.")] = 1e-4,
@@ -111,6 +113,7 @@ def check_compat(
     from gallery.compat.report import write_report
     from gallery.errors import GateFailed
 
+    json_out = _report_path(as_json, out, legacy)
     as_json = json_out is not None and str(json_out) == "-"
     config = CheckConfig(
         old=_s(old), new=_s(new), data=_s(data), embeddings=_s(embeddings), reference=_s(reference),
@@ -133,6 +136,23 @@ def check_compat(
         _render(result.report)
     if not result.passed:
         raise GateFailed(f"compatibility gate(s) failed: {', '.join(result.report['failed_gates'])}")
+
+
+def _report_path(as_json: bool, out: Optional[Path], legacy: Optional[List[str]]) -> Optional[Path]:
+    """--out PATH; --json prints to stdout; `--json PATH` (the older spelling) works with a warning."""
+    from gallery.errors import BadInput
+
+    if legacy:
+        if not as_json or len(legacy) != 1 or out is not None:
+            raise BadInput(f"unexpected argument {legacy[0]!r} (the report file is given with --out PATH)")
+        err_console.print("[yellow]warning:[/] `--json PATH` is deprecated: use `--out PATH` "
+                          "(`--json` alone prints the report)", highlight=False, soft_wrap=True)
+        return Path(legacy[0])
+    if as_json:
+        if out is not None and str(out) != "-":
+            raise BadInput("give --json (print the report) or --out PATH, not both")
+        return Path("-")
+    return out
 
 
 def _s(path: Optional[Path]) -> Optional[str]:

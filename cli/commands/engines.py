@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import console, emit_json, handle_errors
+from cli.common import STORE_ARG, console, emit_json, handle_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -27,7 +27,7 @@ def sync_store(kind: str, store: Path, uri: str, collection: Optional[str], batc
 @handle_errors
 def sync_cmd(
     engine: str = typer.Argument(..., help="milvus | qdrant"),
-    store: Path = typer.Argument(..., help="Store file."),
+    store: Path = STORE_ARG,
     uri: str = typer.Option(..., "--uri", help="Server URL (http://host:19530, http://host:6333), or a local "
                             "deployment: a milvus-lite .db file, a Qdrant local-mode folder."),
     collection: Optional[str] = typer.Option(None, "--collection", help="Serving alias readers query "

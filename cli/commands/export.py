@@ -9,10 +9,10 @@ from pathlib import Path
 
 import typer
 
-from cli.common import TORCH_SUFFIXES, console, emit_json, handle_errors
+from cli.common import JSON_FLAG, TORCH_SUFFIXES, console, emit_json, handle_errors
 from gallery.errors import BadInput
 
-JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+JSON = JSON_FLAG
 
 
 def register(app: typer.Typer) -> None:

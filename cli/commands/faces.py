@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import typer
 
-from cli.common import console, emit_json, handle_errors, render_table
+from cli.common import STORE_OPTION, console, emit_json, handle_errors, render_table, split_store
 from gallery.errors import BadInput
 
 
@@ -74,16 +74,19 @@ def import_encoder_cmd(
 
 @handle_errors
 def import_dlib_cmd(
-    encodings: Path = typer.Argument(..., help="dlib/face_recognition 128-d encodings: .npy, .csv or .h5"),
-    store: Path = typer.Option(..., "--store", help="Gallery store to create (.h5)."),
+    args: List[str] = typer.Argument(..., metavar="[STORE] ENCODINGS",
+                                     help="Store to create (default: $GALLERY_STORE); dlib/face_recognition "
+                                          "128-d encodings: .npy, .csv or .h5"),
+    store: Optional[Path] = STORE_OPTION,
     ids: Optional[Path] = typer.Option(None, "--ids", help="For .npy: CSV with id,label per row."),
-    version: str = typer.Option("dlib-v1", "--version", help="Model version name in the store."),
+    version: str = typer.Option("dlib-v1", "--model-version", "--version", help="Model version name in the store."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Create a store from a face_recognition/dlib gallery, recorded as model dlib-resnet-v1."""
     from gallery.faces.dlib import import_dlib
 
-    result = import_dlib(encodings, store, ids=ids, version=version)
+    path, (encodings,) = split_store(args, store, ("ENCODINGS",))
+    result = import_dlib(Path(encodings), path, ids=ids, version=version)
     if as_json:
         emit_json(result)
         return

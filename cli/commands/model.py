@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import emit, handle_errors
+from cli.common import STORE_ARG, emit, handle_errors
 
 model_app = typer.Typer(help="The model files a store's versions were made with.", no_args_is_help=True)
 
@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
 @model_app.command("set-path")
 @handle_errors
 def set_path_cmd(
-    store: Path = typer.Argument(..., help="Store file."),
+    store: Path = STORE_ARG,
     version: str = typer.Argument(..., help="Model version (or alias)."),
     path: Path = typer.Argument(..., help="Where that model's file is now."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),

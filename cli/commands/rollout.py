@@ -6,15 +6,15 @@ Exit codes: 0 done, 1 a gate refused the upgrade, 2 bad input, 3 store locked.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from cli.commands.threshold import warn_uncalibrated
-from cli.common import console, emit, emit_json, handle_errors, load_encoder_any, progress_bar, render_table
+from cli.common import (JSON_FLAG, STORE_ARG, STORE_OPTION, console, emit, emit_json, handle_errors, load_encoder_any,
+                        progress_bar, render_table, split_store)
 
-JSON = typer.Option(False, "--json", help="Print the result as JSON.")
-STORE_OPT = typer.Option(..., "--store", envvar="GALLERY_STORE", help="Store file (or $GALLERY_STORE).")
+JSON = JSON_FLAG
 
 alias_app = typer.Typer(help="Name model versions (aliases pin models against prune).", no_args_is_help=True)
 
@@ -28,10 +28,10 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def upgrade_cmd(
-    store: Path = typer.Argument(..., help="Store file."),
+    store: Path = STORE_ARG,
     model: Path = typer.Option(..., "--model", help="New encoder (.onnx; .pt/.ts with torch)."),
     report: Path = typer.Option(..., "--report", help="check-compat JSON report for (store's query model, --model)."),
-    version: Optional[str] = typer.Option(None, "--version", help="Name of the new version (default v<N>)."),
+    version: Optional[str] = typer.Option(None, "--model-version", "--version", help="Name of the new version (default v<N>)."),
     force: bool = typer.Option(False, "--force", help="Upgrade despite a failed gate (recorded in history)."),
     stage: bool = typer.Option(False, "--stage", help="Register and calibrate only; switch later (shadow it first)."),
     as_json: bool = JSON,
@@ -56,8 +56,8 @@ def upgrade_cmd(
 
 @handle_errors
 def rollback_cmd(
-    store: Path = typer.Argument(..., help="Store file."),
-    to: Optional[str] = typer.Option(None, "--to", help="An earlier query model (default: the one replaced)."),
+    store: Path = STORE_ARG,
+    to: Optional[str] = typer.Option(None, "--model-version", "--to", help="An earlier query model (default: the one replaced)."),
     allow_missing_model: bool = typer.Option(False, "--allow-missing-model",
                                              help="Switch even if the model's file is missing (embedding queries only)."),
     as_json: bool = JSON,
@@ -72,7 +72,7 @@ def rollback_cmd(
 
 @handle_errors
 def history_cmd(
-    store: Path = typer.Argument(..., help="Store file."),
+    store: Path = STORE_ARG,
     everything: bool = typer.Option(False, "--all", help="Also enrol/remove events."),
     as_json: bool = JSON,
 ) -> None:
@@ -96,7 +96,7 @@ def history_cmd(
 
 @handle_errors
 def prune_cmd(
-    store: Path = typer.Argument(..., help="Store file."),
+    store: Path = STORE_ARG,
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
     drop_rollback: bool = typer.Option(False, "--drop-rollback", help="Also drop rollback targets without rows."),
     as_json: bool = JSON,
@@ -117,49 +117,58 @@ def prune_cmd(
 @alias_app.command("set")
 @handle_errors
 def alias_set_cmd(
-    name: str = typer.Argument(..., help="Alias name."),
-    version: str = typer.Argument(..., help="Model version (or another alias)."),
-    store: Path = STORE_OPT,
+    args: List[str] = typer.Argument(..., metavar="[STORE] NAME VERSION", help="Store (default: $GALLERY_STORE), alias name, model version (or another alias)."),
+    store: Optional[Path] = STORE_OPTION,
     as_json: bool = JSON,
 ) -> None:
     """Point NAME at VERSION."""
     from gallery.rollout import set_alias
 
-    result = set_alias(store, name, version)
+    path, (name, version) = split_store(args, store, ("NAME", "VERSION"))
+    result = set_alias(path, name, version)
     emit_json(result) if as_json else console.print(f"{name} -> {result['model']}")
 
 
 @alias_app.command("remove")
 @handle_errors
-def alias_remove_cmd(name: str = typer.Argument(..., help="Alias name."), store: Path = STORE_OPT,
-                     as_json: bool = JSON) -> None:
+def alias_remove_cmd(
+    args: List[str] = typer.Argument(..., metavar="[STORE] NAME", help="Store (default: $GALLERY_STORE), alias name."),
+    store: Optional[Path] = STORE_OPTION,
+    as_json: bool = JSON,
+) -> None:
     """Delete an alias."""
     from gallery.rollout import set_alias
 
-    result = set_alias(store, name, None)
+    path, (name,) = split_store(args, store, ("NAME",))
+    result = set_alias(path, name, None)
     emit_json(result) if as_json else console.print(f"removed alias {name}")
 
 
 @alias_app.command("list")
 @handle_errors
-def alias_list_cmd(store: Path = STORE_OPT, as_json: bool = JSON) -> None:
+def alias_list_cmd(
+    args: Optional[List[str]] = typer.Argument(None, metavar="[STORE]", help="Store (default: $GALLERY_STORE)."),
+    store: Optional[Path] = STORE_OPTION,
+    as_json: bool = JSON,
+) -> None:
     """Aliases and the versions they name."""
     from gallery.rollout import list_aliases
 
-    aliases = list_aliases(store)
+    path, _ = split_store(args or [], store, ())
+    aliases = list_aliases(path)
     if as_json:
         emit_json(aliases)
     else:
-        render_table(f"aliases of {store}", ("alias", "version"), sorted(aliases.items()))
+        render_table(f"aliases of {path}", ("alias", "version"), sorted(aliases.items()))
 
 
 @handle_errors
 def shadow_cmd(
-    store: Path = typer.Argument(..., help="Store file."),
+    store: Path = STORE_ARG,
     queries: Path = typer.Option(..., "--queries", help="Query images: ROOT/<identity>/<image> (labelled) or a flat folder."),
     old: Optional[str] = typer.Option(None, "--old", help="Old query model (default: the one the query model replaced)."),
     new: Optional[str] = typer.Option(None, "--new", help="New query model (default: the query model)."),
-    k: int = typer.Option(10, "-k", "--k", help="Hits per query."),
+    k: int = typer.Option(10, "--top-k", "-k", "--k", help="Hits per query."),
     old_model: Optional[Path] = typer.Option(None, "--old-model", help="Where the old model file is now."),
     new_model: Optional[Path] = typer.Option(None, "--new-model", help="Where the new model file is now."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON report (with its config) here."),
@@ -201,7 +210,7 @@ def shadow_cmd(
 
 @handle_errors
 def backfill_cmd(
-    store: Path = typer.Argument(..., help="Store file."),
+    store: Path = STORE_ARG,
     images: Optional[Path] = typer.Option(None, "--images", help="ROOT: each row's image is ROOT/<item id>."),
     batch_size: int = typer.Option(64, "--batch-size", help="Rows per committed batch (fixed for a run)."),
     model: Optional[Path] = typer.Option(None, "--model", help="Where the query model file is now."),

@@ -8,10 +8,10 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from cli.common import KIND_CHOICES, console, emit_json, handle_errors, render_table
+from cli.common import JSON_FLAG, STORE_ARG, KIND_CHOICES, console, emit_json, handle_errors, render_table
 from gallery.errors import BadInput
 
-JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+JSON = JSON_FLAG
 QUERIES = typer.Option(..., "--embeddings", help="Query embeddings .npy or .h5.")
 
 
@@ -36,7 +36,7 @@ def _render(title: str, names: list[str], ids, identities, scores, extra=None) -
 def search_shards_cmd(
     shards: List[Path] = typer.Argument(..., help="Shard store files (same model)."),
     embeddings: Path = QUERIES,
-    k: int = typer.Option(10, "-k", "--k", help="Hits per query."),
+    k: int = typer.Option(10, "--top-k", "-k", "--k", help="Hits per query."),
     index: Optional[str] = typer.Option(None, "--index", help=f"{KIND_CHOICES} (per shard)."),
     as_json: bool = JSON,
 ) -> None:
@@ -61,9 +61,9 @@ def search_shards_cmd(
 
 @handle_errors
 def search_gpu_cmd(
-    store: Path = typer.Argument(..., help="Store file."),
+    store: Path = STORE_ARG,
     embeddings: Path = QUERIES,
-    k: int = typer.Option(10, "-k", "--k", help="Hits per query."),
+    k: int = typer.Option(10, "--top-k", "-k", "--k", help="Hits per query."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Reject hits below this cosine score."),
     dtype: str = typer.Option("float16", "--dtype", help="float16 (candidates, float32 re-score) or float32."),
     device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:1, cpu (default: cuda if available)."),
@@ -94,7 +94,7 @@ def search_gpu_cmd(
 
 @handle_errors
 def export_serving_cmd(
-    store: Path = typer.Argument(..., help="Store file."),
+    store: Path = STORE_ARG,
     qdrant: Optional[str] = typer.Option(None, "--qdrant", help="Qdrant URL (http...) or a local folder."),
     collection: Optional[str] = typer.Option(None, "--collection", help="Serving alias (default: store name)."),
     milvus: Optional[str] = typer.Option(None, "--milvus", help="Milvus URL or a milvus-lite .db file."),

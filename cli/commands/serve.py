@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import handle_errors, load_encoder_any
+from cli.common import STORE_ARG, handle_errors, load_encoder_any
 from gallery.errors import BadInput
 
 
@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def serve_cmd(
-    store: Path = typer.Argument(..., help="Store file."),
+    store: Path = STORE_ARG,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8080, "--port", help="TCP port."),
     api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="File holding the bearer "

@@ -10,11 +10,11 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from cli.commands.threshold import warn_uncalibrated
-from cli.common import (DEFAULTS_HELP, KIND_CHOICES, console, emit, emit_json, err_console, handle_errors,
+from cli.common import (JSON_FLAG, STORE_ARG, DEFAULTS_HELP, KIND_CHOICES, console, emit, emit_json, err_console, handle_errors,
                         load_encoder_any, render_table)
 from gallery.errors import BadInput
 
-JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+JSON = JSON_FLAG
 REQUIRE_GPU = typer.Option(False, "--require-gpu", help="Fail unless CUDA is the active provider.")
 # Face photos (gallery.faces): detect + align with YuNet, or align with given 5-point landmarks.
 DETECT = typer.Option(False, "--detect", help="Face photos: detect and align faces with YuNet (\\[faces] extra).")
@@ -49,11 +49,12 @@ def _load_kwargs(require_gpu: bool, providers: Optional[str]) -> dict:
 
 @handle_errors
 def init_cmd(
-    store: Path = typer.Argument(..., help="Store file to create (.h5)."),
+    store: Path = typer.Argument(..., envvar="GALLERY_STORE", show_envvar=False,
+                                 help="Store file to create (.h5; default: $GALLERY_STORE)."),
     model: Optional[Path] = typer.Option(None, "--model", help="Encoder (.onnx; .pt/.ts with torch)."),
     dim: Optional[int] = typer.Option(None, "--dim", help="Embedding-only gallery: dimension."),
     model_id: Optional[str] = typer.Option(None, "--model-id", help="Embedding-only gallery: model name."),
-    version: str = typer.Option("v1", "--version", help="Name of this model version."),
+    version: str = typer.Option("v1", "--model-version", "--version", help="Name of this model version."),
     dtype: str = typer.Option("float32", "--dtype", help="Stored embeddings: float32 or float16."),
     as_json: bool = JSON,
 ) -> None:
@@ -82,7 +83,7 @@ def _short(query: str) -> str:
 
 @handle_errors
 def enroll_cmd(
-    store: Path = typer.Argument(..., help="Store file."),
+    store: Path = STORE_ARG,
     images: Optional[Path] = typer.Option(None, "--images", help="ROOT/<identity>/<image> folder."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="CSV `path,identity` (paths relative to --images)."),
     embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="Embeddings .npy or .h5."),
@@ -125,7 +126,7 @@ def enroll_cmd(
 
 @handle_errors
 def remove_cmd(
-    store: Path = typer.Argument(..., help="Store file."),
+    store: Path = STORE_ARG,
     item_ids: List[str] = typer.Argument(..., help="Item ids to tombstone."),
     as_json: bool = JSON,
 ) -> None:
@@ -138,7 +139,7 @@ def remove_cmd(
 
 
 @handle_errors
-def info_cmd(store: Path = typer.Argument(..., help="Store file."), as_json: bool = JSON) -> None:
+def info_cmd(store: Path = STORE_ARG, as_json: bool = JSON) -> None:
     """Models, aliases, counts."""
     from gallery.store import Store
 
@@ -156,7 +157,7 @@ def info_cmd(store: Path = typer.Argument(..., help="Store file."), as_json: boo
 
 
 @handle_errors
-def verify_cmd(store: Path = typer.Argument(..., help="Store file."), as_json: bool = JSON) -> None:
+def verify_cmd(store: Path = STORE_ARG, as_json: bool = JSON) -> None:
     """Integrity: counts, checksums, ids, models, index freshness. Exit 1 if damaged."""
     from gallery.store import Store
 
@@ -178,13 +179,13 @@ def verify_cmd(store: Path = typer.Argument(..., help="Store file."), as_json: b
 
 @handle_errors
 def search_cmd(
-    store: Path = typer.Argument(..., help="Store file."),
+    store: Path = STORE_ARG,
     image: Optional[List[Path]] = typer.Option(None, "--image", help="Query image or folder (repeatable)."),
     embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="Query embeddings .npy or .h5."),
-    k: int = typer.Option(10, "-k", "--k", help="Hits per query."),
+    k: int = typer.Option(10, "--top-k", "-k", "--k", help="Hits per query."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Reject hits below this cosine score (default: the store's calibrated one per model pair)."),
     accept_uncalibrated: bool = typer.Option(False, "--accept-uncalibrated", help="Let hits of a model pair without a threshold be accepted (at any score)."),
-    query_model: Optional[str] = typer.Option(None, "--query-model", help="Version or alias that made the queries (default: active)."),
+    query_model: Optional[str] = typer.Option(None, "--model-version", "--query-model", help="Version or alias that made the queries (default: active)."),
     model: Optional[Path] = typer.Option(None, "--model", help="Where the query model file is now (checked by sha256)."),
     index: Optional[str] = typer.Option(None, "--index", help=f"{KIND_CHOICES} (default: by size, or the built one)."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF cells visited per query."),
@@ -262,7 +263,7 @@ def render_search(title: str, records: list[dict]) -> None:
 
 
 @handle_errors
-def migrate_cmd(store: Path = typer.Argument(..., help="Store file."), as_json: bool = JSON) -> None:
+def migrate_cmd(store: Path = STORE_ARG, as_json: bool = JSON) -> None:
     """Bring an older store to the current schema (numbered migrations, logged in history)."""
     from gallery.store import Store
 
@@ -273,7 +274,7 @@ def migrate_cmd(store: Path = typer.Argument(..., help="Store file."), as_json: 
 
 @handle_errors
 def reindex_cmd(
-    store: Path = typer.Argument(..., help="Store file."),
+    store: Path = STORE_ARG,
     index: Optional[str] = typer.Option(None, "--index", help=f"{KIND_CHOICES} (default: by size: {DEFAULTS_HELP})."),
     nlist: Optional[int] = typer.Option(None, "--nlist", help="IVF cells."),
     hnsw_m: Optional[int] = typer.Option(None, "--hnsw-m", help="HNSW links per node."),

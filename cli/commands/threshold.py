@@ -7,10 +7,10 @@ from typing import Optional
 
 import typer
 
-from cli.common import console, emit_json, err_console, handle_errors, load_encoder_any, progress_bar, render_table
+from cli.common import JSON_FLAG, STORE_ARG, console, emit_json, err_console, handle_errors, load_encoder_any, progress_bar, render_table
 
-JSON = typer.Option(False, "--json", help="Print the result as JSON.")
-STORE = typer.Argument(..., envvar="GALLERY_STORE", help="Store file (or $GALLERY_STORE).")
+JSON = JSON_FLAG
+STORE = STORE_ARG
 
 threshold_app = typer.Typer(help="Open-set thresholds per (query model, row model) pair.", no_args_is_help=True)
 
