@@ -324,18 +324,30 @@ def test_sigkill_during_enrolment_loses_no_acknowledged_item(tmp_path):
     assert set(acknowledged) <= stored
 
 
-def test_sigterm_finishes_and_releases(tmp_path):
+def test_sigterm_finishes_the_request_in_flight_and_releases(tmp_path):
     path = tmp_path / "g.h5"
     emb = make_store(path, rows=40)
     proc, url = start_process(path)
-    r = httpx.post(url + "/v1/items", json={"items": [{"id": "t1", "embedding": emb[0].tolist()}]})
-    assert r.status_code == 201
+    lock = WriterLock(path).acquire()  # the enrol below waits for it (up to 2 s): in flight
+    answer: dict = {}
+
+    def enrol() -> None:
+        item = {"id": "t1", "embedding": emb[0].tolist()}
+        answer["r"] = httpx.post(url + "/v1/items", json={"items": [item]}, timeout=60)
+
+    client = threading.Thread(target=enrol)
+    client.start()
+    in_flight = 'gallery_http_requests_in_progress 2.0'  # the enrol and this /metrics request
+    wait_until(lambda: in_flight in httpx.get(url + "/metrics").text)
     proc.send_signal(signal.SIGTERM)
+    lock.release()
+    client.join(timeout=60)
+    assert answer["r"].status_code == 201, answer["r"].text
     # uvicorn re-raises the signal once its graceful shutdown is done: -15, not a crash
     assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
     log = proc.stderr.read()
     assert "Shutting down" in log and "Application shutdown complete" in log, log
-    with Store.open(path, "a") as st:
+    with Store.open(path, "a") as st:  # no lock left behind
         assert "t1" in set(st.columns()["id"]) and st.verify()["ok"]
 
 

@@ -25,6 +25,8 @@ class ServiceMetrics:
                                 "and status", ["route", "method", "status"], registry=r)
         self.latency = Histogram("gallery_http_request_duration_seconds", "Request latency by route",
                                  ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.in_progress = Gauge("gallery_http_requests_in_progress", "Requests being served now",
+                                 registry=r)
         self.model = Gauge("gallery_query_model", "1 for the query model version being served",
                            ["version"], registry=r)
         self.live_rows = Gauge("gallery_live_rows", "Live rows in the served snapshot", registry=r)
@@ -76,9 +78,11 @@ class MetricsMiddleware:
                 status["code"] = message["status"]
             await send(message)
 
+        self.metrics.in_progress.inc()
         try:
             await self.app(scope, receive, send_status)
         finally:
+            self.metrics.in_progress.dec()
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.requests.labels(route, scope["method"], str(status["code"])).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)
