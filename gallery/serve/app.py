@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import math
+import threading
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
@@ -149,6 +150,7 @@ def create_app(config: ServeConfig, loader: Any = None, switcher: Switcher | Non
 
     def _search(snap: Snapshot, queries: np.ndarray, k: int, threshold: float | None,
                 query_model: str | None) -> SearchResult:
+        faiss_threads(config.faiss_threads)
         if not 1 <= k <= MAX_K:
             raise BadInput(f"k must be 1..{MAX_K}, got {k}")
         return search(snap, queries, k=k, threshold=threshold, query_version=query_model)
@@ -238,6 +240,18 @@ def create_app(config: ServeConfig, loader: Any = None, switcher: Switcher | Non
     app.add_middleware(GuardMiddleware, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: also counts guard refusals
     return app
+
+
+_thread = threading.local()
+
+
+def faiss_threads(n: int) -> None:
+    """OpenMP's thread count is per calling thread: set it in each request thread, once."""
+    if getattr(_thread, "faiss_threads", None) != n:
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+        _thread.faiss_threads = n
 
 
 # ---- rendering ---------------------------------------------------------------------------

@@ -31,9 +31,6 @@ def serve(config: ServeConfig, loader: Any = None) -> None:
     """Serve `config.store` until SIGTERM/SIGINT (BadInput first if it is not a store)."""
     import uvicorn
 
-    import faiss
-
     generation(config.store)  # refuse a missing or unreadable store before binding
     config.warn_if_exposed()
-    faiss.omp_set_num_threads(config.faiss_threads)
     uvicorn.Server(uvicorn_config(config, loader)).run()
