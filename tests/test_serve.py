@@ -285,6 +285,37 @@ def test_image_search_equals_in_process_and_guards(image_store):
         np.testing.assert_allclose(st.embeddings(np.array([row])), want, atol=1e-6)
 
 
+def test_face_model_queries_are_detected_and_aligned(tmp_path):
+    """A face model (SFace, declared 5-point alignment): uploads go through YuNet detection
+    and alignment like `gallery search --detect`, with the same results."""
+    pytest.importorskip("cv2")
+    pytest.importorskip("onnx")
+    from gallery.faces import assets
+    found, missing = assets.locate()
+    if missing:
+        pytest.skip(f"face assets missing (run setup.sh): {', '.join(missing[:3])}")
+    from cli_helpers import ok
+    from gallery.faces.enroll import search_face_images
+    from gallery.faces.presets import import_encoder
+
+    import_encoder(found["sface"], "sface", tmp_path / "sface.onnx")
+    for name in ("obama", "biden"):
+        (tmp_path / "people" / name).mkdir(parents=True)
+        (tmp_path / "people" / name / f"{name}.jpg").write_bytes((found["photos"] / f"{name}.jpg").read_bytes())
+    store = tmp_path / "faces.h5"
+    ok("init", store, "--model", tmp_path / "sface.onnx")
+    ok("enroll", store, "--images", tmp_path / "people", "--detect", "--detector", found["yunet"])
+    query = found["photos"] / "obama2.jpg"
+    with ServerThread(ServeConfig(store, port=0, detector=found["yunet"])) as srv:
+        r = post(srv, "/v1/search", files=[("image", (query.name, query.read_bytes(), "image/jpeg"))],
+                 data={"k": "2"})
+        assert r.status_code == 200, r.text
+    with Store.open(store) as st:
+        expected, _ = search_face_images(st, [query], detector=found["yunet"], k=2)
+    assert_same_as_in_process(r.json(), expected)
+    assert r.json()["results"][0]["hits"][0]["identity"] == "obama"
+
+
 # ---- the process: SIGTERM and SIGKILL ----------------------------------------------------------
 def test_sigkill_during_enrolment_loses_no_acknowledged_item(tmp_path):
     path = tmp_path / "g.h5"

@@ -24,6 +24,8 @@ def serve_cmd(
                                                 "key every route but /healthz requires."),
     max_batch: int = typer.Option(64, "--max-batch", help="Queries or items per request."),
     max_body_mb: float = typer.Option(16.0, "--max-body-mb", help="Request body limit in MiB."),
+    detector: Optional[Path] = typer.Option(None, "--detector", help="YuNet ONNX for face models' "
+                                            "image requests (default: $GALLERY_YUNET_MODEL)."),
 ) -> None:
     """Serve searches and enrolments over HTTP; follows upgrades and rollbacks live."""
     try:
@@ -34,4 +36,4 @@ def serve_cmd(
                        f"{exc.name} is missing") from None
     key = read_api_key(api_key_file) if api_key_file is not None else None
     serve(ServeConfig(store, host=host, port=port, api_key=key, max_batch=max_batch,
-                      max_body_mb=max_body_mb), loader=load_encoder_any)
+                      max_body_mb=max_body_mb, detector=detector), loader=load_encoder_any)

@@ -94,7 +94,7 @@ def create_app(config: ServeConfig, loader: Any = None, switcher: Switcher | Non
     switcher = switcher or Switcher(config.store, config.poll_seconds, EncoderCache(loader))
     metrics = ServiceMetrics(switcher.staleness)
     switcher.listener = metrics.on_switcher
-    images = ImageEncoder(config.max_image_pixels)
+    images = ImageEncoder(config.max_image_pixels, config.detector)
     # Uploads stay in memory up to the body limit (Starlette spools bigger parts to a temp
     # file): the service writes nothing outside the store and its sidecars.
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, config.max_body_bytes)

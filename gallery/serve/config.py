@@ -24,6 +24,7 @@ class ServeConfig:
     max_body_mb: float = 16.0        # request body, all parts together
     max_image_pixels: int = 40_000_000  # per decoded image: decompression-bomb guard
     poll_seconds: float = 0.2        # how often the store's generation is checked
+    detector: Path | None = None     # YuNet ONNX for face models (default: $GALLERY_YUNET_MODEL)
     lock_wait_seconds: float = 2.0   # a writer waits this long for another's lock, then 503
     graceful_seconds: float = 10.0   # SIGTERM: in-flight requests get this long to finish
     # faiss OpenMP threads per search. A service answers many small requests at once, in

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -49,7 +50,7 @@ def check_pixels(upload: Upload, max_pixels: int) -> None:
 class ImageEncoder:
     """Encodes uploads with a snapshot's encoder; one face detector per service."""
 
-    def __init__(self, max_pixels: int, detector_path: str | None = None) -> None:
+    def __init__(self, max_pixels: int, detector_path: str | Path | None = None) -> None:
         self.max_pixels = max_pixels
         self.detector_path = detector_path
         self._detector: Any = None
