@@ -10,6 +10,7 @@ ready yet or the store's lock held by another writer (with Retry-After).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -18,6 +19,8 @@ import threading
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
+import anyio
+import anyio.to_thread
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -99,8 +102,16 @@ def create_app(config: ServeConfig, loader: Any = None, switcher: Switcher | Non
     # file): the service writes nothing outside the store and its sidecars.
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, config.max_body_bytes)
 
+    limiter: dict[str, anyio.CapacityLimiter] = {}
+
+    async def compute(func: Any, *args: Any) -> Any:
+        """CPU-bound request work (encoding, faiss) on at most `search_workers` threads: more
+        only queue for the GIL and the cores, and starve the event loop serving the sockets."""
+        return await anyio.to_thread.run_sync(functools.partial(func, *args), limiter=limiter["compute"])
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        limiter["compute"] = anyio.CapacityLimiter(config.search_workers)
         switcher.start()
         try:
             yield
@@ -137,14 +148,13 @@ def create_app(config: ServeConfig, loader: Any = None, switcher: Switcher | Non
             uploads = await _uploads(form)
             _batch(len(uploads), "images")
             k, threshold = _int(form.get("k"), "k", 10), _float(form.get("threshold"), "threshold")
-            result = await run_in_threadpool(_search_images, snap, uploads, k, threshold)
+            result = await compute(_search_images, snap, uploads, k, threshold)
             names = [u.name for u in uploads]
         else:
             body = _parse(SearchBody, await request.body())
             _batch(len(body.embeddings), "query embeddings")
             queries = _matrix([row for row in body.embeddings], "embeddings")
-            result = await run_in_threadpool(_search, snap, queries, body.k, body.threshold,
-                                             body.query_model)
+            result = await compute(_search, snap, queries, body.k, body.threshold, body.query_model)
             names = list(range(len(queries)))
         return _respond(snap, render(result, names), version=result.query_model)
 

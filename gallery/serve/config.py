@@ -31,6 +31,7 @@ class ServeConfig:
     # parallel threads; OpenMP teams per request thread spin against each other (measured:
     # a 2k x 512 flat search at 43 ms instead of 1 ms on 2 cores), so one thread each.
     faiss_threads: int = 1
+    search_workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # searches at once
 
     def __post_init__(self) -> None:
         self.store = Path(self.store)
