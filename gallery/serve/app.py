@@ -14,7 +14,6 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import threading
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
@@ -63,6 +62,8 @@ class SearchBody(BaseModel):
     threshold: float | None = Field(None, description="Override every stored threshold.")
     query_model: str | None = Field(None, description="Version or alias that made the embeddings "
                                     "(default: the active query model).")
+    accept_uncalibrated: bool = Field(False, description="Accept hits of (query, row) model pairs "
+                                      "that have no threshold (default: listed, never accepted).")
 
 
 class ItemIn(BaseModel):
@@ -85,7 +86,8 @@ IMAGES = {"type": "array", "items": {"type": "string", "format": "binary"}}
 SEARCH_DOC = {"requestBody": {"required": True, "content": {
     JSON_TYPE: {"schema": SearchBody.model_json_schema()},
     MULTIPART_TYPE: {"schema": _form_schema({"image": IMAGES, "k": {"type": "integer"},
-                                             "threshold": {"type": "number"}})}}}}
+                                             "threshold": {"type": "number"},
+                                             "accept_uncalibrated": {"type": "boolean"}})}}}}
 ENROLL_DOC = {"requestBody": {"required": True, "content": {
     JSON_TYPE: {"schema": EnrollBody.model_json_schema()},
     MULTIPART_TYPE: {"schema": _form_schema({"image": IMAGES, "id": {"type": "array", "items": {"type": "string"}},
@@ -148,25 +150,29 @@ def create_app(config: ServeConfig, loader: Any = None, switcher: Switcher | Non
             uploads = await _uploads(form)
             _batch(len(uploads), "images")
             k, threshold = _int(form.get("k"), "k", 10), _float(form.get("threshold"), "threshold")
-            result = await compute(_search_images, snap, uploads, k, threshold)
+            accept = _bool(form.get("accept_uncalibrated"), "accept_uncalibrated")
+            result = await compute(_search_images, snap, uploads, k, threshold, accept)
             names = [u.name for u in uploads]
         else:
             body = _parse(SearchBody, await request.body())
             _batch(len(body.embeddings), "query embeddings")
             queries = _matrix([row for row in body.embeddings], "embeddings")
-            result = await compute(_search, snap, queries, body.k, body.threshold, body.query_model)
+            result = await compute(_search, snap, queries, body.k, body.threshold, body.query_model,
+                                   body.accept_uncalibrated)
             names = list(range(len(queries)))
         return _respond(snap, render(result, names), version=result.query_model)
 
     def _search(snap: Snapshot, queries: np.ndarray, k: int, threshold: float | None,
-                query_model: str | None) -> SearchResult:
+                query_model: str | None, accept_uncalibrated: bool) -> SearchResult:
         faiss_threads(config.faiss_threads)
         if not 1 <= k <= MAX_K:
             raise BadInput(f"k must be 1..{MAX_K}, got {k}")
-        return search(snap, queries, k=k, threshold=threshold, query_version=query_model)
+        return search(snap, queries, k=k, threshold=threshold, query_version=query_model,
+                      accept_uncalibrated=accept_uncalibrated)
 
-    def _search_images(snap: Snapshot, uploads: list[Upload], k: int, threshold: float | None) -> SearchResult:
-        return _search(snap, _encode(snap, uploads), k, threshold, None)
+    def _search_images(snap: Snapshot, uploads: list[Upload], k: int, threshold: float | None,
+                       accept_uncalibrated: bool) -> SearchResult:
+        return _search(snap, _encode(snap, uploads), k, threshold, None, accept_uncalibrated)
 
     def _encode(snap: Snapshot, uploads: list[Upload]) -> np.ndarray:
         if snap.encoder is None:
@@ -266,26 +272,10 @@ def faiss_threads(n: int) -> None:
 
 # ---- rendering ---------------------------------------------------------------------------
 def render(result: SearchResult, names: list) -> dict:
-    """Per query: every hit (item id, identity, score, row model version, threshold applied,
-    accepted) and the decision (the accepted hit with the largest margin over its own
-    threshold, or rejected)."""
-    accepted, best = result.accepted, result.best
-    out = []
-    for q in range(len(result.rows)):
-        hits = [{"item_id": str(result.ids[q, j]), "identity": str(result.identities[q, j]),
-                 "score": float(result.scores[q, j]), "model_version": str(result.models[q, j]),
-                 "threshold": _finite(result.thresholds[q, j]), "accepted": bool(accepted[q, j])}
-                for j in np.flatnonzero(result.rows[q] >= 0)]
-        b = int(best[q])
-        decision = ({"rejected": True, "match": None, "item_id": None, "score": None} if b < 0 else
-                    {"rejected": False, "match": str(result.identities[q, b]),
-                     "item_id": str(result.ids[q, b]), "score": float(result.scores[q, b])})
-        out.append({"query": names[q], "decision": decision, "hits": hits})
-    return {"model_version": result.query_model, "results": out}
-
-
-def _finite(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
+    """The library's own records (SearchResult.to_records): per query every hit (item id,
+    identity, score, row model version, threshold applied or None when uncalibrated,
+    accepted) and the decision (match, rejected)."""
+    return {"model_version": result.query_model, "results": result.to_records(names)}
 
 
 def _respond(snap: Snapshot, body: dict, status: int = 200, version: str | None = None) -> Response:
@@ -342,6 +332,13 @@ def _int(value: Any, name: str, default: int) -> int:
         return int(str(value))
     except ValueError:
         raise BadInput(f"{name} must be an integer, got {str(value)[:40]!r}") from None
+
+
+def _bool(value: Any, name: str) -> bool:
+    text = "" if value is None else str(value).strip().lower()
+    if text not in ("", "true", "false", "1", "0"):
+        raise BadInput(f"{name} must be true or false, got {text[:40]!r}")
+    return text in ("true", "1")
 
 
 def _float(value: Any, name: str) -> float | None:
