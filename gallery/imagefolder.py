@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gallery.errors import BadInput
-from gallery.fingerprint import strings_sha256
+from gallery.fingerprint import ContentDigest
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 
@@ -27,9 +27,23 @@ class FolderListing:
         index = {name: i for i, name in enumerate(self.classes)}
         return [index[name] for name in self.identities]
 
+    def name(self, i: int) -> str:
+        """Path of image i relative to the root, as the fingerprint names it."""
+        return self.paths[i].relative_to(self.root).as_posix()
+
     def fingerprint(self) -> str:
-        """Changes when any file is added, removed or renamed."""
-        return strings_sha256(str(p.relative_to(self.root)) for p in self.paths)
+        """Changes when any file is added, removed, renamed or its bytes change.
+
+        Reads every file; trainer.data.imagefolder computes the same value from the
+        bytes it decodes, so training pays no second read.
+        """
+        digest = ContentDigest()
+        for i, path in enumerate(self.paths):
+            try:
+                digest.add(self.name(i), path.read_bytes())
+            except OSError as exc:
+                raise BadInput(f"cannot read {path}: {exc.strerror}") from None
+        return digest.hexdigest()
 
 
 def list_image_folder(root: str | Path, min_identities: int = 1) -> FolderListing:

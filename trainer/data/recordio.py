@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from gallery.errors import BadInput
-from gallery.fingerprint import file_sha256, strings_sha256
+from gallery.fingerprint import file_sha256_memo, strings_sha256
 from gallery.preprocess import PreprocessSpec, load_image
 
 from trainer.data.base import TrainDataset, check_labels, dense_labels
@@ -128,7 +128,8 @@ class RecordIODataset(TrainDataset):
         return np.sort(keys)
 
     def listing_fingerprint(self) -> str:
-        return strings_sha256([file_sha256(self.idx_path), str(self.rec_path.stat().st_size)])
+        """Every byte of .idx and .rec: a record rewritten in place changes it."""
+        return strings_sha256([file_sha256_memo(self.idx_path), file_sha256_memo(self.rec_path)])
 
     def images_uint8(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         return np.stack([self._decode(int(self.keys[i])) for i in indices])
