@@ -17,4 +17,4 @@ def test_train_compatible_accepts_every_train_option():
 
 def test_method_options_exist_on_train_compatible():
     assert {"--old", "--old-features", "--method", "--l2-weight", "--tau", "--bct-scale",
-            "--mix-ratio", "--credible-t"} <= _options("train-compatible")
+            "--bct-variant", "--mix-ratio", "--credible-t"} <= _options("train-compatible")

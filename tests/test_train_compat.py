@@ -97,10 +97,13 @@ def test_onnx_old_model_and_old_features_file(work):
 @pytest.mark.parametrize("args,message", [
     (["--method", "mixbct"], "needs the old model"),
     (["--method", "mixbct", "--old", "{v1}", "--tau", "0.2"], "--tau does not apply"),
-    (["--method", "nope", "--old", "{v1}"], "valid: bct, independent, l2, mixbct"),
+    (["--method", "nope", "--old", "{v1}"], "valid: bct, independent, l2, mixbct, nccl, unibct"),
     (["--method", "mixbct", "--old", "{v1}", "--dim", "32"], "dim"),
     (["--method", "mixbct", "--old", "{missing}"], "not found"),
     (["--method", "mixbct", "--old", "{v1}", "--mix-ratio", "2"], "--mix-ratio"),
+    (["--method", "bct", "--old", "{v1}", "--bct-variant", "paper"], "valid: official, scaled"),
+    (["--method", "bct", "--old", "{v1}", "--bct-variant", "official", "--bct-scale", "8"],
+     "scaled only"),
 ])
 def test_bad_input_exits_2(work, args, message):
     args = [a.format(v1=work / "v1.pt", missing=work / "nope.pt") for a in args]
@@ -121,3 +124,14 @@ def test_config_file_method_and_option_override(work):
     assert result.exit_code == 0, result.output
     method = read_model_file(out)["method"]
     assert (method["method"], method["tau"], method["l2_weight"]) == ("l2", 0.1, 5.0)
+
+
+def test_official_bct_variant_is_recorded(work):
+    from trainer.checkpoint import read_model_file
+
+    out = work / "official" / "v2.pt"
+    result = compat(work, "--old", str(work / "v1.pt"), "--method", "bct", "--bct-variant",
+                    "official", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    method = read_model_file(out)["method"]
+    assert method["bct_variant"] == "official" and method["bct_scale"] is None

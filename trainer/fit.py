@@ -135,6 +135,7 @@ class _Loop:
     def run_epoch(self, epoch: int, step_loss: list, progress, on_log) -> dict[str, Any]:
         self.parts.loader.set_epoch(epoch)
         torch.manual_seed(self.config.seed * 1_000_003 + epoch)  # dropout / method sampling
+        self.parts.method.start_epoch(epoch, self.config.epochs, self.parts.backbone)
         self.model.train()
         started, images_seen, sums, count = time.perf_counter(), 0, {}, 0
         cpu_started = time.process_time()  # CPU seconds: comparable on a shared machine

@@ -42,6 +42,10 @@ TauOpt = Annotated[Optional[float], typer.Option(
     "--tau", help="l2: hinge margin (0 = L2, 0.2 = weakened L2).")]
 BctScaleOpt = Annotated[Optional[float], typer.Option(
     "--bct-scale", help="bct: scale of the influence logits (default: the head's scale).")]
+BctVariantOpt = Annotated[Optional[str], typer.Option(
+    "--bct-variant", help="bct: official (class means of raw old features, plain cosine "
+                          "influence logits, as the MixBCT authors' repo) | scaled (default: "
+                          "the head's margin and scale).")]
 MixRatioOpt = Annotated[Optional[float], typer.Option(
     "--mix-ratio", help="mixbct: share of each batch replaced by old features (default 0.3).")]
 CredibleTOpt = Annotated[Optional[float], typer.Option(
@@ -49,7 +53,8 @@ CredibleTOpt = Annotated[Optional[float], typer.Option(
 
 # CLI option -> method constructor parameter
 METHOD_OPTIONS = {"--l2-weight": "l2_weight", "--tau": "tau", "--bct-scale": "bct_scale",
-                  "--mix-ratio": "mix_ratio", "--credible-t": "credible_t"}
+                  "--bct-variant": "bct_variant", "--mix-ratio": "mix_ratio",
+                  "--credible-t": "credible_t"}
 
 
 def method_params(method: str, given: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
@@ -93,7 +98,7 @@ def register(app: typer.Typer) -> None:
     def train_compatible(
         old: OldOpt = None, old_features: OldFeaturesOpt = None, method: MethodOpt = None,
         l2_weight: L2WeightOpt = None, tau: TauOpt = None, bct_scale: BctScaleOpt = None,
-        mix_ratio: MixRatioOpt = None, credible_t: CredibleTOpt = None,
+        bct_variant: BctVariantOpt = None, mix_ratio: MixRatioOpt = None, credible_t: CredibleTOpt = None,
         data: DataOpt = None, arch: ArchOpt = None, head: HeadOpt = None, dim: DimOpt = None,
         image_size: ImageSizeOpt = None, epochs: EpochsOpt = None, seed: SeedOpt = None,
         out: OutOpt = None, onnx: OnnxOpt = None, batch_size: BatchSizeOpt = None,
@@ -118,7 +123,7 @@ def register(app: typer.Typer) -> None:
         cfg.method = method
         cfg.method_params = method_params(method, {
             "--l2-weight": l2_weight, "--tau": tau, "--bct-scale": bct_scale,
-            "--mix-ratio": mix_ratio, "--credible-t": credible_t}, base)
+            "--bct-variant": bct_variant, "--mix-ratio": mix_ratio, "--credible-t": credible_t}, base)
         if load_all().get(method).requires_old_model and not (cfg.old_model or cfg.old_features):
             raise BadInput(f"method {method!r} needs the old model: pass --old or --old-features")
         cfg.validate()

@@ -49,6 +49,14 @@ class CompatMethod(nn.Module):
     def prepare(self, context: MethodContext) -> None:
         """Called once before the first step (extract old features, build masks...)."""
 
+    def start_epoch(self, epoch: int, epochs: int, backbone: nn.Module) -> None:
+        """Called by the loop before each epoch (0-based) of `epochs`, before train mode.
+
+        For methods whose targets follow the new model (UniBCT refines its prototypes
+        with the new backbone's features); a method must derive what it does here from
+        (epoch, epochs) and its checkpointed buffers, so a resumed run does the same.
+        """
+
     def loss(
         self,
         embeddings: torch.Tensor,
