@@ -34,8 +34,12 @@ OldOpt = Annotated[Optional[Path], typer.Option(
 OldFeaturesOpt = Annotated[Optional[Path], typer.Option(
     "--old-features", help="Precomputed old features (HDF5 written by a previous run).")]
 MethodOpt = Annotated[Optional[str], typer.Option(
-    "--method", help=f"Compatibility method: {' | '.join(_method_names())} "
-                     "(default: mixbct, or the --config file's method).")]
+    "--method", help=f"Compatibility method: {' | '.join(_method_names())} | auto "
+                     "(auto: try a grid of methods on held-out identities, retrain the "
+                     "winner; default: mixbct, or the --config file's method).")]
+AutoBudgetOpt = Annotated[str, typer.Option(
+    "--auto-budget", help="auto: training per candidate, in epochs (3) or minutes for the "
+                          "whole search (20m).")]
 L2WeightOpt = Annotated[Optional[float], typer.Option(
     "--l2-weight", help="l2: weight of the distance term (default 10).")]
 TauOpt = Annotated[Optional[float], typer.Option(
@@ -92,6 +96,25 @@ def prepare_old(cfg: Any, as_json: bool) -> None:
                                 start=lambda n: bar.update(task, total=n))
 
 
+def run_auto_search(cfg: Any, budget: str, as_json: bool) -> None:
+    """--method auto: the search and the winner's training live in trainer.auto."""
+    from cli.common import emit_json, render_table
+    from trainer.auto import run_auto
+
+    result = run_auto(cfg, budget, on_candidate=lambda name: None if as_json else console.print(
+        f"auto: training candidate {name}", highlight=False))
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    rows = [(r["rank"], r["candidate"], f"{r['old_old']:.4f}", f"{r['new_new']:.4f}",
+             f"{r['new_old']:.4f}", f"{r['margin']:+.4f}") for r in result.leaderboard]
+    render_table(f"--method auto leaderboard ({result.epochs_per_candidate} epoch(s) per "
+                 "candidate, validation identities)",
+                 ["rank", "candidate", "old/old", "new/new", "new->old", "margin"], rows)
+    console.print(f"winner {result.winner} retrained on all identities: {result.final['model']} "
+                  f"(leaderboard: {result.files['json']})", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("train-compatible")
     @handle_errors
@@ -105,7 +128,7 @@ def register(app: typer.Typer) -> None:
         lr: LrOpt = None, optimizer: OptimizerOpt = None, warmup_epochs: WarmupOpt = None,
         scale: ScaleOpt = None, margin: MarginOpt = None, workers: WorkersOpt = None,
         threads: ThreadsOpt = None, device: DeviceOpt = None, resume: ResumeOpt = False,
-        config: ConfigOpt = None,
+        config: ConfigOpt = None, auto_budget: AutoBudgetOpt = "3",
         json: JsonOpt = False,
     ) -> None:
         """Train a v2 encoder whose queries stay comparable with the old model's gallery."""
@@ -119,6 +142,8 @@ def register(app: typer.Typer) -> None:
                            num_workers=workers, threads=threads, device=device,
                            resume=resume, old_model=old, old_features=old_features)
         method = method or (cfg.method if config is not None else "mixbct")
+        if method == "auto":
+            return run_auto_search(cfg, auto_budget, json)
         base = cfg.method_params if cfg.method == method else {}
         cfg.method = method
         cfg.method_params = method_params(method, {
