@@ -121,7 +121,7 @@ def test_prepare_and_describe(digits, tmp_path, name):
 
     method = METHODS.get(name)()
     method.prepare(context(digits, tmp_path, old=str(old)))
-    assert method.old_raw.shape == (len(digits), DIM)
+    assert method.old_features.shape == (len(digits), DIM)
     assert method.describe()["compatible_with"] == file_sha256(old)
     with pytest.raises(BadInput, match="dim"):
         METHODS.get(name)().prepare(context(digits, tmp_path, old=str(old), dim=16))

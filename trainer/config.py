@@ -17,6 +17,7 @@ from gallery.errors import BadInput
 from gallery.preprocess import PreprocessSpec
 
 OPTIMIZERS = ("sgd", "adamw")
+CLIP_SCOPES = ("all", "backbone")
 # Fields that may differ between an interrupted run and its resumption: they do not
 # change what is computed, only where results go or how far this invocation runs.
 RUN_ONLY_FIELDS = frozenset({"out", "onnx", "resume", "stop_after", "num_workers", "device",
@@ -45,6 +46,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     poly_power: float = 2.0
     grad_clip: float = 5.0
+    clip_scope: str = "all"     # all: backbone + head (+ method) | backbone: the official repos'
     amp: bool = True            # autocast (fp16) on CUDA only; CPU always runs fp32
     flip: bool = True
     seed: int = 0
@@ -73,6 +75,8 @@ class TrainConfig:
             raise BadInput(f"--lr must be > 0 (got {self.lr})")
         if self.optimizer not in OPTIMIZERS:
             raise BadInput(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if self.clip_scope not in CLIP_SCOPES:
+            raise BadInput(f"unknown clip scope {self.clip_scope!r}; valid: {', '.join(CLIP_SCOPES)}")
         if not 0.0 <= self.dropout < 1.0:
             raise BadInput(f"dropout must be in [0, 1) (got {self.dropout})")
         if self.stop_after is not None and self.stop_after < 1:

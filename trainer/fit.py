@@ -120,6 +120,9 @@ class _Loop:
         parts.backbone.to(memory_format=torch.channels_last)
         self.runner: nn.Module = self.model
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        # clip_scope "backbone": the official MixBCT/insightface loops clip the backbone only
+        self.clipped = self.params if config.clip_scope == "all" else [
+            p for p in parts.backbone.parameters() if p.requires_grad]
         self.optimizer = _optimizer(config, self.params)
         self.scaler = torch.amp.GradScaler("cuda", enabled=parts.use_amp)
         self.steps_per_epoch = len(parts.loader)
@@ -130,7 +133,10 @@ class _Loop:
     def wrap_ddp(self) -> None:
         if self.info.enabled:
             ids = [self.info.device.index] if self.info.device.type == "cuda" else None
-            self.runner = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            # no buffer broadcast (as insightface/the MixBCT repo): BatchNorm statistics
+            # stay per rank and method state (NCCL's queue, prototypes) is never re-sent
+            self.runner = nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
+                                                              broadcast_buffers=False)
 
     def run_epoch(self, epoch: int, step_loss: list, progress, on_log) -> dict[str, Any]:
         self.parts.loader.set_epoch(epoch)
@@ -182,7 +188,7 @@ class _Loop:
         self.scaler.scale(loss).backward()
         if self.config.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+            nn.utils.clip_grad_norm_(self.clipped, self.config.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1

@@ -119,7 +119,8 @@ def write_old_features(path: str | Path, data: OldFeatures) -> None:
             tmp.unlink()
 
 
-def read_old_features(path: str | Path) -> OldFeatures:
+def read_old_features(path: str | Path, mapped: bool = False) -> OldFeatures:
+    """Read a file write_old_features wrote; mapped=True memory-maps the feature matrix."""
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"old-features file not found: {path}")
@@ -127,8 +128,10 @@ def read_old_features(path: str | Path) -> OldFeatures:
         with h5py.File(path, "r") as handle:
             if handle.attrs.get("format") != FORMAT:
                 raise BadInput(f"{path} is not a gallery old-features file (format {FORMAT})")
+            features = handle["features"]
             return OldFeatures(
-                features=np.asarray(handle["features"][...], dtype=np.float32),
+                features=_mapped(path, features) if mapped else np.asarray(features[...],
+                                                                          dtype=np.float32),
                 labels=np.asarray(handle["labels"][...], dtype=np.int64),
                 old_model=json.loads(handle.attrs["old_model"]),
                 dataset_fingerprint=str(handle.attrs["dataset_fingerprint"]),
@@ -136,6 +139,15 @@ def read_old_features(path: str | Path) -> OldFeatures:
             )
     except (OSError, KeyError, ValueError) as exc:
         raise BadInput(f"cannot read old-features file {path}: {exc}") from None
+
+
+def _mapped(path: Path, dataset: Any) -> np.ndarray:
+    """A read-only np.memmap of a contiguous, uncompressed float32 HDF5 dataset (what
+    write_old_features writes); anything else is read into memory."""
+    offset = dataset.id.get_offset()
+    if offset is None or dataset.chunks is not None or dataset.dtype != np.float32:
+        return np.asarray(dataset[...], dtype=np.float32)
+    return np.memmap(path, dtype=np.float32, mode="r", offset=offset, shape=dataset.shape)
 
 
 def check_matches(data: OldFeatures, dataset: Any, origin: str) -> None:
@@ -152,11 +164,15 @@ def check_matches(data: OldFeatures, dataset: Any, origin: str) -> None:
         raise BadInput(f"{origin} contains NaN or infinite features")
 
 
-def resolve_old_features(context: MethodContext, progress: Progress | None = None) -> OldFeatures:
-    """Old features for context.dataset: --old-features, else the cache, else extraction."""
+def resolve_old_features(context: MethodContext, progress: Progress | None = None,
+                         mapped: bool = False) -> OldFeatures:
+    """Old features for context.dataset: --old-features, else the cache, else extraction.
+
+    mapped=True memory-maps features read from a file instead of loading them.
+    """
     dataset = context.dataset
     if context.old_features:
-        data = read_old_features(context.old_features)
+        data = read_old_features(context.old_features, mapped)
         check_matches(data, dataset, f"old-features file {context.old_features}")
         if context.old_model:
             _check_same_model(data, load_old_model(context.old_model).identity,
@@ -164,7 +180,7 @@ def resolve_old_features(context: MethodContext, progress: Progress | None = Non
         return data
     if not context.old_model:
         raise BadInput("this method needs the old model: pass --old MODEL or --old-features FILE.h5")
-    return _extract_cached(context, progress)
+    return _extract_cached(context, progress, mapped)
 
 
 def _check_same_model(data: OldFeatures, identity: dict, origin: str) -> None:
@@ -173,7 +189,8 @@ def _check_same_model(data: OldFeatures, identity: dict, origin: str) -> None:
                        f"({str(data.old_model.get('sha256'))[:12]}), not {identity.get('path')}")
 
 
-def _extract_cached(context: MethodContext, progress: Progress | None) -> OldFeatures:
+def _extract_cached(context: MethodContext, progress: Progress | None,
+                    mapped: bool = False) -> OldFeatures:
     dataset = context.dataset
     encoder = load_old_model(context.old_model)
     if context.embedding_dim and encoder.dim != context.embedding_dim:
@@ -185,7 +202,7 @@ def _extract_cached(context: MethodContext, progress: Progress | None) -> OldFea
     path = cache_dir / f"old_features-{key[:24]}.h5"
     if path.is_file():
         try:
-            data = read_old_features(path)
+            data = read_old_features(path, mapped)
             check_matches(data, dataset, f"cache {path}")
             _check_same_model(data, identity, str(path))
             log.info("reusing cached old features %s", path)
@@ -206,34 +223,40 @@ def _default_cache_dir() -> Path:
 
 
 class OldFeatureMethod(CompatMethod):
-    """Base of methods constrained by old features: holds them (raw float32) on device."""
+    """Base of methods constrained by old features: holds them (raw float32) in host memory.
+
+    The N x d matrix is never a module buffer: it stays out of DDP's buffer broadcast and
+    off the GPU, and when it comes from an HDF5 file (the cache or --old-features) it is a
+    read-only memory map, so the ranks of one machine share one copy in the page cache.
+    Each step gathers only the batch's rows and moves them to the device.
+    """
 
     requires_old_model = True
 
     def __init__(self, **hyperparameters: Any) -> None:
         super().__init__(**hyperparameters)
         self.old_identity: dict[str, Any] | None = None
-        # not persistent: features are re-derived by prepare(), never checkpointed
-        self.register_buffer("old_raw", torch.zeros(0, 0), persistent=False)
+        self.old_features: np.ndarray = np.zeros((0, 0), np.float32)
 
     def prepare_old_features(self, context: MethodContext) -> None:
         progress = context.extras.get("old_features_progress")
         if int(context.extras.get("world_size", 1)) > 1 and torch.distributed.is_initialized():
-            # DDP: rank 0 extracts into the shared cache, the other ranks then read it
+            # DDP: rank 0 extracts into the shared cache, the other ranks then map it
             if int(context.extras.get("rank", 0)) == 0:
                 resolve_old_features(context, progress)
             torch.distributed.barrier()
-        data = resolve_old_features(context, progress)
+        data = resolve_old_features(context, progress, mapped=True)
         self.set_old_features(data.features, np.asarray(context.dataset.labels), data.old_model,
                               context.embedding_dim, context.device)
 
     def set_old_features(self, features: np.ndarray, labels: np.ndarray, identity: dict,
                          embedding_dim: int, device: torch.device | str = "cpu") -> None:
         """Install old features (N x d, dataset order); subclasses derive masks/prototypes."""
-        features = np.asarray(features, dtype=np.float32)
+        if not isinstance(features, np.memmap):
+            features = np.asarray(features, dtype=np.float32)
         if features.ndim != 2 or features.shape[1] != embedding_dim:
             raise dim_mismatch(embedding_dim, features.shape[-1])
-        self.old_raw = torch.from_numpy(features).to(device)
+        self.old_features = features
         self.old_identity = dict(identity)
         self.on_old_features(features, np.asarray(labels, dtype=np.int64), device)
 
@@ -243,10 +266,11 @@ class OldFeatureMethod(CompatMethod):
 
     def old_rows(self, indices: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Normalised old features of the batch rows, in the embeddings' dtype/device."""
-        if self.old_raw.numel() == 0:
+        if self.old_features.size == 0:
             raise RuntimeError(f"{self.name}: prepare() was not called before loss()")
+        picked = np.asarray(self.old_features[indices.cpu().numpy()], dtype=np.float32)
         # normalised per batch in the embeddings' dtype, so float64 training stays exact
-        rows = self.old_raw[indices.to(self.old_raw.device)].to(like)
+        rows = torch.from_numpy(picked).to(device=like.device, dtype=like.dtype)
         return torch.nn.functional.normalize(rows, dim=1)
 
     def describe(self) -> dict[str, Any]:

@@ -37,6 +37,9 @@ MethodOpt = Annotated[Optional[str], typer.Option(
     "--method", help=f"Compatibility method: {' | '.join(_method_names())} | auto "
                      "(auto: try a grid of methods on held-out identities, retrain the "
                      "winner; default: mixbct, or the --config file's method).")]
+ClipScopeOpt = Annotated[Optional[str], typer.Option(
+    "--clip-scope", help="Gradient-norm clipping over all parameters (default) or the "
+                         "backbone only (backbone: as the official MixBCT code).")]
 AutoBudgetOpt = Annotated[str, typer.Option(
     "--auto-budget", help="auto: training per candidate, in epochs (3) or minutes for the "
                           "whole search (20m).")]
@@ -128,7 +131,8 @@ def register(app: typer.Typer) -> None:
         lr: LrOpt = None, optimizer: OptimizerOpt = None, warmup_epochs: WarmupOpt = None,
         scale: ScaleOpt = None, margin: MarginOpt = None, workers: WorkersOpt = None,
         threads: ThreadsOpt = None, device: DeviceOpt = None, resume: ResumeOpt = False,
-        config: ConfigOpt = None, auto_budget: AutoBudgetOpt = "3",
+        config: ConfigOpt = None, clip_scope: ClipScopeOpt = None,
+        auto_budget: AutoBudgetOpt = "3",
         json: JsonOpt = False,
     ) -> None:
         """Train a v2 encoder whose queries stay comparable with the old model's gallery."""
@@ -140,7 +144,8 @@ def register(app: typer.Typer) -> None:
                            batch_size=batch_size, lr=lr, optimizer=optimizer,
                            warmup_epochs=warmup_epochs, scale=scale, margin=margin,
                            num_workers=workers, threads=threads, device=device,
-                           resume=resume, old_model=old, old_features=old_features)
+                           resume=resume, old_model=old, old_features=old_features,
+                           clip_scope=clip_scope)
         method = method or (cfg.method if config is not None else "mixbct")
         if method == "auto":
             return run_auto_search(cfg, auto_budget, json)

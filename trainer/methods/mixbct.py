@@ -32,7 +32,8 @@ class MixBCT(OldFeatureMethod):
         super().__init__(mix_ratio=float(mix_ratio), credible_t=float(credible_t))
         self.mix_ratio = float(mix_ratio)
         self.credible_t = float(credible_t)
-        self.register_buffer("credible", torch.zeros(0, dtype=torch.bool), persistent=False)
+        # host memory, not a buffer: out of DDP's broadcast and off the GPU (one bool per image)
+        self.credible = torch.zeros(0, dtype=torch.bool)
 
     def prepare(self, context: MethodContext) -> None:
         self.prepare_old_features(context)
@@ -40,12 +41,12 @@ class MixBCT(OldFeatureMethod):
     def on_old_features(self, features: np.ndarray, labels: np.ndarray,
                         device: torch.device | str) -> None:
         mask = credible_mask(features, labels, self.credible_t)
-        self.credible = torch.from_numpy(mask).to(device)
+        self.credible = torch.from_numpy(mask)
         self.credible_fraction = float(mask.mean())
 
     def choose_rows(self, indices: torch.Tensor) -> torch.Tensor:
         """Boolean (B,) mask of batch rows to replace by their old features."""
-        credible = self.credible[indices.to(self.credible.device)].cpu()
+        credible = self.credible[indices.cpu()]
         candidates = torch.nonzero(credible).flatten()
         wanted = min(round(self.mix_ratio * len(indices)), len(candidates))
         # torch's global CPU RNG: the fit loop reseeds it every epoch, so a resumed run

@@ -95,7 +95,7 @@ class UniBCT(OldFeatureMethod):
         if epoch not in refine_epochs(epochs):
             return
         new = self._new_features(backbone)
-        protos = refined_prototypes(new, self.old_raw.cpu().numpy(), self._labels,
+        protos = refined_prototypes(new, self.old_features, self._labels,
                                     self.prototypes.shape[0], self.lamb, self.temperature)
         self.prototypes = torch.from_numpy(protos).to(self.prototypes.device)
         self.active = torch.ones((), dtype=torch.bool, device=self.active.device)
