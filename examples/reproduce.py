@@ -1,16 +1,23 @@
-"""Reproduce the MixBCT claim on glyph identities, end to end, through the `gallery` CLI.
+"""Reproduce the MixBCT comparison on glyph identities, end to end, through the `gallery` CLI.
 
-    python examples/reproduce.py --preset cpu                # ~30 min on 2 CPU cores
+    python examples/reproduce.py --preset cpu                # quick: one seed, open-class
+    python examples/reproduce.py --preset cpu-large --jobs N # 3 seeds, both scenarios, every method
     python examples/reproduce.py --preset gpu                # iresnet, 112x112, one GPU
 
-Steps (each skipped when its output already exists, so an interrupted run resumes
-and ablations reuse the data and old models):
-  1. gallery data glyphs                          -> WORK/data (open-class split)
-  2. gallery train, per old kind (weak: softmax, strong: ArcFace)  -> WORK/old/<kind>.pt
-  3. gallery train (independent, shared by both old kinds), gallery train-compatible --method l2|bct|mixbct
-     per old kind                                 -> WORK/new[/<tag>]/<kind>/<method>.pt
-  4. gallery check-compat --reference independent -> WORK/.../<method>.check.json
-  5. one table (Markdown + JSON) and one plot     -> WORK/results[-<tag>].{md,json,png}
+Steps (each skipped when its output already exists, so an interrupted run resumes and
+ablations reuse the data and old models):
+  1. gallery data glyphs                     -> WORK/data/open-class/{old,new}.h5, eval/
+     open-data's new set = old.h5 + new.h5   -> WORK/data/open-class/new_plus_old.h5
+  then per seed of the preset's `seeds` (default: train.seed):
+  2. gallery train, per old kind (weak: softmax, strong: ArcFace)  -> WORK/seed<S>/old/<kind>.pt
+  3. per scenario: gallery train (independent, shared by both old kinds), then
+     gallery train-compatible per old kind and method (`methods.names`; a params table with
+     `method = "bct"` names a variant such as bct-official; `auto` runs --method auto)
+                                             -> WORK/seed<S>/<scenario>[/<tag>]/<kind>/<name>.pt
+  4. gallery check-compat --reference independent --save-embeddings  -> <name>.check.json
+  5. per (seed, scenario) tables, and the pooled comparison with paired bootstrap intervals
+     (examples/reproduce_paired.py), rewritten after every seed
+                                             -> WORK/results[-<tag>].{md,json,png}
 
 Ablations: `--set methods.params.mixbct.mix_ratio=0.5 --methods mixbct --tag mr05 --reuse-reference`
 (method parameters only), or `--set new.epochs=10 --tag ep10` (retrains the reference too).
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -123,6 +131,7 @@ def write_config(path: Path, cfg: dict) -> Path:
 
 
 def build_data(run: Runner, preset: dict) -> Path:
+    """Glyph identities (open-class split); the root holds open-class/{old,new}.h5 and eval/."""
     d = preset["data"]
     out = run.work / "data"
     args = ["data", "glyphs", "--out", str(out), "--identities", str(d["identities"]),
@@ -134,43 +143,95 @@ def build_data(run: Runner, preset: dict) -> Path:
     return out / "open-class"
 
 
-def train_old(run: Runner, preset: dict, data: Path) -> dict[str, Path]:
+def scenario_sets(data: Path, scenarios: list[str]) -> dict[str, Path]:
+    """New training set per scenario; the old models always train on data/old.h5.
+
+    open-class: the new identities only (disjoint from the old model's).
+    open-data: the old training set (same images, same identities) plus the new
+    identities, i.e. the new set contains the old one's identities plus more (the
+    MixBCT repo calls this split "EXclass").
+    """
+    sets = {}
+    for scenario in scenarios:
+        if scenario == "open-class":
+            sets[scenario] = data / "new.h5"
+        elif scenario == "open-data":
+            sets[scenario] = _merged(data / "old.h5", data / "new.h5", data / "new_plus_old.h5")
+        else:
+            sys.exit(f"error: unknown scenario {scenario!r}; valid: open-class, open-data")
+    return sets
+
+
+def _merged(old: Path, new: Path, out: Path) -> Path:
+    import h5py
+    import numpy as np
+
+    if out.exists():
+        return out
+    with h5py.File(old, "r") as a, h5py.File(new, "r") as b:
+        classes = sorted({*map(bytes, a["classes"][...]), *map(bytes, b["classes"][...])})
+        index = {c: i for i, c in enumerate(classes)}
+        labels = [np.array([index[bytes(h["classes"][int(v)])] for v in h["labels"][...]])
+                  for h in (a, b)]
+        tmp = out.with_suffix(".tmp")
+        with h5py.File(tmp, "w") as handle:
+            handle["images"] = np.concatenate([a["images"][...], b["images"][...]])
+            handle["labels"] = np.concatenate(labels).astype(np.int64)
+            handle["classes"] = np.asarray(classes)
+    tmp.replace(out)
+    return out
+
+
+def method_entry(preset: dict, name: str) -> tuple[str, dict]:
+    """Preset method name -> (registered method, params); `method = "bct"` in a params
+    table makes a named variant (bct-official, bct-scaled)."""
+    params = dict(preset["methods"].get("params", {}).get(name, {}))
+    return params.pop("method", name), params
+
+
+def train_old(run: Runner, preset: dict, old_data: Path, base: Path, seed: int) -> dict[str, Path]:
     olds = {}
     for kind, section in preset["old"].items():
-        out = run.work / "old" / f"{kind}.pt"
-        cfg = write_config(run.work / "old" / f"{kind}.train.json", train_config(preset, section, data / "old.h5", out))
-        run.step(f"old-{kind}", out, ["train", "--config", str(cfg), "--json"])
+        out = base / "old" / f"{kind}.pt"
+        cfg = write_config(out.with_suffix(".train.json"),
+                           {**train_config(preset, section, old_data, out), "seed": seed})
+        run.step(f"{base.name}-old-{kind}", out, ["train", "--config", str(cfg), "--json"])
         olds[kind] = out
-    run.flush()
     return olds
 
 
-def train_new(run: Runner, preset: dict, data: Path, olds: dict[str, Path], tag: str | None,
-              reuse_reference: bool = False) -> dict:
-    """Return {old kind: {method: new model path}}; independent is shared by all kinds."""
-    base = run.work / "new" / tag if tag else run.work / "new"
+def train_new(run: Runner, preset: dict, data: Path, olds: dict[str, Path], base: Path,
+              seed: int, ref: Path | None = None) -> dict:
+    """Queue {old kind: {method: new model path}}; independent is shared by all kinds."""
     methods = preset["methods"]["names"]
-    # a tagged ablation that changes the new models' training retrains the reference too;
-    # reuse_reference keeps the untagged one (ablations of method parameters only)
-    ref = (run.work / "new" if reuse_reference else base) / "independent.pt"
-    ref_cfg = train_config(preset, preset["new"], data / "new.h5", ref)
-    run.step("new-independent", ref, ["train", "--config", str(write_config(ref.with_suffix(".train.json"), ref_cfg)), "--json"])
+    label = "-".join(base.relative_to(run.work).parts)
+    if ref is None:  # a tagged ablation of method parameters may reuse the untagged reference
+        ref = base / "independent.pt"
+        ref_cfg = {**train_config(preset, preset["new"], data, ref), "seed": seed}
+        run.step(f"{label}-independent", ref, ["train", "--config",
+                                               str(write_config(ref.with_suffix(".train.json"), ref_cfg)), "--json"])
     models: dict[str, dict[str, Path]] = {}
     for kind, old in olds.items():
         models[kind] = {"independent": ref}
-        for method in (m for m in methods if m != "independent"):
-            out = base / kind / f"{method}.pt"
-            cfg = train_config(preset, preset["new"], data / "new.h5", out)
-            cfg.update(method=method, method_params=preset["methods"].get("params", {}).get(method, {}))
+        for name in (m for m in methods if m != "independent"):
+            out = base / kind / f"{name}.pt"
+            method, params = method_entry(preset, name)
+            cfg = {**train_config(preset, preset["new"], data, out), "seed": seed}
+            args = ["train-compatible", "--old", str(old), "--json"]
+            if method == "auto":
+                args += ["--method", "auto", "--auto-budget", str(params.get("budget", 3))]
+            else:
+                cfg.update(method=method, method_params=params)
+                args += ["--method", method]
             path = write_config(out.with_suffix(".train.json"), cfg)
-            run.step(f"new-{kind}-{method}", out,
-                     ["train-compatible", "--config", str(path), "--method", method, "--old", str(old), "--json"])
-            models[kind][method] = out
-    run.flush()
+            run.step(f"{label}-{kind}-{name}", out, args[:1] + ["--config", str(path)] + args[1:])
+            models[kind][name] = out
     return models
 
 
-def check_all(run: Runner, preset: dict, data: Path, olds: dict[str, Path], models: dict) -> dict:
+def check_all(run: Runner, preset: dict, eval_dir: Path, olds: dict[str, Path], models: dict,
+              label: str) -> dict[str, dict[str, Path]]:
+    """Queue one check-compat per (kind, method); item embeddings are kept for the paired stats."""
     reports: dict[str, dict[str, Path]] = {}
     check = preset.get("check", {})
     for kind, by_method in models.items():
@@ -181,33 +242,40 @@ def check_all(run: Runner, preset: dict, data: Path, olds: dict[str, Path], mode
             out = folder / f"{method}.check.json"
             folder.mkdir(parents=True, exist_ok=True)
             args = ["check-compat", "--old", str(olds[kind]), "--new", str(new),
-                    "--reference", str(reference), "--data", str(data / "eval"),
+                    "--reference", str(reference), "--data", str(eval_dir),
                     "--json", str(out), "--plot", str(out.with_suffix(".png")),
+                    "--save-embeddings", str(folder / f"{method}.emb.h5"),
                     "--seed", str(check.get("seed", 0)), "--batch-size", str(check.get("batch_size", 256))]
-            run.step(f"check-{kind}-{method}", out, args, ok_codes=(0, 1))
+            run.step(f"{label}-check-{kind}-{method}", out, args, ok_codes=(0, 1))
             reports[kind][method] = out
-    run.flush()
-    return {kind: {m: json.loads(p.read_text()) for m, p in by.items()} for kind, by in reports.items()}
+    return reports
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="cpu", help="cpu | gpu | path/to/preset.toml")
+    parser.add_argument("--preset", default="cpu", help="cpu | cpu-large | gpu | path/to/preset.toml")
     parser.add_argument("--work", type=Path, default=None, help="Working folder (default runs/<preset>).")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="Override a preset value, e.g. new.epochs=8 (repeatable).")
     parser.add_argument("--methods", default=None, help="Comma-separated subset of the preset's methods.")
     parser.add_argument("--olds", default=None, help="Comma-separated subset of old kinds (weak,strong).")
+    parser.add_argument("--seeds", default=None, help="Comma-separated subset of the preset's seeds.")
     parser.add_argument("--tag", default=None, help="Put new models and results under this tag (ablations).")
     parser.add_argument("--reuse-reference", action="store_true",
                         help="With --tag: keep the untagged independent model (method-parameter ablations).")
     parser.add_argument("--jobs", type=int, default=2, help="Steps run in parallel (each gets cores/jobs threads).")
+    parser.add_argument("--copy-results", type=Path, default=None,
+                        help="Also copy the results files here after each seed (a run that may be cut short).")
     args = parser.parse_args(argv)
     preset = load_preset(args.preset, args.overrides)
     if args.methods:
         preset["methods"]["names"] = ["independent"] + [m for m in args.methods.split(",") if m != "independent"]
     if args.olds:
         preset["old"] = {k: v for k, v in preset["old"].items() if k in args.olds.split(",")}
+    seeds = [int(s) for s in preset.get("seeds", [preset["train"].get("seed", 0)])]
+    if args.seeds:
+        seeds = [s for s in seeds if str(s) in args.seeds.split(",")]
+    scenarios = list(preset.get("scenarios", ["open-class"]))
     work = args.work or Path("runs") / preset.get("name", "custom")
     work.mkdir(parents=True, exist_ok=True)
     suffix = f"-{args.tag}" if args.tag else ""
@@ -215,12 +283,43 @@ def main(argv: list[str] | None = None) -> None:
     run = Runner(work.resolve(), args.jobs, args.tag)
     start = time.perf_counter()
     data = build_data(run, preset)
-    olds = train_old(run, preset, data)
-    models = train_new(run, preset, data, olds, args.tag, args.reuse_reference)
-    reports = check_all(run, preset, data, olds, models)
-    total = time.perf_counter() - start
-    md = write_results(run.work, suffix, preset, reports, run.timings, total, run.cpu)
+    sets = scenario_sets(data, scenarios)
+    paths: dict[int, dict] = {}
+    for seed in seeds:
+        base = run.work / f"seed{seed}"
+        olds = train_old(run, preset, data / "old.h5", base, seed)
+        run.flush()
+        models = {}
+        for scenario, new_data in sets.items():
+            folder = base / scenario / args.tag if args.tag else base / scenario
+            ref = base / scenario / "independent.pt" if args.reuse_reference else None
+            models[scenario] = train_new(run, preset, new_data, olds, folder, seed, ref)
+        run.flush()
+        paths[seed] = {scenario: check_all(run, preset, data / "eval", olds, by_kind,
+                                           f"seed{seed}-{scenario}")
+                       for scenario, by_kind in models.items()}
+        run.flush()
+        md = write_all(run, preset, paths, suffix, time.perf_counter() - start)
+        if args.copy_results:
+            args.copy_results.mkdir(parents=True, exist_ok=True)
+            for path in run.work.glob(f"results{suffix}*"):
+                shutil.copy(path, args.copy_results / path.name)
     print(md)
+
+
+def write_all(run: Runner, preset: dict, paths: dict, suffix: str, total: float) -> str:
+    """Per (seed, scenario) tables, then the pooled comparison with paired intervals."""
+    from reproduce_paired import write_comparison
+
+    reports = {seed: {scenario: {kind: {m: json.loads(p.read_text()) for m, p in by.items()}
+                                 for kind, by in by_kind.items()}
+                      for scenario, by_kind in by_scenario.items()}
+               for seed, by_scenario in paths.items()}
+    for seed, by_scenario in reports.items():
+        for scenario, by_kind in by_scenario.items():
+            write_results(run.work, f"{suffix}-seed{seed}-{scenario}", preset, by_kind, {}, total)
+    return write_comparison(run.work, suffix, preset, paths, reports, run.timings, run.cpu, total,
+                            preset.get("report", {}).get("bootstrap", 1000))
 
 
 if __name__ == "__main__":

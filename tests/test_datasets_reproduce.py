@@ -54,3 +54,68 @@ def test_preset_overrides():
     assert gpu["data"]["image_size"] == 112 and gpu["new"]["arch"].startswith("iresnet")
     with pytest.raises(SystemExit):
         reproduce.load_preset("nope", [])
+
+
+def test_paired_gaps_match_a_naive_bootstrap_and_the_reports(tmp_path):
+    """Per-probe hits are recomputed from saved embeddings, checked against the report's
+    rank-1, and the paired gap's interval comes from resampling probes."""
+    import numpy as np
+
+    import reproduce_paired
+    from gallery.compat.checker import CheckConfig, run_check
+    from gallery.compat.evalsets.embeddings import write_embeddings
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(30), 4)
+    centers = rng.normal(size=(30, 16))
+    paths, reports = {}, {}
+    for seed in (0, 1):
+        old = centers[labels] + 0.9 * rng.normal(size=(120, 16))
+        for method, noise in (("mixbct", 0.5), ("l2", 1.2)):
+            new = centers[labels] + noise * rng.normal(size=(120, 16))
+            folder = tmp_path / f"s{seed}"
+            folder.mkdir(exist_ok=True)
+            emb = folder / f"{method}.emb.h5"
+            write_embeddings(emb, {"old": old, "new": new}, {}, labels=labels)
+            report = run_check(CheckConfig(embeddings=str(emb))).report
+            check = folder / f"{method}.check.json"
+            check.write_text(json.dumps(report))
+            paths.setdefault(seed, {"open-class": {"weak": {}}})["open-class"]["weak"][method] = check
+            reports.setdefault(seed, {"open-class": {"weak": {}}})["open-class"]["weak"][method] = report
+    hits = reproduce_paired.collect(paths, reports, check_seed=0)
+    a, b = hits["open-class"]["weak"]["mixbct"]["new->old"], hits["open-class"]["weak"]["l2"]["new->old"]
+    assert a.shape == b.shape and a.shape[0] == 2
+    summary = reproduce_paired.summarise(hits, draws=400)
+    gap = summary["open-class"]["weak"]["gaps_vs_mixbct"]["l2"]["new->old"]
+    per_seed = [reports[s]["open-class"]["weak"]["mixbct"]["headline"]["values"]["new->old"]
+                - reports[s]["open-class"]["weak"]["l2"]["headline"]["values"]["new->old"] for s in (0, 1)]
+    assert gap["per_seed"] == pytest.approx(per_seed) and gap["gap"] == pytest.approx(np.mean(per_seed))
+    # naive bootstrap: the same probe resample for both methods and both seeds
+    draws = [(a - b)[:, idx].mean() for idx in
+             (np.random.default_rng(i).integers(0, a.shape[1], a.shape[1]) for i in range(400))]
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    assert gap["ci95"][0] == pytest.approx(lo, abs=0.03) and gap["ci95"][1] == pytest.approx(hi, abs=0.03)
+    md = reproduce_paired.markdown(summary, {"name": "t", "seeds": [0, 1]}, {}, {}, 1.0)
+    assert "| mixbct |" in md and "| l2 |" in md
+
+
+def test_open_data_set_is_old_plus_new(tmp_path):
+    import h5py
+    import numpy as np
+
+    for name, classes in (("old", [b"a", b"b"]), ("new", [b"c", b"d", b"e"])):
+        with h5py.File(tmp_path / f"{name}.h5", "w") as handle:
+            handle["images"] = np.full((2 * len(classes), 4, 4), len(classes), np.uint8)
+            handle["labels"] = np.repeat(np.arange(len(classes)), 2)
+            handle["classes"] = np.asarray(classes)
+    merged = reproduce.scenario_sets(tmp_path, ["open-class", "open-data"])
+    assert merged["open-class"] == tmp_path / "new.h5"
+    with h5py.File(merged["open-data"]) as handle:
+        names = [c.decode() for c in handle["classes"][...]]
+        got = [names[i] for i in handle["labels"][...]]
+        assert len(handle["images"]) == 10
+    assert got == ["a", "a", "b", "b", "c", "c", "d", "d", "e", "e"]
+    preset = reproduce.load_preset("cpu-large", [])
+    assert reproduce.method_entry(preset, "bct-official") == ("bct", {"bct_variant": "official"})
+    assert reproduce.method_entry(preset, "mixbct")[0] == "mixbct"
+    assert len(preset["seeds"]) == 3 and preset["scenarios"] == ["open-class", "open-data"]
