@@ -6,10 +6,11 @@
 
 Steps (each skipped when its output already exists, so an interrupted run resumes and
 ablations reuse the data and old models):
-  1. gallery data glyphs                     -> WORK/data/open-class/{old,new}.h5, eval/
-     open-data's new set = old.h5 + new.h5   -> WORK/data/open-class/new_plus_old.h5
+  1. gallery data glyphs                     -> WORK/data/<scenario>/{old,new}.h5, eval/
+     (open-class: disjoint identities; open-data: same identities, disjoint images)
   then per seed of the preset's `seeds` (default: train.seed):
-  2. gallery train, per old kind (weak: softmax, strong: ArcFace)  -> WORK/seed<S>/old/<kind>.pt
+  2. gallery train, per scenario and old kind (weak: softmax, strong: ArcFace)
+                                             -> WORK/seed<S>/<scenario>/old/<kind>.pt
   3. per scenario: gallery train (independent, shared by both old kinds), then
      gallery train-compatible per old kind and method (`methods.names`; a params table with
      `method = "bct"` names a variant such as bct-official; `auto` runs --method auto)
@@ -130,55 +131,23 @@ def write_config(path: Path, cfg: dict) -> Path:
     return path
 
 
-def build_data(run: Runner, preset: dict) -> Path:
-    """Glyph identities (open-class split); the root holds open-class/{old,new}.h5 and eval/."""
+def build_data(run: Runner, preset: dict, scenarios: list[str]) -> Path:
+    """Glyph identities; WORK/data/<scenario>/{old,new}.h5 and eval/ per scenario.
+
+    open-class: old and new identities are disjoint. open-data: old and new see the same
+    identities with disjoint images (old: the first 30% of each identity's images).
+    """
     d = preset["data"]
     out = run.work / "data"
+    for scenario in scenarios:
+        if scenario not in ("open-class", "open-data"):
+            sys.exit(f"error: unknown scenario {scenario!r}; valid: open-class, open-data")
     args = ["data", "glyphs", "--out", str(out), "--identities", str(d["identities"]),
             "--per-identity", str(d["per_identity"]), "--eval-per-identity", str(d["eval_per_identity"]),
             "--image-size", str(d["image_size"]), "--seed", str(d["seed"]),
-            "--scenarios", "open-class", "--workers", str(d.get("workers", 1)), "--quiet"]
+            "--scenarios", ",".join(scenarios), "--workers", str(d.get("workers", 1)), "--quiet"]
     run.step("data", out / "manifest.json", args)
     run.flush()
-    return out / "open-class"
-
-
-def scenario_sets(data: Path, scenarios: list[str]) -> dict[str, Path]:
-    """New training set per scenario; the old models always train on data/old.h5.
-
-    open-class: the new identities only (disjoint from the old model's).
-    open-data: the old training set (same images, same identities) plus the new
-    identities, i.e. the new set contains the old one's identities plus more (the
-    MixBCT repo calls this split "EXclass").
-    """
-    sets = {}
-    for scenario in scenarios:
-        if scenario == "open-class":
-            sets[scenario] = data / "new.h5"
-        elif scenario == "open-data":
-            sets[scenario] = _merged(data / "old.h5", data / "new.h5", data / "new_plus_old.h5")
-        else:
-            sys.exit(f"error: unknown scenario {scenario!r}; valid: open-class, open-data")
-    return sets
-
-
-def _merged(old: Path, new: Path, out: Path) -> Path:
-    import h5py
-    import numpy as np
-
-    if out.exists():
-        return out
-    with h5py.File(old, "r") as a, h5py.File(new, "r") as b:
-        classes = sorted({*map(bytes, a["classes"][...]), *map(bytes, b["classes"][...])})
-        index = {c: i for i, c in enumerate(classes)}
-        labels = [np.array([index[bytes(h["classes"][int(v)])] for v in h["labels"][...]])
-                  for h in (a, b)]
-        tmp = out.with_suffix(".tmp")
-        with h5py.File(tmp, "w") as handle:
-            handle["images"] = np.concatenate([a["images"][...], b["images"][...]])
-            handle["labels"] = np.concatenate(labels).astype(np.int64)
-            handle["classes"] = np.asarray(classes)
-    tmp.replace(out)
     return out
 
 
@@ -195,7 +164,8 @@ def train_old(run: Runner, preset: dict, old_data: Path, base: Path, seed: int) 
         out = base / "old" / f"{kind}.pt"
         cfg = write_config(out.with_suffix(".train.json"),
                            {**train_config(preset, section, old_data, out), "seed": seed})
-        run.step(f"{base.name}-old-{kind}", out, ["train", "--config", str(cfg), "--json"])
+        label = "-".join(base.relative_to(run.work).parts)
+        run.step(f"{label}-old-{kind}", out, ["train", "--config", str(cfg), "--json"])
         olds[kind] = out
     return olds
 
@@ -282,21 +252,21 @@ def main(argv: list[str] | None = None) -> None:
     (work / f"preset{suffix}.resolved.json").write_text(json.dumps(preset, indent=2, sort_keys=True) + "\n")
     run = Runner(work.resolve(), args.jobs, args.tag)
     start = time.perf_counter()
-    data = build_data(run, preset)
-    sets = scenario_sets(data, scenarios)
+    data = build_data(run, preset, scenarios)
     paths: dict[int, dict] = {}
     for seed in seeds:
         base = run.work / f"seed{seed}"
-        olds = train_old(run, preset, data / "old.h5", base, seed)
+        olds = {sc: train_old(run, preset, data / sc / "old.h5", base / sc, seed) for sc in scenarios}
         run.flush()
         models = {}
-        for scenario, new_data in sets.items():
+        for scenario in scenarios:
             folder = base / scenario / args.tag if args.tag else base / scenario
             ref = base / scenario / "independent.pt" if args.reuse_reference else None
-            models[scenario] = train_new(run, preset, new_data, olds, folder, seed, ref)
+            models[scenario] = train_new(run, preset, data / scenario / "new.h5", olds[scenario],
+                                         folder, seed, ref)
         run.flush()
-        paths[seed] = {scenario: check_all(run, preset, data / "eval", olds, by_kind,
-                                           f"seed{seed}-{scenario}")
+        paths[seed] = {scenario: check_all(run, preset, data / scenario / "eval", olds[scenario],
+                                           by_kind, f"seed{seed}-{scenario}")
                        for scenario, by_kind in models.items()}
         run.flush()
         md = write_all(run, preset, paths, suffix, time.perf_counter() - start)

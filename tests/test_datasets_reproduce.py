@@ -99,23 +99,10 @@ def test_paired_gaps_match_a_naive_bootstrap_and_the_reports(tmp_path):
     assert "| mixbct |" in md and "| l2 |" in md
 
 
-def test_open_data_set_is_old_plus_new(tmp_path):
-    import h5py
-    import numpy as np
-
-    for name, classes in (("old", [b"a", b"b"]), ("new", [b"c", b"d", b"e"])):
-        with h5py.File(tmp_path / f"{name}.h5", "w") as handle:
-            handle["images"] = np.full((2 * len(classes), 4, 4), len(classes), np.uint8)
-            handle["labels"] = np.repeat(np.arange(len(classes)), 2)
-            handle["classes"] = np.asarray(classes)
-    merged = reproduce.scenario_sets(tmp_path, ["open-class", "open-data"])
-    assert merged["open-class"] == tmp_path / "new.h5"
-    with h5py.File(merged["open-data"]) as handle:
-        names = [c.decode() for c in handle["classes"][...]]
-        got = [names[i] for i in handle["labels"][...]]
-        assert len(handle["images"]) == 10
-    assert got == ["a", "a", "b", "b", "c", "c", "d", "d", "e", "e"]
+def test_cpu_large_preset_and_method_variants():
     preset = reproduce.load_preset("cpu-large", [])
     assert reproduce.method_entry(preset, "bct-official") == ("bct", {"bct_variant": "official"})
+    assert reproduce.method_entry(preset, "bct-scaled") == ("bct", {"bct_variant": "scaled"})
     assert reproduce.method_entry(preset, "mixbct")[0] == "mixbct"
+    assert {"unibct", "nccl", "auto"} <= set(preset["methods"]["names"])
     assert len(preset["seeds"]) == 3 and preset["scenarios"] == ["open-class", "open-data"]
