@@ -278,18 +278,28 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def write_all(run: Runner, preset: dict, paths: dict, suffix: str, total: float) -> str:
-    """Per (seed, scenario) tables, then the pooled comparison with paired intervals."""
+    """Per (seed, scenario) tables, then the pooled comparison with paired intervals.
+
+    A failure here is printed, not raised: the next seeds still train, and the per-probe
+    hits saved first (results*.hits.npz) let the comparison be recomputed.
+    """
+    import traceback
+
     from reproduce_paired import write_comparison
 
-    reports = {seed: {scenario: {kind: {m: json.loads(p.read_text()) for m, p in by.items()}
-                                 for kind, by in by_kind.items()}
-                      for scenario, by_kind in by_scenario.items()}
-               for seed, by_scenario in paths.items()}
-    for seed, by_scenario in reports.items():
-        for scenario, by_kind in by_scenario.items():
-            write_results(run.work, f"{suffix}-seed{seed}-{scenario}", preset, by_kind, {}, total)
-    return write_comparison(run.work, suffix, preset, paths, reports, run.timings, run.cpu, total,
-                            preset.get("report", {}).get("bootstrap", 1000))
+    try:
+        reports = {seed: {scenario: {kind: {m: json.loads(p.read_text()) for m, p in by.items()}
+                                     for kind, by in by_kind.items()}
+                          for scenario, by_kind in by_scenario.items()}
+                   for seed, by_scenario in paths.items()}
+        for seed, by_scenario in reports.items():
+            for scenario, by_kind in by_scenario.items():
+                write_results(run.work, f"{suffix}-seed{seed}-{scenario}", preset, by_kind, {}, total)
+        return write_comparison(run.work, suffix, preset, paths, reports, run.timings, run.cpu,
+                                total, preset.get("report", {}).get("bootstrap", 1000))
+    except Exception:  # noqa: BLE001 -- keep training the next seeds; the traceback is shown
+        traceback.print_exc()
+        return "error: the results could not be written (traceback above)"
 
 
 if __name__ == "__main__":

@@ -184,7 +184,11 @@ def plot(summary: dict, path: Path) -> None:
 def write_comparison(work: Path, suffix: str, preset: dict, paths: dict, reports: dict,
                      timings: dict, cpu: dict, total: float, draws: int = 1000) -> str:
     check_seed = int(preset.get("check", {}).get("seed", 0))
-    summary = summarise(collect(paths, reports, check_seed), draws)
+    hits = collect(paths, reports, check_seed)
+    np.savez_compressed(work / f"results{suffix}.hits.npz", **{
+        "|".join((s, k, m, c)): rows for s, by_k in hits.items() for k, by_m in by_k.items()
+        for m, by_c in by_m.items() for c, rows in by_c.items()})
+    summary = summarise(hits, draws)
     done = {**preset, "seeds": sorted(paths)}
     md = markdown(summary, done, timings, cpu, total)
     (work / f"results{suffix}.md").write_text(md)
