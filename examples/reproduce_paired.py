@@ -19,6 +19,7 @@ import numpy as np
 
 COMPARISONS = {"new->old": ("new", "old"), "new/new": ("new", "new"), "old/old": ("old", "old")}
 FOCUS = "mixbct"  # the paper's method: every other method is compared with it
+META = ("independent", "auto")  # not ranked: the reference, and a pick among the others
 
 
 def probe_hits(emb_path: Path, seed: int) -> dict[str, np.ndarray]:
@@ -96,10 +97,10 @@ def summarise(hits: dict, draws: int, seed: int = 0) -> dict:
                         continue
                     gaps[method] = {c: paired(by_method[FOCUS][c], by_method[method][c], draws, rng)
                                     for c in ("new->old", "new/new")}
-            compatible = [m for m, r in rows.items() if m != "independent" and r["margin"] > 0]
+            compatible = [m for m, r in rows.items() if m not in META and r["margin"] > 0]
             best = {}
             for c, key in (("new->old", "new_old"), ("new/new", "new_new")):
-                pool = compatible or [m for m in rows if m != "independent"]
+                pool = compatible or [m for m in rows if m not in META]
                 ranked = sorted(pool, key=lambda m: rows[m][key], reverse=True)
                 if len(ranked) >= 2:
                     best[c] = {"first": ranked[0], "second": ranked[1],
@@ -120,7 +121,13 @@ def _gap(g: dict) -> str:
     return f"{g['gap']:+.4f} [{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}]{mark}, seeds {spread}"
 
 
-def markdown(summary: dict, preset: dict, timings: dict, cpu: dict, total: float) -> str:
+def machine() -> dict:
+    return {"cpus": os.cpu_count(), "arch": platform.machine(), "load": round(os.getloadavg()[0], 1)}
+
+
+def markdown(summary: dict, preset: dict, timings: dict, cpu: dict, total: float,
+             host: dict | None = None) -> str:
+    host = host or machine()
     lines = [f"### Preset `{preset.get('name', 'custom')}`: pooled over seeds "
              f"{', '.join(map(str, preset.get('seeds', [0])))} (metric: rank-1)", ""]
     for scenario, by_kind in summary.items():
@@ -148,8 +155,8 @@ def markdown(summary: dict, preset: dict, timings: dict, cpu: dict, total: float
     lines += ["(ns): the 95% interval contains 0. Intervals: percentile bootstrap over probes, "
               "paired, gap averaged over seeds.", "",
               f"Wall time {total / 60:.1f} min, CPU time (user+sys of all steps) {cpu_total / 60:.1f} min, "
-              f"{os.cpu_count()} CPU(s) ({platform.machine()}), load average at the end "
-              f"{os.getloadavg()[0]:.1f}; {len(timings)} steps run.", ""]
+              f"{host['cpus']} CPU(s) ({host['arch']}), load average at the end "
+              f"{host['load']:.1f}; {len(timings)} steps run.", ""]
     return "\n".join(lines)
 
 
@@ -190,10 +197,39 @@ def write_comparison(work: Path, suffix: str, preset: dict, paths: dict, reports
         for m, by_c in by_m.items() for c, rows in by_c.items()})
     summary = summarise(hits, draws)
     done = {**preset, "seeds": sorted(paths)}
-    md = markdown(summary, done, timings, cpu, total)
+    host = machine()
+    md = markdown(summary, done, timings, cpu, total, host)
     (work / f"results{suffix}.md").write_text(md)
     (work / f"results{suffix}.json").write_text(json.dumps(
-        {"preset": done, "summary": summary, "timings_s": timings, "cpu_s": cpu,
+        {"preset": done, "summary": summary, "timings_s": timings, "cpu_s": cpu, "machine": host,
          "wall_s": round(total, 1), "bootstrap_draws": draws}, indent=2, sort_keys=True) + "\n")
     plot(summary, work / f"results{suffix}.png")
     return md
+
+
+def rewrite_from_hits(work: Path, suffix: str = "", draws: int = 1000) -> str:
+    """Recompute results{suffix}.{md,json,png} from the saved per-probe hits (no models)."""
+    saved = json.loads((work / f"results{suffix}.json").read_text())
+    hits: dict = {}
+    with np.load(work / f"results{suffix}.hits.npz") as data:
+        for key in data.files:
+            scenario, kind, method, comparison = key.split("|")
+            (hits.setdefault(scenario, {}).setdefault(kind, {}).setdefault(method, {}))[comparison] = data[key]
+    # keep the preset's method order
+    order = saved["preset"]["methods"]["names"]
+    hits = {s: {k: {m: by_m[m] for m in order if m in by_m} for k, by_m in by_k.items()}
+            for s, by_k in hits.items()}
+    summary = summarise(hits, draws)
+    md = markdown(summary, saved["preset"], saved["timings_s"], saved["cpu_s"], saved["wall_s"],
+                  saved.get("machine"))
+    (work / f"results{suffix}.md").write_text(md)
+    (work / f"results{suffix}.json").write_text(json.dumps(
+        {**saved, "summary": summary, "bootstrap_draws": draws}, indent=2, sort_keys=True) + "\n")
+    plot(summary, work / f"results{suffix}.png")
+    return md
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(rewrite_from_hits(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else ""))
