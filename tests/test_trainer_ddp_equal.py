@@ -41,11 +41,12 @@ if "test-flat" not in BACKBONES.names():
                                     _Flat(dim, image_size, in_channels))
 
 
-def _config(root, out: str, batch: int, **kw) -> TrainConfig:
+def _config(root, out: str, batch: int, method: str = "l2", **kw) -> TrainConfig:
+    params = {"l2_weight": 1.0} if method == "l2" else {}
     return TrainConfig(data=str(root / "d.npz"), out=str(root / out), arch="test-flat",
                        head="arcface", head_params={"s": 8.0, "m": 0.1}, dim=DIM, image_size=8,
                        color_order="GRAY", epochs=2, batch_size=batch, lr=0.05, device="cpu",
-                       threads=1, method="l2", method_params={"l2_weight": 1.0},
+                       threads=1, method=method, method_params=params,
                        old_features=str(root / "old.h5"), **kw)
 
 
@@ -74,9 +75,10 @@ def root(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("clip", ["all", "backbone"])
-def test_two_ranks_equal_one_process_with_the_global_batch(root, clip):
-    kw = {"clip_scope": clip, "grad_clip": 0.05}  # small: clipping is active every step
+@pytest.mark.parametrize("method,clip", [("l2", "all"), ("l2", "backbone"), ("unibct", "all")])
+def test_two_ranks_equal_one_process_with_the_global_batch(root, method, clip):
+    # small clip: clipping is active every step; unibct rebuilds its prototypes at epoch 1
+    kw = {"clip_scope": clip, "grad_clip": 0.05, "method": method}
     mp.start_processes(_rank, args=(_port(), root, kw), nprocs=2, start_method="spawn")
     single = fit(_config(root, "single.pt", 16, **kw))
     assert single.finished

@@ -98,6 +98,9 @@ class UniBCT(OldFeatureMethod):
         protos = refined_prototypes(new, self.old_features, self._labels,
                                     self.prototypes.shape[0], self.lamb, self.temperature)
         self.prototypes = torch.from_numpy(protos).to(self.prototypes.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # BatchNorm statistics differ per rank (no buffer broadcast): use rank 0's rebuild
+            torch.distributed.broadcast(self.prototypes, src=0)
         self.active = torch.ones((), dtype=torch.bool, device=self.active.device)
 
     def _new_features(self, backbone: nn.Module) -> np.ndarray:
