@@ -36,9 +36,18 @@ class _Flat(nn.Module):
         return self.fc(x.flatten(1))
 
 
-if "test-flat" not in BACKBONES.names():
-    BACKBONES.register("test-flat")(lambda dim, image_size, in_channels=3, dropout=0.0:
-                                    _Flat(dim, image_size, in_channels))
+def _register() -> None:
+    """A BatchNorm-free backbone; registered only while these tests (or their ranks) run."""
+    if "test-flat" not in BACKBONES:
+        BACKBONES.register("test-flat")(lambda dim, image_size, in_channels=3, dropout=0.0:
+                                        _Flat(dim, image_size, in_channels))
+
+
+@pytest.fixture(autouse=True)
+def flat_backbone():
+    _register()
+    yield
+    BACKBONES._items.pop("test-flat", None)  # other tests list the registry's names
 
 
 def _config(root, out: str, batch: int, method: str = "l2", **kw) -> TrainConfig:
@@ -53,6 +62,7 @@ def _config(root, out: str, batch: int, method: str = "l2", **kw) -> TrainConfig
 def _rank(rank: int, port: int, root, kw) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    _register()
     fit(_config(root, "ddp.pt", 8, **kw))
 
 
