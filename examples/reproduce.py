@@ -213,7 +213,7 @@ def check_all(run: Runner, preset: dict, eval_dir: Path, olds: dict[str, Path], 
             folder.mkdir(parents=True, exist_ok=True)
             args = ["check-compat", "--old", str(olds[kind]), "--new", str(new),
                     "--reference", str(reference), "--data", str(eval_dir),
-                    "--json", str(out), "--plot", str(out.with_suffix(".png")),
+                    "--out", str(out), "--plot", str(out.with_suffix(".png")),
                     "--save-embeddings", str(folder / f"{method}.emb.h5"),
                     "--seed", str(check.get("seed", 0)), "--batch-size", str(check.get("batch_size", 256))]
             run.step(f"{label}-check-{kind}-{method}", out, args, ok_codes=(0, 1))

@@ -90,7 +90,7 @@ def test_cli_auto_writes_leaderboard_and_retrains_the_winner(work):
     first = board[0]
     check = runner.invoke(app, ["check-compat", "--old", str(work / "v1.pt"), "--new",
                                 str(out.parent / "v2.auto" / f"{first['candidate']}.pt"),
-                                "--data", str(split / "validation"), "--json", "-"])
+                                "--data", str(split / "validation"), "--json"])
     report = json.loads(check.stdout)
     assert report["criterion"]["margin"] == pytest.approx(first["margin"])
     assert report["headline"]["values"]["new/new"] == pytest.approx(first["new_new"])
