@@ -167,6 +167,32 @@ def test_enroll_then_remove_visible_to_search(served):
     wait_until(lambda: top_ids()[1] != "new/b")
 
 
+def test_writes_wait_for_the_reload_holding_the_store_open(tmp_path, monkeypatch):
+    """Each write wakes the switcher, which holds the store open for reading while it loads
+    the new generation (seconds at scale; widened here to 0.3 s). HDF5 refuses to open for
+    writing a file the process holds for reading, so a write arriving then must wait for
+    the load, not fail."""
+    import gallery.serve.switcher as switcher_mod
+
+    real = switcher_mod.load_snapshot
+
+    def slow_load(path, *args, **kwargs):
+        with Store.open(path, "r"):
+            time.sleep(0.3)
+            return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(switcher_mod, "load_snapshot", slow_load)
+    path = tmp_path / "g.h5"
+    emb = make_store(path, rows=30)
+    statuses = []
+    with ServerThread(ServeConfig(path, port=0)) as srv:
+        for n in range(4):
+            item = {"id": f"b2b-{n}", "embedding": emb[n].tolist()}
+            statuses.append(post(srv, "/v1/items", json={"items": [item]}).status_code)
+            statuses.append(httpx.delete(f"{srv.url}/v1/items/b2b-{n}", timeout=30).status_code)
+    assert statuses == [201, 200] * 4
+
+
 def test_write_meeting_another_writers_lock_gets_503(served):
     srv, path, emb = served
     lock = WriterLock(path).acquire()  # another writer (a CLI upgrade, say) holds the store

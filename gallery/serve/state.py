@@ -15,6 +15,7 @@ results as an in-process `search` on the same store.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,12 @@ from gallery.store.generation import current as generation_of
 log = logging.getLogger(__name__)
 
 HIT_COLUMNS = ("id", "identity", "model")
+
+# HDF5 refuses to open a file for writing while the same process holds it open for
+# reading ("unable to synchronously open file"), so the switcher's reads and the write
+# routes' commits in this process take turns on this lock (other processes are not
+# affected: they have their own HDF5 library state).
+STORE_HANDLES = threading.Lock()
 
 
 class GenerationMoved(Exception):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gallery.errors import GalleryError
-from gallery.serve.state import GenerationMoved, Snapshot, load_snapshot
+from gallery.serve.state import STORE_HANDLES, GenerationMoved, Snapshot, load_snapshot
 from gallery.store import Store, generation
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,10 @@ class Switcher:
 
     def poll(self) -> bool:
         """One check: load and swap in a new generation if there is one. True if swapped."""
+        with STORE_HANDLES:  # no write of this process holds the file meanwhile (state.py)
+            return self._poll()
+
+    def _poll(self) -> bool:
         try:
             seen = generation(self.path)
         except (GalleryError, OSError, KeyError, ValueError, RuntimeError) as exc:

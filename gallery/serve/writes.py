@@ -9,7 +9,6 @@ rows to the file: a service killed at any point loses no acknowledged item.
 
 from __future__ import annotations
 
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,9 +17,9 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from gallery.errors import StoreLocked
+from gallery.serve.state import STORE_HANDLES
 from gallery.store import Store
 
-_ONE_WRITER = threading.Lock()  # this process's writers queue here instead of spinning on flock
 RETRY_SECONDS = 0.05
 
 
@@ -32,8 +31,9 @@ class ModelSwitched(StoreLocked):
 def writer(path: Path, wait_seconds: float) -> Iterator[Store]:
     """The store open for writing, waiting at most `wait_seconds` in all for the lock."""
     deadline = time.monotonic() + wait_seconds
-    if not _ONE_WRITER.acquire(timeout=max(wait_seconds, 0)):
-        raise StoreLocked(f"store {path} is busy with another write from this service")
+    # Also queues this process's writers, instead of each spinning on the flock.
+    if not STORE_HANDLES.acquire(timeout=max(wait_seconds, 0)):
+        raise StoreLocked(f"store {path} is busy in this service (another write or a reload); retry")
     try:
         while True:
             try:
@@ -46,7 +46,7 @@ def writer(path: Path, wait_seconds: float) -> Iterator[Store]:
         with st:
             yield st
     finally:
-        _ONE_WRITER.release()
+        STORE_HANDLES.release()
 
 
 def enroll(path: Path, embeddings: np.ndarray, ids: Sequence[str], identities: Sequence[str] | None,
