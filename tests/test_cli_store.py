@@ -108,10 +108,15 @@ def test_cli_bad_inputs(setup, tmp_path):
     bad.mkdir(parents=True)
     write_digit_folder(tmp_path / "bad", n_per_class=1)
     (bad / "photo.png").write_text("not a png")
-    _fails(store, "enroll", store, "--images", tmp_path / "bad", match="photo.png")
+    # the same ids are enrolled already: refused before any encoding; skipping them, the bad photo fails
+    _fails(store, "enroll", store, "--images", tmp_path / "bad", match="ids already in store")
+    _fails(store, "enroll", store, "--images", tmp_path / "bad", "--skip-existing", match="photo.png")
     (tmp_path / "empty").mkdir()
     _fails(store, "enroll", store, "--images", tmp_path / "empty", match="no images")
-    _fails(store, "search", store, "--image", bad / "photo.png", match="photo.png")
+    _fails(store, "search", store, "--image", bad / "photo.png", "--on-error", "fail", match="photo.png")
+    skipped = ok("search", store, "--image", bad / "photo.png", "--json")  # default: an item error
+    assert skipped[0]["query"] == "photo.png" or skipped[0]["query"].endswith("photo.png")
+    assert "not a readable image" in skipped[0]["error"] and skipped[0]["hits"] == []
     _fails(store, "info", tmp_path / "absent.h5", match="store not found")
     corrupt = tmp_path / "corrupt.h5"
     corrupt.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 512)

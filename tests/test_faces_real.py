@@ -128,22 +128,40 @@ def test_cli_enroll_and_search_with_detect(sface, tmp_path) -> None:
     steps = [
         ["import-encoder", str(FOUND["sface"]), "--preset", "sface", "--out", str(wrapped)],
         ["init", str(store), "--model", str(wrapped)],
-        ["enroll", str(store), "--images", str(photos), "--detect", *detector],
+        # the sface preset declares aligned face input: detection is on without --detect
+        ["enroll", str(store), "--images", str(photos), *detector],
     ]
     for args in steps:
         result = run(app, args)
         assert result.exit_code == 0, (args[0], result.output)
     queries = [str(FOUND["photos"] / n) for n in OBAMA_QUERIES]
-    result = run(app, ["search", str(store), *sum((["--image", q] for q in queries), []), "--detect",
+    result = run(app, ["search", str(store), *sum((["--image", q] for q in queries), []),
                        *detector, "-k", "2", "--threshold", "0.3", "--json"])
     assert result.exit_code == 0, result.output
     records = json.loads(result.stdout)
     assert [r["match"] for r in records] == ["Obama"] * 4
     assert all([h["identity"] for h in r["hits"] if h["accepted"]] == ["Obama"] for r in records)  # Biden rejected
-    # without --detect the whole photo is squashed to 112x112: the encoder sees no aligned face
-    plain = run(app, ["search", str(store), "--image", queries[0], "-k", "1", "--json"])
+    # with --no-detect the whole photo is squashed to 112x112: the encoder sees no aligned face
+    plain = run(app, ["search", str(store), "--image", queries[0], "-k", "1", "--no-detect", "--json"])
     assert plain.exit_code == 0
     assert json.loads(plain.stdout)[0]["hits"][0]["score"] < records[0]["hits"][0]["score"]
+    # a photo without a face is an item error, not a crash: search lists it, enrol skips or fails
+    from PIL import Image
+
+    Image.new("RGB", (200, 200), (90, 140, 200)).save(tmp_path / "sky.png")
+    mixed = run(app, ["search", str(store), "--image", queries[0], "--image", str(tmp_path / "sky.png"),
+                      *detector, "--threshold", "0.3", "--json"])
+    assert mixed.exit_code == 0, mixed.output
+    by_query = {Path(r["query"]).name: r for r in json.loads(mixed.stdout)}
+    assert by_query[Path(queries[0]).name]["match"] == "Obama"
+    assert "no face detected" in by_query["sky.png"]["error"]
+    (photos / "Nobody").mkdir()
+    shutil.copy(tmp_path / "sky.png", photos / "Nobody" / "sky.png")
+    refused = run(app, ["enroll", str(store), "--images", str(photos), "--skip-existing", *detector])
+    assert refused.exit_code == 2 and "no face detected" in refused.output
+    skipped = run(app, ["enroll", str(store), "--images", str(photos), "--skip-existing", "--on-error", "skip",
+                        *detector, "--json"])
+    assert skipped.exit_code == 0 and json.loads(skipped.stdout)["errors"][0]["item"] == "Nobody/sky.png"
 
 
 def test_landmarks_file_gives_the_detector_crop(sface, tmp_path) -> None:

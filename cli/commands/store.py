@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from cli.commands.threshold import warn_uncalibrated
-from cli.common import (JSON_FLAG, STORE_ARG, DEFAULTS_HELP, KIND_CHOICES, console, emit, emit_json, err_console, handle_errors,
-                        load_encoder_any, render_table)
+from cli.common import (DEFAULTS_HELP, JSON_FLAG, KIND_CHOICES, STORE_ARG, console, emit, emit_json, err_console,
+                        handle_errors, load_encoder_any, progress_bar, render_table)
 from gallery.errors import BadInput
 
 JSON = JSON_FLAG
 REQUIRE_GPU = typer.Option(False, "--require-gpu", help="Fail unless CUDA is the active provider.")
 # Face photos (gallery.faces): detect + align with YuNet, or align with given 5-point landmarks.
-DETECT = typer.Option(False, "--detect", help="Face photos: detect and align faces with YuNet (\\[faces] extra).")
+DETECT = typer.Option(None, "--detect/--no-detect", help="Face photos: detect and align faces with YuNet "
+                      "(\\[faces] extra). Default: on when the model declares aligned face input.")
+ON_ERROR = typer.Option("fail", "--on-error", help="An unreadable image or one without a face: fail (nothing "
+                        "written) or skip it (listed under errors).")
 DETECTOR = typer.Option(None, "--detector", help="YuNet ONNX for --detect (default: $GALLERY_YUNET_MODEL).")
 LANDMARKS = typer.Option(None, "--landmarks", help="Face photos: 5-point landmarks CSV/JSON per image.")
 
@@ -27,17 +28,6 @@ def register(app: typer.Typer) -> None:
                        ("info", info_cmd), ("verify", verify_cmd), ("search", search_cmd),
                        ("migrate", migrate_cmd), ("reindex", reindex_cmd)):
         app.command(name)(func)
-
-
-@contextmanager
-def _progress(label: str, total: int, quiet: bool) -> Iterator:
-    if quiet or total <= 0:
-        yield None
-        return
-    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
 
 
 def _load_kwargs(require_gpu: bool, providers: Optional[str]) -> dict:
@@ -96,6 +86,9 @@ def enroll_cmd(
     detect: bool = DETECT,
     detector: Optional[Path] = DETECTOR,
     landmarks: Optional[Path] = LANDMARKS,
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip ids (or identical files) already "
+                                       "enrolled, checked before any encoding."),
+    on_error: str = ON_ERROR,
     as_json: bool = JSON,
 ) -> None:
     """Add images (encoded with the store's active model) or precomputed embeddings."""
@@ -104,23 +97,25 @@ def enroll_cmd(
 
     if (images is None) == (embeddings is None):
         raise BadInput("give either --images DIR or --embeddings FILE")
+    if skip_existing and images is None:
+        raise BadInput("--skip-existing applies to --images")
     with Store.open(store, "a") as st:
         if images is not None:
             if model_version is not None:
                 raise BadInput("--model-version applies to --embeddings; images use the active model")
-            paths, _, _ = sources.list_labelled_images(images, labels)
-            with _progress("encoding", len(paths), as_json) as advance:
-                if detect or landmarks:  # gallery.faces hook: photos -> aligned face crops
-                    from gallery.faces.enroll import enroll_face_images
+            from gallery.ingest import enroll_images
 
-                    result = enroll_face_images(st, images, labels, model, load_encoder_any, batch_size,
-                                                advance, detector=detector, landmarks=landmarks,
-                                                **_load_kwargs(require_gpu, providers))
-                else:
-                    result = sources.enroll_images(st, images, labels, model, load_encoder_any, batch_size,
-                                                   advance, **_load_kwargs(require_gpu, providers))
+            with progress_bar("encoding", as_json) as (on_total, advance):
+                result = enroll_images(st, images, labels, model, load_encoder_any, batch_size, advance, on_total,
+                                       skip_existing=skip_existing, on_error=on_error, detect=detect,
+                                       detector=detector, landmarks=landmarks, **_load_kwargs(require_gpu, providers))
         else:
             result = sources.enroll_embeddings(st, embeddings, ids, model_version)
+    for e in result.get("errors", []) if not as_json else []:
+        err_console.print(f"[yellow]skipped:[/] {e['item']}: {e['error']}", highlight=False, soft_wrap=True)
+    skipped = len(result.get("skipped_existing", []))
+    if skipped and not as_json:
+        console.print(f"{skipped} item(s) already in the store were skipped")
     emit(as_json, result, f"enrolled {result['rows']} items into {store} (model {result['model']})")
 
 
@@ -201,6 +196,8 @@ def search_cmd(
                                          "keeps: milvus:URI, qdrant:URI, or a URI this store was synced to."),
     collection: Optional[str] = typer.Option(None, "--collection", help="With --engine: the serving alias "
                                              "(default: the store's file name)."),
+    query_on_error: str = typer.Option("skip", "--on-error", help="A query image that is unreadable or has no "
+                                       "face: skip it (a record with its error) or fail."),
     as_json: bool = JSON,
 ) -> None:
     """k nearest gallery items per query, with open-set rejection."""
@@ -213,6 +210,7 @@ def search_cmd(
         raise BadInput("--engine takes --embeddings or --image queries (no --detect/--landmarks)")
     opts = dict(k=k, threshold=threshold, query_version=query_model, kind=index, nprobe=nprobe,
                 ef_search=ef_search, rerank=rerank, accept_uncalibrated=accept_uncalibrated)
+    errors: list[dict] = []
     with Store.open(store) as st:
         if engine is not None:  # the serving view a `gallery sync` keeps, same decisions
             from gallery import engines
@@ -226,19 +224,22 @@ def search_cmd(
                 result = engines.search(eng, collection or engines.default_alias(st), queries, k=k,
                                         threshold=threshold, store=st, params=eng.knobs(ef_search, nprobe),
                                         accept_uncalibrated=accept_uncalibrated)
-        elif image and (detect or landmarks):  # gallery.faces hook: photos -> aligned face crops
-            from gallery.faces.enroll import search_face_images
+        elif image:  # per-item errors; face models detect + align unless --no-detect
+            from gallery.ingest import embed_queries
 
-            result, names = search_face_images(st, image, detector=detector, landmarks=landmarks,
-                                               model_path=model, loader=load_encoder_any,
-                                               require_gpu=require_gpu, **opts)
-        elif image:
-            result, names = search_mod.search_images(st, image, model_path=model, loader=load_encoder_any,
-                                                     **_load_kwargs(require_gpu, providers), **opts)
+            with progress_bar("embedding queries", as_json) as (_, advance):
+                queries, names, errors = embed_queries(st, image, query_model, model, load_encoder_any,
+                                                       progress=advance, on_error=query_on_error, detect=detect,
+                                                       detector=detector, landmarks=landmarks,
+                                                       **_load_kwargs(require_gpu, providers))
+            result = search_mod.search(st, queries, **opts)
         else:
             queries, names = search_mod.read_query_embeddings(embeddings)
             result = search_mod.search(st, queries, **opts)
-    records = result.to_records(names)
+    records = result.to_records(names) + [{"query": e["item"], "error": e["error"], "rejected": True, "match": None,
+                                           "uncalibrated_pairs": [], "hits": []} for e in errors]
+    for e in errors if not as_json else []:
+        err_console.print(f"[yellow]skipped:[/] {e['item']}: {e['error']}", highlight=False, soft_wrap=True)
     if not accept_uncalibrated:
         warn_uncalibrated(sorted({p for rec in records for p in rec["uncalibrated_pairs"]}), store)
     if as_json:

@@ -203,6 +203,11 @@ class Store(ModelRecords):
         result["index"] = index.refresh_after_write(self)
         return result
 
+    def find_ids(self, ids: Sequence[str]) -> dict[str, int]:
+        """{id: row} for those of `ids` the store holds (live or removed: ids are never reused)."""
+        from gallery.store import idindex
+        return idindex.find(self, ids)
+
     def columns(self) -> dict[str, np.ndarray]:
         from gallery.store import items
         return items.columns(self)

@@ -1,0 +1,160 @@
+"""Images in, per item: how a model's photos become its input, and what happens to the ones
+that cannot (unreadable file, no face found).
+
+- The model's declared preprocessing is enforced: a model whose metadata declares
+  `gallery.alignment = arcface-5pt` (face presets) gets YuNet-detected, 5-point-aligned
+  crops by default; `detect=False` (`--no-detect`) opts out for crops already aligned.
+- A bad item is an item error: `on_error="fail"` raises the first one (nothing written),
+  `"skip"` leaves it out and reports it, so one photo without a face no longer aborts a batch.
+- `enroll_images` checks ids (and with `skip_existing`, identical content) against the store
+  *before* any encoding, so a re-run costs only the new photos.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from gallery.errors import BadInput
+from gallery.fingerprint import file_sha256
+
+if TYPE_CHECKING:
+    from gallery.encoder import Encoder
+    from gallery.store import Store
+
+log = logging.getLogger(__name__)
+
+ON_ERROR = ("fail", "skip")
+ALIGNED_FACES = "arcface-5pt"  # gallery.faces.presets.ALIGN_ARCFACE (not imported: needs no cv2 here)
+
+
+def declares_faces(encoder: "Encoder") -> bool:
+    """The model says its input is an aligned face crop."""
+    return encoder.identity.get("metadata", {}).get("gallery.alignment") == ALIGNED_FACES
+
+
+def image_loader(encoder: "Encoder", detect: bool | None = None, detector: str | Path | None = None,
+                 landmarks: str | Path | None = None) -> Callable[[Path], np.ndarray]:
+    """path -> HxWxC uint8 ready for `embed_images`: aligned face crops when the model declares
+    face alignment (unless detect=False) or landmarks are given, else the plain resize."""
+    faces = bool(landmarks) or (declares_faces(encoder) if detect is None else detect)
+    if not faces:
+        from gallery.preprocess import load_image
+
+        return lambda path: load_image(path, encoder.spec)
+    from gallery.faces.enroll import make_cropper
+
+    try:
+        cropper = make_cropper(encoder, detector if detect is not False else None, landmarks,
+                               use_detector=detect is not False)
+    except BadInput as exc:
+        if detect is None:  # detection came from the model's declaration: say how to opt out
+            raise BadInput(f"{exc} (the model declares aligned face input; --no-detect if the images "
+                           "are aligned crops already)") from None
+        raise
+    return cropper.crop
+
+
+@dataclass
+class Embedded:
+    embeddings: np.ndarray                 # (len(kept), dim)
+    kept: list[int]                        # input positions that were embedded
+    errors: list[dict] = field(default_factory=list)  # {"item", "error"} per skipped input
+
+
+def embed_items(encoder: "Encoder", paths: Sequence[Path], load: Callable[[Path], np.ndarray],
+                on_error: str = "fail", batch_size: int = 64,
+                progress: Callable[[int], None] | None = None, names: Sequence[str] | None = None) -> Embedded:
+    """Load and embed each path; a BadInput for one item fails the call or skips the item."""
+    from gallery.encoder import embed_images
+
+    if on_error not in ON_ERROR:
+        raise BadInput(f"--on-error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+    if batch_size < 1:
+        raise BadInput(f"batch size must be >= 1, got {batch_size}")
+    parts, kept, errors, batch, batch_pos = [], [], [], [], []
+    for pos, path in enumerate(paths):
+        try:
+            batch.append(load(Path(path)))
+            batch_pos.append(pos)
+        except BadInput as exc:
+            if on_error == "fail":
+                raise
+            errors.append({"item": str(names[pos] if names else path), "error": str(exc)})
+        if len(batch) == batch_size or pos == len(paths) - 1:
+            if batch:
+                parts.append(embed_images(encoder, batch))
+                kept += batch_pos
+            batch, batch_pos = [], []
+        if progress is not None:
+            progress(1)
+    emb = np.concatenate(parts) if parts else np.zeros((0, encoder.dim), np.float32)
+    return Embedded(emb, kept, errors)
+
+
+def enroll_images(store: "Store", root: str | Path, labels: str | Path | None = None,
+                  model_path: str | Path | None = None, loader: Any = None, batch_size: int = 64,
+                  progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None,
+                  skip_existing: bool = False, on_error: str = "fail", detect: bool | None = None,
+                  detector: str | Path | None = None, landmarks: str | Path | None = None,
+                  **load_kwargs: Any) -> dict:
+    """Encode ROOT's images with the active model and enrol them (ids = relative paths), with a
+    per-item report: `skipped_existing` (ids, or identical files, already enrolled) and `errors`."""
+    from gallery.store.sources import list_labelled_images, model_encoder
+
+    store.require_writer()
+    if on_error not in ON_ERROR:
+        raise BadInput(f"--on-error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+    paths, ids, identities = list_labelled_images(root, labels)
+    hashes = [file_sha256(p) for p in paths]
+    present = store.find_ids(ids)
+    skipped = []
+    if present and not skip_existing:  # before any encoding: a re-run fails in milliseconds
+        clash = [i for i in ids if i in present]
+        raise BadInput(f"ids already in store (removed ids are never reused): {', '.join(clash[:5])}"
+                       + (" ..." if len(clash) > 5 else "") + "; --skip-existing enrols only the new ones")
+    if skip_existing:
+        columns = store.columns()
+        live_hashes = set(columns["content_hash"][~columns["deleted"]].tolist())
+        keep = []
+        for n, (item, digest) in enumerate(zip(ids, hashes)):
+            if item in present or digest in live_hashes:
+                skipped.append({"item": item, "reason": "id in store" if item in present else "same file enrolled"})
+            else:
+                keep.append(n)
+        paths, ids, hashes = [paths[n] for n in keep], [ids[n] for n in keep], [hashes[n] for n in keep]
+        identities = [identities[n] for n in keep]
+    report = {"model": store.active_model, "rows": 0, "skipped_existing": skipped, "errors": []}
+    if not paths:
+        return report
+    if on_total is not None:
+        on_total(len(paths))
+    encoder = model_encoder(store, None, model_path, loader, **load_kwargs)
+    load = image_loader(encoder, detect, detector, landmarks)
+    done = embed_items(encoder, paths, load, on_error, batch_size, progress, names=ids)
+    report["errors"] = done.errors
+    if not done.kept:
+        return report
+    pick = done.kept
+    result = store.enroll(done.embeddings, [ids[n] for n in pick], [identities[n] for n in pick],
+                          model_version=store.active_model, content_hashes=[hashes[n] for n in pick])
+    return {**result, **{k: report[k] for k in ("skipped_existing", "errors")}}
+
+
+def embed_queries(store: "Store", paths: Sequence[str | Path], query_version: str | None = None,
+                  model_path: str | Path | None = None, loader: Any = None, batch_size: int = 64,
+                  progress: Callable[[int], None] | None = None, on_error: str = "skip",
+                  detect: bool | None = None, detector: str | Path | None = None,
+                  landmarks: str | Path | None = None, **load_kwargs: Any) -> tuple[np.ndarray, list[str], list[dict]]:
+    """Query images embedded by the query model: (embeddings, names of the embedded ones, errors)."""
+    from gallery.store.sources import expand_image_args, model_encoder
+
+    files = expand_image_args(paths)
+    encoder = model_encoder(store, query_version, model_path, loader, **load_kwargs)
+    done = embed_items(encoder, files, image_loader(encoder, detect, detector, landmarks), on_error,
+                       batch_size, progress)
+    return done.embeddings, [str(files[n]) for n in done.kept], done.errors
