@@ -322,7 +322,7 @@ def test_face_model_queries_are_detected_and_aligned(tmp_path):
     if missing:
         pytest.skip(f"face assets missing (run setup.sh): {', '.join(missing[:3])}")
     from cli_helpers import ok
-    from gallery.faces.enroll import search_face_images
+    from gallery.ingest import embed_queries
     from gallery.faces.presets import import_encoder
 
     import_encoder(found["sface"], "sface", tmp_path / "sface.onnx")
@@ -338,7 +338,8 @@ def test_face_model_queries_are_detected_and_aligned(tmp_path):
                  data={"k": "2"})
         assert r.status_code == 200, r.text
     with Store.open(store) as st:
-        expected, _ = search_face_images(st, [query], detector=found["yunet"], k=2)
+        queries, _, _ = embed_queries(st, [query], detector=found["yunet"])  # the model declares faces: aligned
+        expected = st.search(queries, k=2)
     assert_same_as_in_process(r.json(), expected, [query.name])
     assert r.json()["results"][0]["hits"][0]["identity"] == "obama"
 
