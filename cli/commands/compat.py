@@ -41,7 +41,7 @@ def _render(report: dict) -> None:
     _render_by_gallery(report)
     crit = report["criterion"]
     verdict = "[green]holds[/]" if crit["passed"] else "[red]fails[/]"
-    console.print(f"criterion new->old > old/old: {verdict} "
+    console.print(f"criterion {crit.get('comparison', 'new->old')} > old/old: {verdict} "
                   f"({crit['new_to_old']:.4f} vs {crit['old_old']:.4f})")
     if report.get("gain"):
         gain = report["gain"]
@@ -107,6 +107,9 @@ def check_compat(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Embedding batch size.")] = 64,
     save_embeddings: Annotated[Optional[Path], typer.Option(
         "--save-embeddings", help="Write the extracted embeddings (HDF5) for later --embeddings runs.")] = None,
+    adapter: Annotated[Optional[Path], typer.Option(
+        "--adapter", help="Adapter h: old -> new space (gallery train-adapter): scores new->h(old), "
+                          "which the criterion and gates then judge.")] = None,
 ) -> None:
     """Check that new-model queries can search the old model's gallery; exit 1 when a gate fails."""
     from gallery.compat.checker import CheckConfig, run_check
@@ -121,6 +124,7 @@ def check_compat(
         require_criterion=require_criterion, old_to_new=old_to_new, headline=headline, seed=seed,
         impostor_pairs=impostor_pairs, distractor_fraction=distractor_fraction,
         gallery_per_identity=gallery_per_identity, batch_size=batch_size, save_embeddings=_s(save_embeddings),
+        adapter=_s(adapter),
     )
     result = _run_with_progress(run_check, config, quiet=as_json)
     if json_out is not None:

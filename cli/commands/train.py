@@ -18,7 +18,7 @@ from gallery.errors import BadInput
 DataOpt = Annotated[Optional[Path], typer.Option(
     "--data", help="Training data: ImageFolder dir, dir with train.rec, FILE.rec, .h5/.npz.")]
 ArchOpt = Annotated[Optional[str], typer.Option(
-    "--arch", help="Backbone: small, iresnet18/34/50/100.")]
+    "--arch", help="Backbone: small, small-wide, iresnet18/34/50/100.")]
 HeadOpt = Annotated[Optional[str], typer.Option(
     "--head", help="Classification head: arcface | cosface | softmax.")]
 ScaleOpt = Annotated[Optional[float], typer.Option("--scale", help="Margin head scale s.")]

@@ -46,6 +46,7 @@ class CheckConfig:
     gallery_per_identity: int = 1
     batch_size: int = 64
     save_embeddings: str | None = None
+    adapter: str | None = None             # h: old space -> new space (gallery train-adapter)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,8 +65,10 @@ class CheckResult:
         return bool(self.report["passed"])
 
 
+ADAPTED = "new->h(old)"  # new queries against the old gallery mapped by the adapter
 COMPARISONS = {"old/old": ("old", "old"), "new/new": ("new", "new"), "new->old": ("new", "old"),
-               "old->new": ("old", "new"), "reference/reference": ("reference", "reference")}
+               "old->new": ("old", "new"), "reference/reference": ("reference", "reference"),
+               ADAPTED: ("new", "adapted")}
 
 
 def _validate(config: CheckConfig) -> None:
@@ -114,11 +117,38 @@ def _load_models(config, load, pre: dict | None) -> tuple[dict, dict]:
     return encoders, identities
 
 
-def _check_dims(encoders: dict, pre: dict | None) -> None:
+def _check_dims(encoders: dict, pre: dict | None, adapter, config: CheckConfig) -> None:
     dims = {r: e.dim for r, e in encoders.items()}
     if pre is not None:
         dims.update({r: a.shape[1] for r, a in pre["features"].items() if r not in dims})
-    check_same_dim(dims["old"], dims["new"])
+    if adapter is None:
+        check_same_dim(dims["old"], dims["new"])
+        return
+    if (adapter.from_dim, adapter.to_dim) != (dims["old"], dims["new"]):
+        raise BadInput(f"adapter {Path(config.adapter).name} maps {adapter.from_dim}-d -> {adapter.to_dim}-d "
+                       f"but the old model gives {dims['old']}-d and the new one {dims['new']}-d")
+    if config.old_to_new and dims["old"] != dims["new"]:
+        raise BadInput("--old-to-new needs old and new models of one dimension")
+
+
+def _load_adapter(config: CheckConfig, identities: dict):
+    """The adapter, checked against both models' identities (file sha256 or model_id)."""
+    if not config.adapter:
+        return None
+    from gallery.adapter import load_adapter
+
+    adapter = load_adapter(config.adapter)
+    adapter.check_models(identities["old"], identities["new"])
+    identities["adapted"] = adapter.describe()
+    return adapter
+
+
+def _names(config: CheckConfig, items: dict) -> list[str]:
+    same_dim = items["old"].shape[1] == items["new"].shape[1]
+    names = ["old/old", "new/new"] + (["new->old"] if same_dim else [])
+    names += [ADAPTED] if config.adapter else []
+    names += ["old->new"] if config.old_to_new else []
+    return names + (["reference/reference"] if config.reference else [])
 
 
 def _embed(evalset, encoders, pre, config, progress, on_total) -> dict[str, np.ndarray]:
@@ -230,14 +260,16 @@ def run_check(
     # protocols and shapes first: bad meta files or dimensions fail before any model runs
     pairs, search = _protocols(evalset, config.protocol())
     encoders, identities = _load_models(config, load, pre)
-    _check_dims(encoders, pre)
+    adapter = _load_adapter(config, identities)
+    _check_dims(encoders, pre, adapter, config)
     _check_rows(evalset, pre, config)
     items = _embed(evalset, encoders, pre, config, progress, on_total)
     if config.save_embeddings:
         _save(config.save_embeddings, evalset, items, identities, pairs)
+    if adapter is not None:  # per item, before any template aggregation, as a store would
+        items["adapted"] = adapter.apply(items["old"])
     units = {role: l2_normalize(evalset.to_units(f)) for role, f in items.items()}
-    names = ["old/old", "new/new", "new->old"] + (["old->new"] if config.old_to_new else [])
-    names += ["reference/reference"] if config.reference else []
+    names = _names(config, items)
     name_roles = {n: COMPARISONS[n] for n in names}
     comparisons, curves = {}, {}
     fars = tuple(sorted(set(DEFAULT_FARS) | {config.target_far}))
@@ -245,7 +277,8 @@ def run_check(
         comparisons[name], curves[name] = _compare(units[q], units[g], pairs, search, fars)
         comparisons[name].update(query=q, gallery=g)
     headline = pick_headline(config.headline, comparisons, config.target_far)
-    gates, summary = evaluate_gates(config, {n: headline_value(headline, c) for n, c in comparisons.items()})
+    gates, summary = evaluate_gates(config, {n: headline_value(headline, c) for n, c in comparisons.items()},
+                                    cross=ADAPTED if adapter is not None else "new->old")
     report = build_report(
         models=identities, data=_data_identity(evalset, pre, config),
         protocol=_protocol_summary(config, evalset, pre, pairs, search), comparisons=comparisons,

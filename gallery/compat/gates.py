@@ -18,7 +18,7 @@ def check_same_dim(old_dim: int, new_dim: int) -> None:
         raise BadInput(
             f"old model gives {old_dim}-d embeddings, new model {new_dim}-d: not compatible by "
             "construction (a new query cannot be compared with an old gallery entry); train the new "
-            "model with the old model's dimension"
+            "model with the old model's dimension, or map the old space with --adapter (gallery train-adapter)"
         )
 
 
@@ -57,11 +57,16 @@ def _gate(name: str, passed: bool, value, limit, detail: str) -> dict:
     return {"name": name, "passed": bool(passed), "value": value, "limit": limit, "detail": detail}
 
 
-def evaluate_gates(config, values: dict[str, float]) -> tuple[list[dict], dict]:
-    """(gates requested by the config, summary of criterion / gain / new-model drop)."""
-    old, new, cross = values["old/old"], values["new/new"], values["new->old"]
+def evaluate_gates(config, values: dict[str, float], cross: str = "new->old") -> tuple[list[dict], dict]:
+    """(gates requested by the config, summary of criterion / gain / new-model drop).
+
+    `cross` names the backfill-free comparison the criterion judges: new->old, or
+    new->h(old) when an adapter maps the old gallery into the new space."""
+    cross_name = cross
+    old, new, cross = values["old/old"], values["new/new"], values[cross_name]
     summary: dict = {
-        "criterion": {"new_to_old": cross, "old_old": old, "margin": cross - old, "passed": cross > old},
+        "criterion": {"new_to_old": cross, "old_old": old, "margin": cross - old, "passed": cross > old,
+                      "comparison": cross_name},
     }
     if "old->new" in values:
         summary["old_to_new_criterion"] = {"old_to_new": values["old->new"], "old_old": old,
@@ -80,7 +85,7 @@ def evaluate_gates(config, values: dict[str, float]) -> tuple[list[dict], dict]:
     gates = []
     if config.require_criterion:
         gates.append(_gate("require_criterion", cross > old, cross, old,
-                           f"new->old {cross:.4f} must exceed old/old {old:.4f}"))
+                           f"{cross_name} {cross:.4f} must exceed old/old {old:.4f}"))
     if config.min_gain is not None:
         ok = gain is not None and gain >= config.min_gain
         gates.append(_gate("min_gain", ok, gain, config.min_gain,
