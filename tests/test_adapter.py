@@ -18,7 +18,7 @@ from gallery.adapter import load_adapter
 from gallery.fingerprint import file_sha256
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-TRAIN = ["--arch", "small", "--image-size", "16", "--epochs", "3", "--batch-size", "64", "--lr", "0.05",
+TRAIN = ["--arch", "small", "--image-size", "8", "--epochs", "3", "--batch-size", "64", "--lr", "0.05",
          "--device", "cpu", "--json"]
 
 
