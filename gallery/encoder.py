@@ -72,6 +72,7 @@ class OnnxEncoder:
         self._check_io(meta)
         self.spec = _spec_or_error(meta, path)
         self.dim = self._declared_dim(meta)
+        self.old_space_dim, self._old_space_output = self._old_space(meta)
         self._check_input_matches_spec()
         self.identity = {
             "sha256": file_sha256(path),
@@ -105,6 +106,24 @@ class OnnxEncoder:
             return out_dim
         raise BadInput(f"{self.path}: output width is dynamic and gallery.dim is not declared")
 
+    def _old_space(self, meta: dict) -> tuple[int | None, str | None]:
+        """A v2 trained with a change of dimension also outputs its projection into v1's space."""
+        name = meta.get(META_PREFIX + "old_space_output")
+        if not name:
+            return None, None
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        dim = int(meta.get(META_PREFIX + "old_space_dim", 0))
+        width = outputs[name].shape[-1] if name in outputs else None
+        if name not in outputs or dim < 1 or (isinstance(width, int) and width != dim):
+            raise BadInput(f"{self.path}: declares an old-space output {name!r} ({dim}-d) it does not have")
+        return dim, name
+
+    def embed_old_space(self, batch: np.ndarray) -> np.ndarray:
+        """The projected (old-space) output; only for models with `old_space_dim`."""
+        if self._old_space_output is None:
+            raise BadInput(f"{self.path} has no old-space output")
+        return self.embed(batch, output=self._old_space_output)
+
     def _check_input_matches_spec(self) -> None:
         _, channels, height, width = self._input.shape
         expected = (self.spec.channels, self.spec.height, self.spec.width)
@@ -115,10 +134,10 @@ class OnnxEncoder:
         # A model exported with a fixed batch still works, one fixed-size chunk at a time.
         self._fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
 
-    def embed(self, batch: np.ndarray) -> np.ndarray:
+    def embed(self, batch: np.ndarray, output: str | None = None) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if self._fixed_batch is None:
-            return self._run(batch)
+            return self._run(batch, output)
         step = self._fixed_batch
         parts = []
         for start in range(0, len(batch), step):
@@ -126,11 +145,11 @@ class OnnxEncoder:
             pad = step - len(chunk)
             if pad:
                 chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
-            parts.append(self._run(chunk)[: step - pad])
+            parts.append(self._run(chunk, output)[: step - pad])
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        out = self.session.run([self._output], {self._input.name: batch})[0]
+    def _run(self, batch: np.ndarray, output: str | None = None) -> np.ndarray:
+        out = self.session.run([output or self._output], {self._input.name: batch})[0]
         return np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
 
 
@@ -210,6 +229,23 @@ def embed_paths(
         if progress is not None:
             progress(len(chunk))
     return np.concatenate(parts) if parts else np.zeros((0, encoder.dim), np.float32)
+
+
+class OldSpaceView:
+    """The old-space output of a v2 trained with a change of dimension, as an Encoder:
+    what its queries compare with v1 rows (the full embedding serves v2 rows)."""
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder, self.spec, self.identity = encoder, encoder.spec, encoder.identity
+        self.dim = int(encoder.old_space_dim)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        return self.encoder.embed_old_space(batch)
+
+
+def old_space_view(encoder: Encoder) -> OldSpaceView | None:
+    """The encoder's old-space view, or None when it has a single output."""
+    return OldSpaceView(encoder) if getattr(encoder, "old_space_dim", None) else None
 
 
 def describe(encoder: Encoder) -> dict[str, Any]:

@@ -140,7 +140,7 @@ def test_pass_with_compatible_model(setup):
     old_old = report["comparisons"]["old/old"]["identification"]["rank1"]
     cross = report["comparisons"]["new->old"]["identification"]["rank1"]
     assert report["criterion"] == {"new_to_old": cross, "old_old": old_old, "margin": cross - old_old,
-                                   "passed": True}
+                                   "passed": True, "comparison": "new->old"}
     ref = report["comparisons"]["reference/reference"]["identification"]["rank1"]
     assert report["gain"]["value"] == pytest.approx((cross - old_old) / (ref - old_old))
     pairs = {(t["query"], t["gallery"]) for t in report["thresholds"]}

@@ -98,7 +98,6 @@ def test_onnx_old_model_and_old_features_file(work):
     (["--method", "mixbct"], "needs the old model"),
     (["--method", "mixbct", "--old", "{v1}", "--tau", "0.2"], "--tau does not apply"),
     (["--method", "nope", "--old", "{v1}"], "valid: bct, independent, l2, mixbct, nccl, unibct"),
-    (["--method", "mixbct", "--old", "{v1}", "--dim", "32"], "dim"),
     (["--method", "mixbct", "--old", "{missing}"], "not found"),
     (["--method", "mixbct", "--old", "{v1}", "--mix-ratio", "2"], "--mix-ratio"),
     (["--method", "bct", "--old", "{v1}", "--bct-variant", "paper"], "valid: official, scaled"),

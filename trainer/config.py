@@ -60,6 +60,7 @@ class TrainConfig:
     method_params: dict[str, Any] = field(default_factory=dict)
     old_model: str | None = None
     old_features: str | None = None
+    old_dim: int | None = None  # v1's dim when it differs from dim: train a projection to it
 
     def __post_init__(self) -> None:
         self.validate()
@@ -71,6 +72,8 @@ class TrainConfig:
         for name, value in positive.items():
             if int(value) < 1:
                 raise BadInput(f"--{name.replace('_', '-')} must be >= 1 (got {value})")
+        if self.old_dim is not None and int(self.old_dim) < 1:
+            raise BadInput(f"old_dim must be >= 1 (got {self.old_dim})")
         if self.lr <= 0:
             raise BadInput(f"--lr must be > 0 (got {self.lr})")
         if self.optimizer not in OPTIMIZERS:

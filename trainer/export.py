@@ -26,6 +26,7 @@ from trainer.checkpoint import load_model
 
 log = logging.getLogger(__name__)
 OPSET = 17
+OLD_SPACE_OUTPUT = "old_space"
 
 
 def onnx_metadata(meta: dict[str, Any]) -> dict[str, str]:
@@ -45,18 +46,31 @@ def onnx_metadata(meta: dict[str, Any]) -> dict[str, str]:
     }
     if meta.get("compatible_with"):
         props[META_PREFIX + "compatible_with"] = str(meta["compatible_with"])
+    if arch.get("projection"):  # second output: the embedding projected into v1's space
+        props[META_PREFIX + "old_space_dim"] = str(int(arch["projection"]))
+        props[META_PREFIX + "old_space_output"] = OLD_SPACE_OUTPUT
     props.update(PreprocessSpec.from_dict(meta["preprocess"]).to_metadata())
     return props
+
+
+def _export_view(backbone: torch.nn.Module) -> tuple[torch.nn.Module, list[str]]:
+    """The module to export and its output names: a projected v2 declares both outputs."""
+    if hasattr(backbone, "project"):
+        from trainer.projection import BothOutputs
+
+        return BothOutputs(backbone).eval(), ["embedding", OLD_SPACE_OUTPUT]
+    return backbone, ["embedding"]
 
 
 def _torch_export(backbone: torch.nn.Module, sample: torch.Tensor, path: Path) -> None:
     # the TorchScript-based exporter is fast (no torch.export tracing) and handles every
     # op our backbones use; its deprecation notice is not actionable for users
+    module, outputs = _export_view(backbone)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(backbone, (sample,), str(path), input_names=["input"],
-                          output_names=["embedding"], opset_version=OPSET, dynamo=False,
-                          dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}})
+        torch.onnx.export(module, (sample,), str(path), input_names=["input"],
+                          output_names=outputs, opset_version=OPSET, dynamo=False,
+                          dynamic_axes={"input": {0: "batch"}, **{o: {0: "batch"} for o in outputs}})
 
 
 def export_onnx(pt_path: str | Path, out_path: str | Path, images: np.ndarray | None = None,
@@ -78,7 +92,9 @@ def export_onnx(pt_path: str | Path, out_path: str | Path, images: np.ndarray | 
         raw = Path(tmp) / "raw.onnx"
         with torch.no_grad():
             _torch_export(loaded.backbone, torch.from_numpy(batch[:2]), raw)
-            expected = loaded.backbone(torch.from_numpy(batch)).numpy()
+            module, _ = _export_view(loaded.backbone)
+            expected = module(torch.from_numpy(batch))
+            expected = [t.numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
         model = onnx.load(str(raw))
         for key, value in onnx_metadata(meta).items():
             entry = model.metadata_props.add()
@@ -89,7 +105,7 @@ def export_onnx(pt_path: str | Path, out_path: str | Path, images: np.ndarray | 
         diff = _parity(staged, batch, expected)
         # atol holds for embeddings up to unit scale; beyond it the bound grows with the
         # output (float32 rounding is relative: an untrained iresnet emits values ~500)
-        scale = max(1.0, float(np.abs(expected).max()))
+        scale = max(1.0, max(float(np.abs(e).max()) for e in expected))
         if not diff <= atol * scale:
             raise GateFailed(f"ONNX export of {pt_path} disagrees with torch: max |diff| "
                              f"{diff:.3g} > {atol * scale:.3g}; nothing written")
@@ -100,15 +116,16 @@ def export_onnx(pt_path: str | Path, out_path: str | Path, images: np.ndarray | 
             "parity_images": int(len(pixels)), "metadata": onnx_metadata(meta)}
 
 
-def _parity(path: Path, batch: np.ndarray, expected: np.ndarray) -> float:
-    """Max abs difference over the whole batch and over a batch of one (dynamic axis)."""
+def _parity(path: Path, batch: np.ndarray, expected: list[np.ndarray]) -> float:
+    """Max abs difference of every output, over the whole batch and a batch of one (dynamic axis)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    full = session.run(None, {name: batch})[0]
-    single = session.run(None, {name: batch[:1]})[0]
-    return float(max(np.abs(full - expected).max(), np.abs(single - expected[:1]).max()))
+    full = session.run(None, {name: batch})
+    single = session.run(None, {name: batch[:1]})
+    return float(max(max(np.abs(f - e).max(), np.abs(s - e[:1]).max())
+                     for f, s, e in zip(full, single, expected, strict=True)))
 
 
 def export_torchscript(pt_path: str | Path, out_path: str | Path, atol: float = 1e-4) -> dict:

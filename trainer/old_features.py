@@ -297,13 +297,14 @@ def precompute_old_features(config: Any, progress: Progress | None = None,
     dataset = open_dataset(config.data, config.preprocess_spec())
     if start is not None:
         start(len(dataset))
+    old_dim = config.old_dim or config.dim  # a v2 of another dim compares through its projection
     context = MethodContext(dataset=dataset, num_classes=dataset.num_classes,
-                            embedding_dim=config.dim, device=torch.device("cpu"), head=None,
+                            embedding_dim=old_dim, device=torch.device("cpu"), head=None,
                             old_model=config.old_model, old_features=config.old_features,
                             cache_dir=config.out_path.parent)
     data = resolve_old_features(context, progress)
-    if data.features.shape[1] != config.dim:
-        raise dim_mismatch(config.dim, data.features.shape[1])
+    if data.features.shape[1] != old_dim:
+        raise dim_mismatch(old_dim, data.features.shape[1])
     return data
 
 

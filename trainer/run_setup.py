@@ -46,7 +46,9 @@ def build_run(config: TrainConfig, info: DistInfo) -> RunParts:
     load_all().get(config.method)
     dataset = open_dataset(config.data, spec)
     torch.manual_seed(config.seed)  # same initial weights on every rank and every rerun
-    arch = arch_config(config.arch, config.dim, config.image_size, spec.channels, config.dropout)
+    projection = config.old_dim if config.old_dim and config.old_dim != config.dim else None
+    arch = arch_config(config.arch, config.dim, config.image_size, spec.channels, config.dropout,
+                       projection)
     backbone = build_backbone(arch)
     head = build_head(config.head, config.dim, dataset.num_classes, **config.head_params)
     method_cls = load_all().get(config.method)
@@ -56,6 +58,13 @@ def build_run(config: TrainConfig, info: DistInfo) -> RunParts:
         raise BadInput(f"bad parameters for method {config.method!r}: {exc}") from None
     if method_cls.requires_old_model and not (config.old_model or config.old_features):
         raise BadInput(f"method {config.method!r} needs --old (or --old-features)")
+    if projection:
+        if not method_cls.requires_old_model:
+            raise BadInput(f"old_dim {projection} given but method {config.method!r} uses no old model")
+        from trainer.projection import ProjectedMethod
+
+        method = ProjectedMethod(method, backbone, build_head(
+            config.head, projection, dataset.num_classes, **config.head_params))
     backbone.to(info.device)
     head.to(info.device)
     method.to(info.device)

@@ -30,6 +30,9 @@ class TorchEncoder:
                  identity: dict[str, Any], device: torch.device) -> None:
         self.module, self.spec, self.dim = module, spec, int(dim)
         self.identity, self.device = identity, device
+        # a v2 trained with a change of dimension (trainer.projection) also maps into v1's space
+        projection = getattr(module, "projection", None)
+        self.old_space_dim = int(projection.out_features) if projection is not None else None
 
     @torch.no_grad()
     def embed(self, batch: np.ndarray) -> np.ndarray:
@@ -48,6 +51,13 @@ class TorchEncoder:
         std = torch.tensor(self.spec.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         tensor = ((pixels - mean) / std).contiguous()
         return self.module(tensor).float().cpu().numpy()
+
+    @torch.no_grad()
+    def embed_old_space(self, batch: np.ndarray) -> np.ndarray:
+        if self.old_space_dim is None:
+            raise BadInput("this model has no old-space output")
+        tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+        return self.module.project(self.module(tensor)).float().cpu().numpy()
 
 
 def _device(providers: Any, require_gpu: bool) -> torch.device:

@@ -156,6 +156,9 @@ def register(app: typer.Typer) -> None:
             "--bct-variant": bct_variant, "--mix-ratio": mix_ratio, "--credible-t": credible_t}, base)
         if load_all().get(method).requires_old_model and not (cfg.old_model or cfg.old_features):
             raise BadInput(f"method {method!r} needs the old model: pass --old or --old-features")
+        from trainer.projection import old_space_dim
+
+        cfg.old_dim = old_space_dim(cfg)  # --dim != v1's dim: v2 learns a projection to v1's space
         cfg.validate()
         prepare_old(cfg, json)
         result = run_fit(cfg, json)

@@ -65,6 +65,7 @@ class CheckResult:
         return bool(self.report["passed"])
 
 
+OLD_SPACE = "new_old_space"  # role: a v2's projection into v1's space (train-compatible --dim != v1's)
 ADAPTED = "new->h(old)"  # new queries against the old gallery mapped by the adapter
 COMPARISONS = {"old/old": ("old", "old"), "new/new": ("new", "new"), "new->old": ("new", "old"),
                "old->new": ("old", "new"), "reference/reference": ("reference", "reference"),
@@ -101,7 +102,7 @@ def _roles(config: CheckConfig) -> dict[str, str | None]:
 
 def _load_models(config, load, pre: dict | None) -> tuple[dict, dict]:
     """Encoders for roles without precomputed features, and every role's identity."""
-    from gallery.encoder import describe
+    from gallery.encoder import describe, old_space_view
 
     encoders, identities = {}, {}
     for role, path in _roles(config).items():
@@ -114,6 +115,9 @@ def _load_models(config, load, pre: dict | None) -> tuple[dict, dict]:
             raise BadInput(f"--{role} is required (no precomputed {role} embeddings given)")
         encoders[role] = load(path)
         identities[role] = describe(encoders[role])
+    view = old_space_view(encoders["new"]) if "new" in encoders else None
+    if view is not None:  # v2 of another dim: its queries meet v1 rows through its projection
+        encoders[OLD_SPACE], identities[OLD_SPACE] = view, {**identities["new"], "dim": view.dim}
     return encoders, identities
 
 
@@ -121,12 +125,11 @@ def _check_dims(encoders: dict, pre: dict | None, adapter, config: CheckConfig) 
     dims = {r: e.dim for r, e in encoders.items()}
     if pre is not None:
         dims.update({r: a.shape[1] for r, a in pre["features"].items() if r not in dims})
-    if adapter is None:
-        check_same_dim(dims["old"], dims["new"])
-        return
-    if (adapter.from_dim, adapter.to_dim) != (dims["old"], dims["new"]):
+    if adapter is not None and (adapter.from_dim, adapter.to_dim) != (dims["old"], dims["new"]):
         raise BadInput(f"adapter {Path(config.adapter).name} maps {adapter.from_dim}-d -> {adapter.to_dim}-d "
                        f"but the old model gives {dims['old']}-d and the new one {dims['new']}-d")
+    if adapter is None and dims.get(OLD_SPACE) != dims["old"]:
+        check_same_dim(dims["old"], dims["new"])
     if config.old_to_new and dims["old"] != dims["new"]:
         raise BadInput("--old-to-new needs old and new models of one dimension")
 
@@ -144,8 +147,8 @@ def _load_adapter(config: CheckConfig, identities: dict):
 
 
 def _names(config: CheckConfig, items: dict) -> list[str]:
-    same_dim = items["old"].shape[1] == items["new"].shape[1]
-    names = ["old/old", "new/new"] + (["new->old"] if same_dim else [])
+    comparable = items["old"].shape[1] in (items["new"].shape[1], items.get(OLD_SPACE, items["new"]).shape[1])
+    names = ["old/old", "new/new"] + (["new->old"] if comparable else [])
     names += [ADAPTED] if config.adapter else []
     names += ["old->new"] if config.old_to_new else []
     return names + (["reference/reference"] if config.reference else [])
@@ -271,6 +274,8 @@ def run_check(
     units = {role: l2_normalize(evalset.to_units(f)) for role, f in items.items()}
     names = _names(config, items)
     name_roles = {n: COMPARISONS[n] for n in names}
+    if OLD_SPACE in items and "new->old" in name_roles:
+        name_roles["new->old"] = (OLD_SPACE, "old")
     comparisons, curves = {}, {}
     fars = tuple(sorted(set(DEFAULT_FARS) | {config.target_far}))
     for name, (q, g) in name_roles.items():

@@ -25,9 +25,12 @@ def load_all() -> Registry[Callable[..., nn.Module]]:
 
 
 def arch_config(name: str, dim: int, image_size: int, in_channels: int = 3,
-                dropout: float = 0.0) -> dict[str, Any]:
-    return {"name": name, "dim": int(dim), "image_size": int(image_size),
+                dropout: float = 0.0, projection: int | None = None) -> dict[str, Any]:
+    arch = {"name": name, "dim": int(dim), "image_size": int(image_size),
             "in_channels": int(in_channels), "dropout": float(dropout)}
+    if projection:  # v2 of another dim than v1: a learned map to v1's space (trainer.projection)
+        arch["projection"] = int(projection)
+    return arch
 
 
 def build_backbone(arch: dict[str, Any]) -> nn.Module:
@@ -35,11 +38,16 @@ def build_backbone(arch: dict[str, Any]) -> nn.Module:
     load_all()
     builder = BACKBONES.get(str(arch.get("name")))
     try:
-        return builder(dim=int(arch["dim"]), image_size=int(arch["image_size"]),
-                       in_channels=int(arch.get("in_channels", 3)),
-                       dropout=float(arch.get("dropout", 0.0)))
+        backbone = builder(dim=int(arch["dim"]), image_size=int(arch["image_size"]),
+                           in_channels=int(arch.get("in_channels", 3)),
+                           dropout=float(arch.get("dropout", 0.0)))
     except KeyError as exc:
         raise BadInput(f"architecture config lacks {exc.args[0]!r}") from None
+    if arch.get("projection"):
+        from trainer.projection import ProjectedBackbone
+
+        backbone = ProjectedBackbone(backbone, int(arch["dim"]), int(arch["projection"]))
+    return backbone
 
 
 __all__ = ["BACKBONES", "arch_config", "build_backbone", "load_all"]
