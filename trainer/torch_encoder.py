@@ -34,13 +34,15 @@ class TorchEncoder:
         projection = getattr(module, "projection", None)
         self.old_space_dim = int(projection.out_features) if projection is not None else None
 
-    @torch.no_grad()
-    def embed(self, batch: np.ndarray) -> np.ndarray:
+    def _tensor(self, batch: np.ndarray) -> torch.Tensor:
         expected = (self.spec.channels, self.spec.height, self.spec.width)
         if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
             raise BadInput(f"encoder input has shape {tuple(batch.shape)}, expected (N, *{expected})")
-        tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-        return self.module(tensor).float().cpu().numpy()
+        return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+
+    @torch.no_grad()
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        return self.module(self._tensor(batch)).float().cpu().numpy()
 
     @torch.no_grad()
     def embed_uint8(self, images: np.ndarray) -> np.ndarray:
@@ -54,10 +56,10 @@ class TorchEncoder:
 
     @torch.no_grad()
     def embed_old_space(self, batch: np.ndarray) -> np.ndarray:
+        """The projection into v1's space (models trained with a change of dimension)."""
         if self.old_space_dim is None:
             raise BadInput("this model has no old-space output")
-        tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-        return self.module.project(self.module(tensor)).float().cpu().numpy()
+        return self.module.project(self.module(self._tensor(batch))).float().cpu().numpy()
 
 
 def _device(providers: Any, require_gpu: bool) -> torch.device:
