@@ -28,8 +28,8 @@ ASSETS = Path(os.environ.get("GALLERY_TEST_ASSETS", Path.home() / ".cache" / "ga
 
 
 def photos() -> list[tuple[Path, str]]:
-    pairs = [(p, re.match(r"((?:Fe)?[Mm]ale_\d+)", p.name).group(1))
-             for p in sorted((ASSETS / "unknowns").glob("*.jpg"))]
+    named = [(p, re.match(r"((?:Fe)?[Mm]ale_\d+)", p.name)) for p in sorted((ASSETS / "unknowns").glob("*.jpg"))]
+    pairs = [(p, m.group(1)) for p, m in named if m]  # 2 misnamed files (Mlae_, _barnaul_) skipped
     pairs += [(p, re.match(r"[a-z]+", p.stem).group(0)) for p in sorted((ASSETS / "face_recognition_images").glob("*.jpg"))]
     return pairs
 

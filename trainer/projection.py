@@ -36,7 +36,11 @@ class ProjectedBackbone(nn.Module):
         return self.body(x)
 
     def project(self, embeddings: torch.Tensor) -> torch.Tensor:
-        # fp32 like the embedding layer: the old-space vectors are compared across models
+        # fp32 like the embedding layer (also under fp16 autocast): the old-space vectors
+        # are compared across models
+        if torch.is_autocast_enabled(embeddings.device.type):
+            with torch.autocast(device_type=embeddings.device.type, enabled=False):
+                return self.projection(embeddings.float())
         return self.projection(embeddings.float())
 
 
