@@ -99,21 +99,23 @@ def main() -> None:
         scores = score(old, args.new, eval_b, str(out), args.impostor_pairs)
         rows.append({"row": name, "old": old, "data": str(data), "fraction": fraction, **extra,
                      "num_train": metrics["num_train"], "val_cos": metrics["val_cos"],
+                     "val_top1": metrics["val_top1"], "linear_init_val_top1": metrics["linear_init_val_top1"],
                      "linear_init_val_cos": metrics["linear_init_val_cos"], "best_epoch": metrics["best_epoch"],
                      "train_seconds": round(seconds, 1), "scores": scores})
         print(f"{name}: {scores[ADAPTED]}", file=sys.stderr, flush=True)
     no_adapter = [score(args.same_dim_old, args.new, eval_b, None, args.impostor_pairs)] if args.same_dim_old else []
     print(f"adapters, eval = second half of each eval identity's images ({eval_b}); "
           f"load average {os.getloadavg()[0]:.1f}; {time.perf_counter() - started:.0f} s")
-    print("| adapter training data | images | held-out cos | old/old rank-1 | new/new rank-1 | "
-          "new->h(old) rank-1 | old/old TAR@1e-3 | new->h(old) TAR@1e-3 |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| adapter training data | images | best epoch | held-out cos | held-out top-1 | old/old rank-1 | "
+          "new/new rank-1 | new->h(old) rank-1 | old/old TAR@1e-3 | new->h(old) TAR@1e-3 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         s = r["scores"]
-        print(f"| {r['row']} | {r['num_train']} | {r['val_cos']:.3f} | {s['old/old']['rank1']:.3f} | "
+        print(f"| {r['row']} | {r['num_train']} | {r['best_epoch']} | {r['val_cos']:.3f} | {r['val_top1']:.3f} | "
+              f"{s['old/old']['rank1']:.3f} | "
               f"{s['new/new']['rank1']:.3f} | **{s[ADAPTED]['rank1']:.3f}** | {_t(s['old/old'])} | {_t(s[ADAPTED])} |")
     for s in no_adapter:
-        print(f"| same-dim old, no adapter (new->old) | - | - | {s['old/old']['rank1']:.3f} | "
+        print(f"| same-dim old, no adapter (new->old) | - | - | - | - | {s['old/old']['rank1']:.3f} | "
               f"{s['new/new']['rank1']:.3f} | {s['new->old']['rank1']:.3f} (raw) | {_t(s['old/old'])} | "
               f"{_t(s['new->old'])} (raw) |")
     if args.out:

@@ -112,6 +112,24 @@ def test_nothing_written_when_parity_fails(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_held_out_top1_equals_a_naive_loop():
+    from trainer.adapter import held_out_top1
+
+    rng = np.random.default_rng(4)
+    q, g = torch.from_numpy(rng.normal(size=(12, 4))), torch.from_numpy(rng.normal(size=(12, 4)))
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3, 4, 4, 5, 5])
+    s = (q @ g.T).numpy()
+    own = np.mean([int(np.argmax(s[i]) == i) for i in range(12)])
+    hits = []
+    for i in range(12):
+        others = [j for j in range(12) if j != i]
+        if any(int(labels[j]) == int(labels[i]) for j in others):
+            best = max(others, key=lambda j: s[i, j])
+            hits.append(int(labels[best]) == int(labels[i]))
+    assert held_out_top1(q, g, None) == pytest.approx(own)
+    assert held_out_top1(q, g, labels) == pytest.approx(np.mean(hits))
+
+
 def test_ridge_init_equals_sklearn_ridge():
     from sklearn.linear_model import Ridge
 
@@ -157,7 +175,10 @@ def test_train_adapter_cli_outputs_and_identity(work):
     assert metrics["data_fingerprint"] == adapter.meta["data_fingerprint"]
     assert metrics["num_train"] + metrics["num_val"] == 420 == adapter.meta["num_images"]
     # the shipped epoch is the best held-out one: never worse than the ridge starting point
-    assert metrics["val_cos"] >= metrics["linear_init_val_cos"]
+    assert metrics["selection"] == "identity top-1"
+    best = (metrics["val_top1"], metrics["val_cos"])
+    assert best >= (metrics["linear_init_val_top1"], metrics["linear_init_val_cos"])
+    assert all(best >= (e["val_top1"], e["val_cos"]) for e in metrics["epochs"])
     assert result["max_abs_diff"] <= 1e-4
     assert (work / "h.loss.png").stat().st_size > 0 and (work / "h.config.json").is_file()
 

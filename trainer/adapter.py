@@ -13,7 +13,7 @@ Loss: mean(1 - cos(h(x_old), new)) [+ label_weight * label term].
 
 This is feature regression over precomputed (N x d) arrays, not a classification
 training of an image backbone, so it has its own small loop (minibatches of vectors,
-AdamW, the shared lr schedule, best epoch by held-out cosine) rather than trainer.fit's
+AdamW, the shared lr schedule, best epoch by held-out retrieval) rather than trainer.fit's
 image loop (data loader, augmentation, DDP, checkpoints per epoch), none of which applies.
 """
 
@@ -67,7 +67,7 @@ class AdapterConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     ridge: float = 1e-3          # ridge penalty of the linear initialisation (x trace/d)
-    val_fraction: float = 0.1    # held-out images: best epoch + reported cosine
+    val_fraction: float = 0.1    # held-out images: best epoch (retrieval top-1, then cosine)
     fraction: float = 1.0        # train on this seeded share of the (non-held-out) images
     seed: int = 0
     threads: int | None = None
@@ -159,7 +159,8 @@ class AdapterResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        keys = ("num_train", "num_val", "best_epoch", "linear_init_val_cos", "val_cos",
+        keys = ("num_train", "num_val", "best_epoch", "linear_init_val_cos", "val_cos", "val_top1",
+                "linear_init_val_top1",
                 "train_cos", "max_abs_diff", "model_id")
         return {"onnx": self.onnx, **{k: self.metrics.get(k) for k in keys},
                 "epochs": self.metrics.get("epochs", [])}
@@ -312,6 +313,23 @@ def class_means(new_unit: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, n
     return _unit(sums), dense.astype(np.int64)
 
 
+def held_out_top1(new_unit: torch.Tensor, adapted: torch.Tensor, labels: torch.Tensor | None) -> float:
+    """Share of held-out new-model queries whose nearest adapted old vector is right: the same
+    image (no labels), or another image of the same identity (labels; queries whose identity
+    has no other held-out image are skipped, and all of them at once falls back to images)."""
+    scores = new_unit @ adapted.T
+    if labels is not None:
+        same = labels[:, None] == labels[None, :]
+        same.fill_diagonal_(False)
+        eligible = same.any(1)
+        if bool(eligible.any()):
+            scores = scores.clone()
+            scores.fill_diagonal_(float("-inf"))
+            hits = same[torch.arange(len(scores)), scores.argmax(1)]
+            return float(hits[eligible].float().mean())
+    return float((scores.argmax(1) == torch.arange(len(scores), device=scores.device)).float().mean())
+
+
 def fit_adapter(config: AdapterConfig, pairs: PairedFeatures, split: Split, progress: Progress = None,
                 on_log: Events = None) -> tuple[ResidualAdapter, dict[str, Any]]:
     device = _device(config.device)
@@ -331,6 +349,10 @@ def fit_adapter(config: AdapterConfig, pairs: PairedFeatures, split: Split, prog
     x_val = torch.from_numpy(pairs.old[split.val].astype(np.float32)).to(device)
     y_val = torch.from_numpy(y_new[split.val]).to(device)
 
+    # identities (folders) pick the epoch whenever the data has them, with or without --labels,
+    # so runs with and without the label term are selected alike
+    val_labels = torch.from_numpy(pairs.labels[split.val]).to(device) if pairs.has_identities else None
+
     def cosines() -> tuple[float, float | None]:
         model.eval()
         with torch.no_grad():
@@ -338,7 +360,16 @@ def fit_adapter(config: AdapterConfig, pairs: PairedFeatures, split: Split, prog
             val = float((model(x_val) * y_val).sum(1).mean()) if len(split.val) else None
         return train, val
 
+    def top1() -> float | None:
+        model.eval()
+        with torch.no_grad():
+            return held_out_top1(y_val, model(x_val), val_labels) if len(split.val) > 1 else None
+
+    def selection(train_cos: float, val_cos: float | None, val_top1: float | None) -> tuple:
+        return (val_top1 or 0.0, val_cos if val_cos is not None else train_cos)
+
     linear_train, linear_val = cosines()
+    linear_top1 = top1()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     n = len(split.train)
     batch = min(config.batch_size, n)
@@ -347,7 +378,7 @@ def fit_adapter(config: AdapterConfig, pairs: PairedFeatures, split: Split, prog
     generator = torch.Generator().manual_seed(config.seed)
     if on_log is not None:
         on_log({"phase": "train", "total": config.epochs * steps_per_epoch * batch})
-    best = {"score": linear_val if linear_val is not None else linear_train, "epoch": 0,
+    best = {"score": selection(linear_train, linear_val, linear_top1), "epoch": 0,
             "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
     epochs, step_loss, step = [], [], 0
     for epoch in range(config.epochs):
@@ -381,23 +412,27 @@ def fit_adapter(config: AdapterConfig, pairs: PairedFeatures, split: Split, prog
             if progress is not None:
                 progress(len(rows))
         train_cos, val_cos = cosines()
+        val_top1 = top1()
         record = {"epoch": epoch + 1, "end_step": step, "lr": lr, "train_cos": train_cos,
-                  "val_cos": val_cos, "seconds": time.perf_counter() - started,
+                  "val_cos": val_cos, "val_top1": val_top1, "seconds": time.perf_counter() - started,
                   **{k: v / steps_per_epoch for k, v in sums.items()}}
         epochs.append(record)
-        score = val_cos if val_cos is not None else train_cos
+        score = selection(train_cos, val_cos, val_top1)
         if score > best["score"]:
             best = {"score": score, "epoch": epoch + 1,
                     "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         if on_log is not None:
             on_log({"epoch": epoch + 1, "loss": record["loss"], "val_cos": val_cos})
-    # the epoch with the best held-out cosine (0 = the ridge solution) is what ships
+    # the epoch with the best held-out retrieval (0 = the ridge solution) is what ships
     model.load_state_dict(best["state"])
     train_cos, val_cos = cosines()
+    val_top1 = top1()
     metrics = {"epochs": epochs, "step_loss": step_loss, "total_steps": step,
                "best_epoch": best["epoch"], "num_train": n, "num_val": int(len(split.val)),
                "linear_init_train_cos": linear_train, "linear_init_val_cos": linear_val,
                "train_cos": train_cos, "val_cos": val_cos, "device": str(device),
+               "linear_init_val_top1": linear_top1, "val_top1": val_top1,
+               "selection": "identity top-1" if val_labels is not None else "image top-1",
                "final_loss": step_loss[-1][1] if step_loss else None}
     return model.cpu().eval(), metrics
 
