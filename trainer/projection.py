@@ -75,7 +75,8 @@ class ProjectedMethod(CompatMethod):
              head: nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
         full = head(embeddings, labels)
         compat, logs = self.inner.loss(self._backbone[0].project(embeddings), labels, indices, self.old_head)
-        return full + compat, {"full_head_loss": float(full.detach()),
+        # logged as detached device tensors: the loop sums them and syncs once per epoch
+        return full + compat, {"full_head_loss": full.detach(),
                                **{f"projected_{k}": v for k, v in logs.items()}}
 
     def describe(self) -> dict[str, Any]:
