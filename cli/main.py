@@ -28,7 +28,7 @@ app = typer.Typer(
 PANELS: dict[str, tuple[str, ...]] = {
     "Store": ("init", "enroll", "remove", "search", "info", "verify", "migrate", "reindex", "export",
               "export-store", "model"),
-    "Train": ("data", "train", "train-compatible", "export-model"),
+    "Train": ("data", "train", "train-compatible", "train-adapter", "export-model"),
     "Check": ("check-compat", "threshold"),
     "Rollout": ("upgrade", "shadow", "backfill", "rollback", "history", "alias", "prune"),
     "Faces": ("import-encoder", "import-dlib"),

@@ -188,7 +188,7 @@ def test_check_compat_adapter_beats_no_map_and_feeds_the_gate(work):
         _adapter(work, "h.onnx")
     report_path = work / "r.json"
     result = run("check-compat", "--old", work / "v1.onnx", "--new", work / "v2.onnx", "--data", work / "eval",
-                 "--adapter", work / "h.onnx", "--impostor-pairs", "3000", "--json", report_path)
+                 "--adapter", work / "h.onnx", "--impostor-pairs", "3000", "--out", report_path)
     assert result.exit_code in (0, 1), result.stderr
     report = json.loads(report_path.read_text())
     values = report["headline"]["values"]

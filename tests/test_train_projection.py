@@ -78,7 +78,7 @@ def test_old_space_output_is_the_projection_of_the_embedding(work):
 def test_check_compat_compares_v2_queries_through_the_projection(work):
     report_path = work / "r.json"
     result = run("check-compat", "--old", work / "v1.onnx", "--new", work / "v2.onnx", "--data", work / "eval",
-                 "--impostor-pairs", "3000", "--json", report_path)
+                 "--impostor-pairs", "3000", "--out", report_path)
     assert result.exit_code == 0, result.stderr
     report = json.loads(report_path.read_text())
     cross = report["comparisons"]["new->old"]
@@ -86,7 +86,7 @@ def test_check_compat_compares_v2_queries_through_the_projection(work):
     assert report["models"]["new_old_space"]["dim"] == 16 and report["models"]["new"]["dim"] == 32
     # the .pt and the .onnx give the same report numbers (TorchEncoder projects like the ONNX)
     again = run("check-compat", "--old", work / "v1.pt", "--new", work / "v2.pt", "--data", work / "eval",
-                "--impostor-pairs", "3000", "--json", work / "r_pt.json")
+                "--impostor-pairs", "3000", "--out", work / "r_pt.json")
     assert again.exit_code == 0, again.stderr
     pt = json.loads((work / "r_pt.json").read_text())
     for name in ("old/old", "new/new", "new->old"):

@@ -36,7 +36,7 @@ from torch import nn
 
 from gallery.adapter import ADAPTER_FORMAT, adapter_metadata, load_adapter
 from gallery.errors import BadInput, GalleryError, GateFailed
-from gallery.fingerprint import strings_sha256
+from gallery.fingerprint import file_sha256, strings_sha256
 
 from trainer.checkpoint import weights_fingerprint
 from trainer.report import plot_loss, write_metrics
@@ -245,8 +245,10 @@ def open_images(path: str | Path, spec: Any) -> Any:
     # unlabelled images: each image is its own "identity" (labels are never used then)
     images = np.stack([load_image(p, spec) for p in flat])
     names = [p.name for p in flat]
+    # content, not just names: an image rewritten under its name must not reuse a cache
+    fingerprint = strings_sha256(f"{name}:{file_sha256(p)}" for name, p in zip(names, flat))
     dataset = ArrayDataset(images, np.arange(len(flat)), names, spec, source=str(path),
-                           fingerprint=strings_sha256(names))
+                           fingerprint=fingerprint)
     dataset.unlabelled = True
     return dataset
 
