@@ -24,7 +24,7 @@ INSIGHTFACE_PARAMS = {"iresnet18": 24.0e6, "iresnet34": 34.1e6, "iresnet50": 43.
 
 
 def test_registries_hold_the_issue_names():
-    assert set(BACKBONES.names()) == {"small", "iresnet18", "iresnet34", "iresnet50", "iresnet100"}
+    assert set(BACKBONES.names()) == {"small", "small-wide", "iresnet18", "iresnet34", "iresnet50", "iresnet100"}
     assert set(HEADS.names()) == {"arcface", "cosface", "softmax"}
     with pytest.raises(BadInput, match="valid: iresnet100, iresnet18"):
         build_backbone(arch_config("resnet9", 8, 32))
