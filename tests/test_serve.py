@@ -17,6 +17,7 @@ import pytest
 
 from gallery.search import search
 from gallery.serve.config import ServeConfig, read_api_key
+from gallery.serve.state import STORE_HANDLES
 from gallery.store import ModelInfo, Store, WriterLock
 from serve_helpers import ServerThread, auth, make_store, start_process
 
@@ -238,7 +239,10 @@ def test_follows_a_query_model_switch(tmp_path):
     path = tmp_path / "g.h5"
     emb = make_store(path, rows=60)
     with ServerThread(ServeConfig(path, port=0)) as srv:
-        with Store.open(path, "a") as st:
+        # A writer in the service's own process takes turns with its reloads (STORE_HANDLES:
+        # HDF5 refuses a writable open beside a read one in one process); CLI writers are
+        # other processes and need nothing.
+        with STORE_HANDLES, Store.open(path, "a") as st:
             st.add_model(ModelInfo(version="v2", dim=16, model_id="random-v2"))
             st.set_threshold("v2", "v1", 0.25)
             st.set_active_model("v2")
