@@ -23,7 +23,7 @@ import numpy as np
 
 from gallery.fingerprint import file_sha256
 from gallery.rollout import BackfillConfig, backfill, rollback, upgrade
-from gallery.store import ModelInfo, Store
+from gallery.store import Store
 
 SIZE, DIM = 16, 64
 
@@ -52,8 +52,7 @@ def build(work: Path, rows: int, images: int) -> tuple[Path, Path]:
     """A v1 store: `images` rows enrolled from PNGs (backfillable), the rest from embeddings."""
     from PIL import Image
 
-    from gallery.encoder import load_encoder
-    from gallery.store.sources import enroll_images
+    import gallery
 
     linear_onnx(work / "v1.onnx", 1)
     linear_onnx(work / "v2.onnx", 2)
@@ -63,11 +62,11 @@ def build(work: Path, rows: int, images: int) -> tuple[Path, Path]:
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)).save(folder / f"{i}.png")
     store = work / "g.h5"
-    with Store.create(store, ModelInfo.from_encoder("v1", load_encoder(work / "v1.onnx"))) as st:
-        enroll_images(st, work / "images")
+    with gallery.create(store, work / "v1.onnx") as g:
+        g.enroll(work / "images")
         for lo in range(images, rows, 50_000):
             x = rng.standard_normal((min(50_000, rows - lo), DIM), dtype=np.float32)
-            st.enroll(x, [f"e{i}" for i in range(lo, lo + len(x))], batch_size=10_000)
+            g.enroll(x, [f"e{i}" for i in range(lo, lo + len(x))], batch_size=10_000)
     report = {"schema_version": "gallery.compat-report/1", "passed": True, "failed_gates": [],
               "gates": [{"name": "synthetic", "passed": True}], "data": {}, "protocol": {}, "headline": {},
               "comparisons": {}, "criterion": {"passed": True}, "config": {},

@@ -68,23 +68,9 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-TORCH_SUFFIXES = (".pt", ".pth", ".ts")
-
-
-def load_encoder_any(path: str | Path, **kwargs: Any) -> Any:
-    """Load any model file as a gallery Encoder; torch formats only when torch is installed.
-
-    `.pt/.pth/.ts` loaders live in trainer.torch_encoder (needs torch) and register
-    themselves on import; without torch, gallery.encoder's error lists what it can read.
-    """
-    if Path(path).suffix.lower() in TORCH_SUFFIXES:
-        try:
-            import trainer.torch_encoder  # noqa: F401  registers the torch loaders
-        except ImportError:
-            pass
-    from gallery.encoder import load_encoder
-
-    return load_encoder(path, **kwargs)
+def providers_list(providers: str | None) -> list[str] | None:
+    """--providers "A,B" -> ["A", "B"] (None when not given)."""
+    return [p.strip() for p in providers.split(",") if p.strip()] if providers else None
 
 
 def emit(as_json: bool, result: Any, message: Any) -> None:

@@ -2,15 +2,21 @@
 
 An encoder is anything with `spec` (PreprocessSpec), `dim`, `identity` and
 `embed(batch)`. ONNX models run in onnxruntime with explicit providers; their
-preprocessing is read from `metadata_props` and never guessed. Other formats
-(".pt", ".pth", ".ts") are registered by `trainer.torch_encoder` on import, so
-this module stays importable on a serving machine without torch.
+preprocessing is read from `metadata_props` and never guessed.
+
+Formats are plugins: a loader per file suffix. ONNX is built in; every other format
+comes from an entry point in the group `gallery.encoders` (name = the suffix without
+its dot, value = `module:loader`). This package declares `pt`, `pth` and `ts`
+(trainer.torch_encoder), so `load_encoder("m.pt")` works wherever torch is installed
+and this module stays importable on a serving machine without it; a third party adds
+a format by declaring its own entry point.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -40,6 +46,9 @@ class Encoder(Protocol):
 
 
 ENCODER_LOADERS: Registry[Callable[..., Encoder]] = Registry("encoder format")
+PLUGIN_GROUP = "gallery.encoders"
+_unavailable: dict[str, str] = {}  # suffix -> why its plugin could not be loaded
+_plugins_loaded = False
 
 
 class OnnxEncoder:
@@ -48,7 +57,7 @@ class OnnxEncoder:
     def __init__(
         self, path: str | Path, providers: Sequence[str] | None = None, require_gpu: bool = False
     ) -> None:
-        import onnxruntime as ort
+        import onnxruntime as ort  # CLI start-up: only commands that run a model pay its import
 
         self.path = Path(path)
         # Explicit providers: onnxruntime otherwise picks silently, and a CPU fallback
@@ -173,6 +182,36 @@ def _load_onnx(path: str | Path, providers: Sequence[str] | None = None, require
     return OnnxEncoder(path, providers=providers, require_gpu=require_gpu)
 
 
+def load_plugins() -> None:
+    """Register the loaders declared in the `gallery.encoders` entry point group (once).
+
+    A plugin whose module cannot be imported (torch missing for `.pt`) is remembered
+    with the reason, so asking for its suffix says what to install."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for point in entry_points(group=PLUGIN_GROUP):
+        suffix = "." + point.name.lstrip(".").lower()
+        if suffix in ENCODER_LOADERS:
+            continue
+        try:
+            ENCODER_LOADERS.register(suffix)(point.load())
+        except ImportError as exc:
+            _unavailable[suffix] = f"its loader {point.value} needs {exc.name or exc} ({exc})"
+
+
+def loader_for(suffix: str) -> Callable[..., Encoder]:
+    """The loader of a file suffix (".onnx", ".pt", ...); BadInput names the valid ones."""
+    suffix = suffix.lower()
+    if suffix not in ENCODER_LOADERS:
+        load_plugins()
+    if suffix in _unavailable:
+        raise BadInput(f"cannot load {suffix} models here: {_unavailable[suffix]}; "
+                       "install gallery[train] for .pt/.pth/.ts")
+    return ENCODER_LOADERS.get(suffix)
+
+
 def load_encoder(
     path: str | Path, providers: Sequence[str] | None = None, require_gpu: bool = False
 ) -> Encoder:
@@ -180,8 +219,25 @@ def load_encoder(
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"model file not found: {path}")
-    loader = ENCODER_LOADERS.get(path.suffix.lower())
-    return loader(path, providers=providers, require_gpu=require_gpu)
+    return loader_for(path.suffix)(path, providers=providers, require_gpu=require_gpu)
+
+
+def load_registered(info: Any, store_path: str | Path, model: str | Path | None = None,
+                    **load_kwargs: Any) -> Encoder:
+    """The encoder of a store's model record (`info`: a gallery.store.ModelInfo), from
+    `model` (where its file is now) or its recorded path; another file is refused by sha256."""
+    if not info.has_encoder:
+        raise BadInput(f"model {info.version} of {store_path} is embedding-only (no encoder file); "
+                       "use embeddings, not images")
+    path = Path(model) if model else (Path(info.path) if info.path else None)
+    if path is None or not path.is_file():
+        raise BadInput(f"the file of model {info.version} is missing: {path or '(none recorded)'} "
+                       f"(gallery model set-path {store_path} {info.version} PATH, or pass --model PATH)")
+    digest = file_sha256(path)
+    if digest != info.sha256:
+        raise BadInput(f"{path} is not model {info.version} of {store_path} "
+                       f"(sha256 {digest[:12]}..., expected {info.sha256[:12]}...)")
+    return load_encoder(path, **load_kwargs)
 
 
 def embed_images(encoder: Encoder, images_uint8_nhwc: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:

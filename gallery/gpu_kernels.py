@@ -27,7 +27,7 @@ def available(device: Any) -> bool:
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         return False
     try:
-        import triton  # noqa: F401
+        import triton  # noqa: F401  optional dependency (comes with CUDA builds of torch)
     except ImportError:
         return False
     return True
@@ -35,6 +35,7 @@ def available(device: Any) -> bool:
 
 @lru_cache(maxsize=None)
 def _kernel() -> Any:
+    # triton and torch are optional dependencies (GPU hosts); `import gallery` works without them.
     import triton
     import triton.language as tl
 
@@ -75,6 +76,7 @@ def _kernel() -> Any:
 def group_maxima(q: Any, x: Any, out: Any | None = None) -> Any:
     """(M, K) queries x (N, K) rows, both float16 and row-contiguous -> (M, ceil(N/GROUP))
     float32: the best score of each query in each group of GROUP consecutive rows."""
+    # torch and triton are optional dependencies (GPU hosts); `import gallery` works without them.
     import torch
     import triton
 

@@ -1,6 +1,6 @@
 """Exact k-NN on a GPU (torch CUDA): chunked matmul + two-level top-k.
 
-torch is imported lazily inside the functions, so `import gallery` stays torch-free.
+torch is imported when a function runs (_torch), so `import gallery` stays torch-free.
 The gallery lives on the device as one (N, dim) tensor (float16 by default: 10M x 512
 is 10 GB); queries are processed in batches and the gallery in blocks, so the score
 matrix never exceeds query_batch x block_rows.
@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gallery import gpu_kernels
+from gallery import search as search_mod
 from gallery.errors import BadInput
 
 if TYPE_CHECKING:
@@ -46,10 +47,18 @@ log = logging.getLogger(__name__)
 GROUP = 64  # columns per group in the two-level top-k
 
 
+def _torch() -> Any:
+    """torch, imported when a function here runs: it is optional (the [train] extra, or a
+    CUDA build), and `import gallery` must work without it."""
+    import torch  # optional dependency
+
+    return torch
+
+
 def available() -> bool:
     """True when torch is installed and sees a CUDA device."""
     try:
-        import torch
+        torch = _torch()
     except ImportError:
         return False
     return bool(torch.cuda.is_available())
@@ -57,8 +66,7 @@ def available() -> bool:
 
 def two_level_topk(scores: Any, k: int, group: int = GROUP) -> tuple[Any, Any]:
     """Exact top-k along dim 1 of a (b, c) tensor; (values, column indices), best first."""
-    import torch
-
+    torch = _torch()
     b, c = scores.shape
     k = min(k, c)
     if c % group or c < 4 * group * k:  # small or ragged: the direct call is cheap enough
@@ -78,8 +86,7 @@ class TorchFlatIndex:
     def __init__(self, dim: int, device: str | None = None, dtype: str = "float16",
                  block_rows: int = 1 << 20, query_batch: int = 4096, rerank: int = 16,
                  select: str = "auto") -> None:
-        import torch
-
+        torch = _torch()
         if dtype not in ("float16", "float32"):
             raise BadInput(f"dtype must be float16 or float32, not {dtype!r}")
         if select not in self.SELECTS:
@@ -104,8 +111,7 @@ class TorchFlatIndex:
 
     def add(self, vectors: np.ndarray, row_ids: np.ndarray | None = None) -> None:
         """Append unit vectors (host arrays; call per chunk for big galleries)."""
-        import torch
-
+        torch = _torch()
         vectors = np.asarray(vectors)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise BadInput(f"vectors have shape {vectors.shape}, index dimension is {self.dim}")
@@ -118,8 +124,7 @@ class TorchFlatIndex:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(nq, dim) unit queries -> float32 scores and row ids (nq, k), best first; -inf/-1 pad."""
-        import torch
-
+        torch = _torch()
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise BadInput(f"queries have shape {q.shape}, index dimension is {self.dim}")
@@ -139,8 +144,7 @@ class TorchFlatIndex:
         return scores, rows
 
     def _search_batch(self, q32: Any, k: int) -> tuple[Any, Any]:
-        import torch
-
+        torch = _torch()
         q = q32.to(self.dtype)
         cand = min(self.ntotal, k + (self.rerank if self.dtype == torch.float16 else 0))
         if self.fused:
@@ -155,8 +159,7 @@ class TorchFlatIndex:
 
     def _candidates_blocks(self, q: Any, cand: int) -> tuple[Any, Any]:
         """Best `cand` (scores, rows) per query from block-wise products and two-level top-k."""
-        import torch
-
+        torch = _torch()
         best_s = best_p = None
         for lo in range(0, self.ntotal, self.block_rows):
             block = self._x[lo : lo + self.block_rows]
@@ -170,8 +173,7 @@ class TorchFlatIndex:
 
     def _candidates_fused(self, q: Any, cand: int) -> Any:
         """Best `cand` rows per query: fused group maxima, then the best groups' rows only."""
-        import torch
-
+        torch = _torch()
         group = gpu_kernels.GROUP
         maxima = gpu_kernels.group_maxima(q, self._x)
         _, groups = torch.topk(maxima, min(cand, maxima.shape[1]), dim=1)
@@ -205,8 +207,6 @@ def search_store(store: "Store", queries: np.ndarray, k: int = 10, threshold: fl
                  query_version: str | None = None, index: TorchFlatIndex | None = None,
                  **kwargs: Any) -> "SearchResult":
     """gallery.search.search, but exact on the GPU: same SearchResult, same thresholds."""
-    from gallery import search as search_mod
-
     if k < 1:
         raise BadInput(f"k must be >= 1, got {k}")
     version = store.resolve_version(query_version or store.active_model)

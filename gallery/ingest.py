@@ -19,8 +19,12 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from gallery.encoder import embed_images, load_registered
 from gallery.errors import BadInput
+from gallery.faces.crop import make_cropper
 from gallery.fingerprint import file_sha256
+from gallery.preprocess import load_image
+from gallery.store.sources import expand_image_args, list_labelled_images
 
 if TYPE_CHECKING:
     from gallery.encoder import Encoder
@@ -43,11 +47,7 @@ def image_loader(encoder: "Encoder", detect: bool | None = None, detector: str |
     face alignment (unless detect=False) or landmarks are given, else the plain resize."""
     faces = bool(landmarks) or (declares_faces(encoder) if detect is None else detect)
     if not faces:
-        from gallery.preprocess import load_image
-
         return lambda path: load_image(path, encoder.spec)
-    from gallery.faces.enroll import make_cropper
-
     try:
         cropper = make_cropper(encoder, detector if detect is not False else None, landmarks,
                                use_detector=detect is not False)
@@ -70,8 +70,6 @@ def embed_items(encoder: "Encoder", paths: Sequence[Path], load: Callable[[Path]
                 on_error: str = "fail", batch_size: int = 64,
                 progress: Callable[[int], None] | None = None, names: Sequence[str] | None = None) -> Embedded:
     """Load and embed each path; a BadInput for one item fails the call or skips the item."""
-    from gallery.encoder import embed_images
-
     if on_error not in ON_ERROR:
         raise BadInput(f"--on-error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
     if batch_size < 1:
@@ -97,15 +95,13 @@ def embed_items(encoder: "Encoder", paths: Sequence[Path], load: Callable[[Path]
 
 
 def enroll_images(store: "Store", root: str | Path, labels: str | Path | None = None,
-                  model_path: str | Path | None = None, loader: Any = None, batch_size: int = 64,
+                  model_path: str | Path | None = None, batch_size: int = 64,
                   progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None,
                   skip_existing: bool = False, on_error: str = "fail", detect: bool | None = None,
                   detector: str | Path | None = None, landmarks: str | Path | None = None,
                   **load_kwargs: Any) -> dict:
     """Encode ROOT's images with the active model and enrol them (ids = relative paths), with a
     per-item report: `skipped_existing` (ids, or identical files, already enrolled) and `errors`."""
-    from gallery.store.sources import list_labelled_images, model_encoder
-
     store.require_writer()
     if on_error not in ON_ERROR:
         raise BadInput(f"--on-error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
@@ -133,7 +129,7 @@ def enroll_images(store: "Store", root: str | Path, labels: str | Path | None = 
         return report
     if on_total is not None:
         on_total(len(paths))
-    encoder = model_encoder(store, None, model_path, loader, **load_kwargs)
+    encoder = load_registered(store.model(), store.path, model_path, **load_kwargs)
     load = image_loader(encoder, detect, detector, landmarks)
     done = embed_items(encoder, paths, load, on_error, batch_size, progress, names=ids)
     report["errors"] = done.errors
@@ -145,16 +141,13 @@ def enroll_images(store: "Store", root: str | Path, labels: str | Path | None = 
     return {**result, **{k: report[k] for k in ("skipped_existing", "errors")}}
 
 
-def embed_queries(store: "Store", paths: Sequence[str | Path], query_version: str | None = None,
-                  model_path: str | Path | None = None, loader: Any = None, batch_size: int = 64,
+def embed_queries(encoder: "Encoder", paths: Sequence[str | Path], batch_size: int = 64,
                   progress: Callable[[int], None] | None = None, on_error: str = "skip",
                   detect: bool | None = None, detector: str | Path | None = None,
-                  landmarks: str | Path | None = None, **load_kwargs: Any) -> tuple[np.ndarray, list[str], list[dict]]:
-    """Query images embedded by the query model: (embeddings, names of the embedded ones, errors)."""
-    from gallery.store.sources import expand_image_args, model_encoder
-
+                  landmarks: str | Path | None = None) -> tuple[np.ndarray, list[str], list[dict]]:
+    """Query images (files or folders) embedded by `encoder`: (embeddings, names of the
+    embedded ones, errors of the skipped ones)."""
     files = expand_image_args(paths)
-    encoder = model_encoder(store, query_version, model_path, loader, **load_kwargs)
     done = embed_items(encoder, files, image_loader(encoder, detect, detector, landmarks), on_error,
                        batch_size, progress)
     return done.embeddings, [str(files[n]) for n in done.kept], done.errors

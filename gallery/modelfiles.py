@@ -57,28 +57,3 @@ def require(store: "Store", version: str, allow_missing: bool = False) -> None:
     if why is not None and not allow_missing:
         raise BadInput(f"{why} (gallery model set-path {store.path} {version} PATH, or "
                        "--allow-missing-model to serve embedding queries only)")
-
-
-def set_path(store_path: str | Path, version: str, path: str | Path) -> dict:
-    """Record where `version`'s file is now; refused unless the file is that model (sha256)."""
-    from gallery.store import Store
-
-    path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"model file not found: {path}")
-    digest = file_sha256(path)
-    with Store.open(store_path, "r") as st:
-        info = st.model(version)
-        if not info.has_encoder:
-            raise BadInput(f"model {info.version} of {store_path} is embedding-only: it has no file")
-        if digest != info.sha256:
-            raise BadInput(f"{path} is not model {info.version} of {store_path} "
-                           f"(sha256 {digest[:12]}..., expected {info.sha256[:12]}...)")
-    with Store.open(store_path, "a") as st:
-        info = st.model(version)
-        previous = info.path
-        info.path = str(path.resolve())
-        st.update_model(info)  # stored relative to the store's folder when inside it
-        stored = to_stored(st.path, path)
-        st.append_history({"event": "model_path", "model": info.version, "path": stored, "previous": previous})
-        return {"model": info.version, "path": stored, "file": info.path, "previous": previous}

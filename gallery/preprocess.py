@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from gallery.errors import BadInput
 
@@ -87,8 +88,6 @@ def load_image(path: str | Path, spec: PreprocessSpec) -> np.ndarray:
 
     Raises BadInput naming the file when it is not a readable image.
     """
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as image:
             image = image.convert("L" if spec.color_order == "GRAY" else "RGB")

@@ -16,9 +16,8 @@ without its own threshold cannot be compared with one that has it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +38,8 @@ class SearchResult:
     models: np.ndarray      # (nq, k) object: version that embedded each hit
     thresholds: np.ndarray  # (nq, k) threshold applied to each hit (NaN = uncalibrated pair)
     accept_uncalibrated: bool = False
+    names: list[str] | None = None  # what each query was (image path, id); row numbers if None
+    errors: list[dict] = field(default_factory=list)  # {"item", "error"}: query images left out
 
     @property
     def calibrated(self) -> np.ndarray:
@@ -84,7 +85,9 @@ class SearchResult:
 
     def to_records(self, names: list[str] | None = None) -> list[dict[str, Any]]:
         """JSON-ready: one record per query with every hit (best score first), each with
-        the threshold used (None = uncalibrated pair) and whether it was accepted."""
+        the threshold used (None = uncalibrated pair) and whether it was accepted; then one
+        record with its `error` per query image left out."""
+        names = names or self.names
         out = []
         ok, matches, best = self.accepted, self.match(), self.best
         for q in range(len(self.rows)):
@@ -102,7 +105,8 @@ class SearchResult:
                       "uncalibrated_pairs": self.uncalibrated_pairs(q),
                       "hits": hits}
             out.append(record)
-        return out
+        return out + [{"query": e["item"], "error": e["error"], "rejected": True, "match": None,
+                       "uncalibrated_pairs": [], "hits": []} for e in self.errors]
 
 
 def prepare_queries(queries: np.ndarray, dim: int) -> np.ndarray:
@@ -141,7 +145,7 @@ def search(
         raise BadInput(f"threshold must be finite, got {threshold}")
     version = store.resolve_version(query_version or store.active_model)
     q = prepare_queries(queries, store.dim)
-    index = store.index(kind=kind)
+    index = store.index(kind=kind)  # a Store, or a serving snapshot with the same method
     if nprobe is not None or ef_search is not None:
         index.set_search_params(nprobe=nprobe, ef_search=ef_search)
     fetch = k * (rerank or 1)
@@ -215,67 +219,3 @@ def _thresholds(store: "Store", version: str, models: np.ndarray, threshold: flo
     for gallery_version, value in table.items():
         out[models == gallery_version] = value
     return out
-
-
-def search_images(
-    store: "Store",
-    paths: Sequence[str | Path],
-    k: int = 10,
-    threshold: float | None = None,
-    query_version: str | None = None,
-    model_path: str | Path | None = None,
-    loader: Callable[..., Any] | None = None,
-    batch_size: int = 64,
-    progress: Callable[[int], None] | None = None,
-    **kwargs: Any,
-) -> tuple[SearchResult, list[str]]:
-    """Encode query images with the query model (default: active) and search."""
-    load_kwargs = {k_: kwargs.pop(k_) for k_ in ("providers", "require_gpu") if k_ in kwargs}
-    queries, names = embed_query_images(store, paths, query_version, model_path, loader, batch_size, progress,
-                                        **load_kwargs)
-    result = search(store, queries, k=k, threshold=threshold, query_version=query_version, **kwargs)
-    return result, names
-
-
-def embed_query_images(
-    store: "Store",
-    paths: Sequence[str | Path],
-    query_version: str | None = None,
-    model_path: str | Path | None = None,
-    loader: Callable[..., Any] | None = None,
-    batch_size: int = 64,
-    progress: Callable[[int], None] | None = None,
-    **load_kwargs: Any,
-) -> tuple[np.ndarray, list[str]]:
-    """Query images (files or folders) -> (embeddings by the query model, file names)."""
-    from gallery.encoder import embed_paths
-    from gallery.store.sources import expand_image_args, model_encoder
-
-    files = expand_image_args(paths)
-    encoder = model_encoder(store, query_version, model_path, loader, **load_kwargs)
-    return embed_paths(encoder, files, batch_size=batch_size, progress=progress), [str(f) for f in files]
-
-
-def read_query_embeddings(path: str | Path) -> tuple[np.ndarray, list[str]]:
-    """.npy or .h5 (`embeddings`, optional `ids`) query file -> (queries, names)."""
-    import h5py
-
-    p = Path(path)
-    if not p.is_file():
-        raise BadInput(f"query embeddings file not found: {p}")
-    try:
-        if p.suffix.lower() == ".npy":
-            q = np.load(p, allow_pickle=False)
-            names = None
-        elif p.suffix.lower() in (".h5", ".hdf5"):
-            with h5py.File(p, "r", locking=False) as h5:
-                if "embeddings" not in h5:
-                    raise BadInput(f"{p} has no `embeddings` dataset")
-                q = h5["embeddings"][:]
-                names = [str(s) for s in h5["ids"].asstr()[:]] if "ids" in h5 else None
-        else:
-            raise BadInput(f"query embeddings must be .npy or .h5: {p}")
-    except (OSError, ValueError) as exc:
-        raise BadInput(f"cannot read query embeddings from {p} ({exc.__class__.__name__})") from None
-    q = np.atleast_2d(np.asarray(q))
-    return q, names or [str(i) for i in range(len(q))]

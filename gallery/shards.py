@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import faiss
 import numpy as np
 
 from gallery.errors import BadInput
+from gallery.index import store_index
 from gallery.search import prepare_queries
 from gallery.store import Store
 
@@ -53,8 +55,6 @@ class ShardedGallery:
     """Read-only view over shard stores; use as a context manager."""
 
     def __init__(self, paths: Sequence[str | Path], kind: str | None = None, threaded: bool = True) -> None:
-        import faiss
-
         if not paths:
             raise BadInput("no shard stores given")
         self.stores: list[Store] = []
@@ -76,11 +76,9 @@ class ShardedGallery:
 
     @staticmethod
     def _shard_index(number: int, store: Store, kind: str | None):
-        import faiss
-
-        gi = store.index(kind=kind)
+        gi = store_index(store, kind=kind)
         if gi.meta.get("dead"):  # IndexShards merges raw faiss hits: no room to drop masked rows
-            gi = store.index(kind=kind, rebuild=True)
+            gi = store_index(store, kind=kind, rebuild=True)
         store._cache.pop("index", None)  # ids are rewritten below: this copy is ours alone
         rows = faiss.vector_to_array(gi.faiss.id_map)
         faiss.copy_array_to_vector((np.int64(number) << SHARD_BITS) | rows, gi.faiss.id_map)

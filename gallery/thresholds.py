@@ -15,20 +15,22 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
+from gallery.compat.checker import CheckConfig, open_protocols, pair_threshold
+from gallery.compat.report import load_report
+from gallery.encoder import load_registered
 from gallery.errors import BadInput
+from gallery.preprocess import l2_normalize
+from gallery.rollout import overlay, state
 from gallery.store import Store
 
 log = logging.getLogger(__name__)
 
-Loader = Callable[..., Any]
 
 
 def query_models(store: Store) -> list[str]:
     """Versions that can be the query model: the active one, its rollback lineage, a staged one."""
-    from gallery.rollout import state
-
     versions = state.lineage(store)
     staged = state.staged_model(store)
     if staged is not None and staged not in versions:
@@ -38,8 +40,6 @@ def query_models(store: Store) -> list[str]:
 
 def row_models(store: Store) -> list[str]:
     """Versions that embedded live rows (as stored, or re-embedded by a backfill)."""
-    from gallery.rollout import overlay
-
     found = {v for v, n in store.info()["per_model"].items() if n} | set(overlay.versions(store))
     return sorted(v for v in found if v in store.model_versions())
 
@@ -84,8 +84,6 @@ def set_threshold(store_path: str | Path, query: str, rows: str, value: float) -
 
 def _from_report(store: Store, report_path: str | Path) -> list[dict]:
     """The report's thresholds whose two models are both versions of this store (by sha256)."""
-    from gallery.compat.report import load_report
-
     report = load_report(report_path)
     by_sha = {m.sha256: m.version for m in store.models() if m.sha256}
     by_id = {m.model_id: m.version for m in store.models() if m.model_id and not m.sha256}
@@ -108,12 +106,9 @@ def _from_report(store: Store, report_path: str | Path) -> list[dict]:
 
 
 def _from_data(store: Store, data: str | Path, target_far: float, pairs_wanted: list[tuple[str, str]],
-               loader: Loader | None, batch_size: int, progress: Callable[[int], None] | None,
+               batch_size: int, progress: Callable[[int], None] | None,
                seed: int, impostor_pairs: int) -> tuple[list[dict], list[str]]:
     """Embed the evaluation set once per model and calibrate each wanted pair on its impostor pairs."""
-    from gallery.compat.checker import CheckConfig, open_protocols, pair_threshold
-    from gallery.preprocess import l2_normalize
-    from gallery.store.sources import model_encoder
 
     if not 0.0 < target_far < 1.0:
         raise BadInput(f"--target-far must be in (0, 1), got {target_far}")
@@ -124,7 +119,7 @@ def _from_data(store: Store, data: str | Path, target_far: float, pairs_wanted: 
         if not store.model(version).has_encoder:
             skipped.append(f"{version} is embedding-only (no encoder to embed the evaluation images)")
             continue
-        encoder = model_encoder(store, version, None, loader)
+        encoder = load_registered(store.model(version), store.path)
         log.info("embedding %d evaluation items with %s", evalset.num_items, version)
         units[version] = l2_normalize(evalset.to_units(evalset.embed(encoder, batch_size, progress)))
     out = []
@@ -136,7 +131,7 @@ def _from_data(store: Store, data: str | Path, target_far: float, pairs_wanted: 
 
 
 def calibrate(store_path: str | Path, data: str | Path | None = None, report: str | Path | None = None,
-              target_far: float = 1e-4, loader: Loader | None = None, batch_size: int = 64,
+              target_far: float = 1e-4, batch_size: int = 64,
               progress: Callable[[int], None] | None = None, seed: int = 0,
               impostor_pairs: int = 100_000) -> dict:
     """Calibrate every served pair from labelled images (`data`) or copy them from a `report`."""
@@ -149,7 +144,7 @@ def calibrate(store_path: str | Path, data: str | Path | None = None, report: st
         if report is not None:
             entries, skipped = [e for e in _from_report(st, report) if (e["query"], e["rows"]) in wanted], []
         else:
-            entries, skipped = _from_data(st, data, target_far, wanted, loader, batch_size, progress,
+            entries, skipped = _from_data(st, data, target_far, wanted, batch_size, progress,
                                           seed, impostor_pairs)
     if not entries:
         raise BadInput(f"nothing to calibrate in {store_path}: " + ("; ".join(skipped) or

@@ -42,14 +42,14 @@ def make_store(path: Path, rows: int = 300, dim: int = 16, identities: int = 30,
 class ServerThread:
     """The app under uvicorn on 127.0.0.1 in a background thread (signals stay with pytest)."""
 
-    def __init__(self, config, loader=None) -> None:
+    def __init__(self, config) -> None:
         import uvicorn
 
         from gallery.serve.server import uvicorn_config
 
         config.port = config.port if config.port not in (0, 8080) else free_port()
         self.config = config
-        self.server = uvicorn.Server(uvicorn_config(config, loader, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn_config(config, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{config.port}"
 

@@ -145,25 +145,27 @@ def test_cli_lock_and_embedding_only(setup, tmp_path):
 
 
 def test_python_api_round_trip_with_images(setup, tmp_path):
-    """The same round trip through the library: images -> store -> search -> remove -> verify."""
+    """The same round trip through the library's front door: images -> store -> search -> remove -> verify."""
+    import gallery
     from gallery.encoder import embed_paths, load_encoder
-    from gallery.search import search_images
-    from gallery.store import ModelInfo, Store, sources
+    from gallery.store import Store
 
     root, _, _, paths, probes, _ = setup
     encoder = load_encoder(root / "enc.onnx")
-    with Store.create(tmp_path / "api.h5", ModelInfo.from_encoder("v1", encoder)) as store:
-        assert sources.enroll_images(store, root / "gallery")["rows"] == 60
+    with gallery.create(tmp_path / "api.h5", root / "enc.onnx") as g:
+        assert g.enroll(root / "gallery")["rows"] == 60
         extra = embed_paths(encoder, probes[:3])
-        store.enroll(extra, ["x0", "x1", "x2"], ["extra", "extra", "extra"])
-        result, names = search_images(store, probes[:3], k=2)
+        g.enroll(extra, ["x0", "x1", "x2"], ["extra", "extra", "extra"])
+        result = g.search(probes[:3], k=2)
         assert result.ids[:, 0].tolist() == ["x0", "x1", "x2"]
-        assert result.models[:, 0].tolist() == ["v1"] * 3 and names == [str(p) for p in probes[:3]]
+        assert result.models[:, 0].tolist() == ["v1"] * 3 and result.names == [str(p) for p in probes[:3]]
         assert np.allclose(result.scores[:, 0], 1.0, atol=1e-5)
-        store.remove(["x0"])
-        again, _ = search_images(store, probes[:1], k=61)
+        # vectors and images answer alike: the same rows for the encoder's own embeddings
+        assert np.array_equal(g.search(extra, k=2).rows, result.rows)
+        g.remove(["x0"])
+        again = g.search(probes[:1], k=61)
         assert "x0" not in again.ids.tolist()[0] and (again.rows >= 0).sum() == 61
-        report = store.verify()
+        report = g.verify()
     assert report["ok"] and report["live"] == 62
     with Store.open(tmp_path / "api.h5") as store:
         assert store.model().sha256 == encoder.identity["sha256"]

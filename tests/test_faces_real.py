@@ -168,7 +168,7 @@ def test_landmarks_file_gives_the_detector_crop(sface, tmp_path) -> None:
     """Given landmarks (here: YuNet's own, written to JSON) align exactly like detection."""
     import json
 
-    from gallery.faces.enroll import make_cropper
+    from gallery.faces.crop import make_cropper
 
     path = FOUND["photos"] / "obama2.jpg"
     face = main_face(sface["detector"].detect(load_photo(path)))

@@ -279,7 +279,7 @@ def image_store(tmp_path_factory):
 def test_image_search_equals_in_process_and_guards(image_store):
     from PIL import Image
 
-    from gallery.search import search_images
+    import gallery
 
     root = image_store
     probes = sorted((root / "probes").rglob("*.png"))[:4]
@@ -287,8 +287,8 @@ def test_image_search_equals_in_process_and_guards(image_store):
         files = [("image", (p.name, p.read_bytes(), "image/png")) for p in probes]
         r = post(srv, "/v1/search", files=files, data={"k": "4"})
         assert r.status_code == 200, r.text
-        with Store.open(root / "g.h5") as st:
-            expected, _ = search_images(st, probes, k=4)
+        with gallery.open(root / "g.h5") as g:
+            expected = g.search(probes, k=4)
         assert_same_as_in_process(r.json(), expected, [p.name for p in probes])
         assert [rec["query"] for rec in r.json()["results"]] == [p.name for p in probes]
 
@@ -325,8 +325,8 @@ def test_face_model_queries_are_detected_and_aligned(tmp_path):
     found, missing = assets.locate()
     if missing:
         pytest.skip(f"face assets missing (run setup.sh): {', '.join(missing[:3])}")
+    import gallery
     from cli_helpers import ok
-    from gallery.ingest import embed_queries
     from gallery.faces.presets import import_encoder
 
     import_encoder(found["sface"], "sface", tmp_path / "sface.onnx")
@@ -341,9 +341,8 @@ def test_face_model_queries_are_detected_and_aligned(tmp_path):
         r = post(srv, "/v1/search", files=[("image", (query.name, query.read_bytes(), "image/jpeg"))],
                  data={"k": "2"})
         assert r.status_code == 200, r.text
-    with Store.open(store) as st:
-        queries, _, _ = embed_queries(st, [query], detector=found["yunet"])  # the model declares faces: aligned
-        expected = st.search(queries, k=2)
+    with gallery.open(store) as g:  # the model declares faces: aligned crops, as over HTTP
+        expected = g.search([query], k=2, detector=found["yunet"])
     assert_same_as_in_process(r.json(), expected, [query.name])
     assert r.json()["results"][0]["hits"][0]["identity"] == "obama"
 

@@ -1,8 +1,8 @@
 """The frozen old model (`--old`) as a feature extractor.
 
-Any encoder gallery can load serves: our `.pt` checkpoints and TorchScript files
-(through trainer.torch_encoder, weights_only loading) and ONNX image encoders (through
-gallery.encoder, onnxruntime). Nothing is unpickled beyond torch.load(weights_only=True).
+Any encoder gallery.encoder can load serves: our `.pt` checkpoints and TorchScript files
+(trainer.torch_encoder, its `gallery.encoders` plugins, weights_only loading) and ONNX
+image encoders (onnxruntime). Nothing is unpickled beyond torch.load(weights_only=True).
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from gallery.encoder import load_encoder
 from gallery.errors import BadInput
-
-TORCH_SUFFIXES = (".pt", ".pth", ".ts")
 
 
 def load_old_model(path: str | Path) -> Any:
@@ -20,11 +19,6 @@ def load_old_model(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"old model not found: {path}")
-    if path.suffix.lower() in TORCH_SUFFIXES:
-        # importing registers the .pt/.pth/.ts loaders in gallery.encoder.ENCODER_LOADERS
-        import trainer.torch_encoder  # noqa: F401
-    from gallery.encoder import load_encoder
-
     return load_encoder(path)
 
 

@@ -1,12 +1,14 @@
 """Our `.pt` model files and TorchScript files as gallery Encoders.
 
-Importing this module registers ".pt", ".pth" and ".ts" in
-gallery.encoder.ENCODER_LOADERS, so `load_encoder` (and cli.common.load_encoder_any)
-open them like ONNX files. `.pt` files load with torch.load(weights_only=True).
+The package declares the two loaders below as entry points of the group
+`gallery.encoders` (pyproject.toml), so gallery.encoder.load_encoder opens ".pt",
+".pth" and ".ts" files like ONNX ones wherever torch is installed, without anyone
+importing this module first. `.pt` files load with torch.load(weights_only=True).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -83,8 +85,6 @@ def load_pt_encoder(path: str | Path, providers: Any = None, require_gpu: bool =
 def load_torchscript_encoder(path: str | Path, providers: Any = None, require_gpu: bool = False,
                              **_: Any) -> TorchEncoder:
     """TorchScript files carry their preprocessing in `_extra_files['gallery.json']`."""
-    import json
-
     device = _device(providers, require_gpu)
     extra = {"gallery.json": ""}
     try:
@@ -98,18 +98,3 @@ def load_torchscript_encoder(path: str | Path, providers: Any = None, require_gp
     identity = {"sha256": file_sha256(path), "model_id": meta.get("model_id"),
                 "path": str(path), "format": "torchscript", "metadata": meta}
     return TorchEncoder(module.eval(), spec, int(meta["dim"]), identity, device)
-
-
-def _register() -> None:
-    try:
-        from gallery.encoder import ENCODER_LOADERS
-    except ImportError:  # the encoder runtime is not installed in this checkout yet
-        log.warning("gallery.encoder not available; .pt/.ts encoders not registered")
-        return
-    for suffix, loader in ((".pt", load_pt_encoder), (".pth", load_pt_encoder),
-                           (".ts", load_torchscript_encoder)):
-        if suffix not in ENCODER_LOADERS:
-            ENCODER_LOADERS.register(suffix)(loader)
-
-
-_register()

@@ -6,14 +6,11 @@ from pathlib import Path
 from typing import Annotated, Any, List, Optional
 
 import typer
+from rich.table import Table
 
-from cli.common import console, emit_json, err_console, handle_errors
-
-
-def _load_any(path: str) -> Any:
-    from cli.common import load_encoder_any
-
-    return load_encoder_any(path)
+import gallery
+from cli.common import console, emit_json, err_console, handle_errors, progress_bar
+from gallery.errors import BadInput
 
 
 def _fmt(value: Any) -> str:
@@ -24,8 +21,6 @@ SHORT = {"reference/reference": "ref/ref"}
 
 
 def _render(report: dict) -> None:
-    from rich.table import Table
-
     table = Table(title=f"compatibility (headline: {report['headline']['metric']})")
     for column in ("pair", "TAR@1e-4", "TAR@1e-3", "AUC", "rank-1", "rank-5", "mAP", "headline"):
         table.add_column(column, no_wrap=True)
@@ -59,8 +54,6 @@ def _render(report: dict) -> None:
 
 def _render_by_gallery(report: dict) -> None:
     """IJB-C: each gallery searched separately by the mixed probes, and their mean (the headline)."""
-    from rich.table import Table
-
     comparisons = {n: c["identification_by_gallery"] for n, c in report["comparisons"].items()
                    if "identification_by_gallery" in c}
     if not comparisons:
@@ -70,9 +63,9 @@ def _render_by_gallery(report: dict) -> None:
     for column in ("pair", "gallery", "rank-1", "rank-5", "rank-10", *(f"TPIR@FPIR={f:g}" for f in fpirs)):
         table.add_column(column, no_wrap=True)
     for name, by_gallery in comparisons.items():
-        for gallery, ident in [*by_gallery["galleries"].items(), ("mean", by_gallery["mean"])]:
+        for part, ident in [*by_gallery["galleries"].items(), ("mean", by_gallery["mean"])]:
             tpir = {p["fpir"]: p["tpir"] for p in ident["tpir_at_fpir"]}
-            table.add_row(SHORT.get(name, name), gallery, _fmt(ident["rank1"]), _fmt(ident["rank5"]),
+            table.add_row(SHORT.get(name, name), part, _fmt(ident["rank1"]), _fmt(ident["rank5"]),
                           _fmt(ident["rank10"]), *(_fmt(tpir.get(f)) for f in fpirs))
     console.print(table)
 
@@ -112,40 +105,27 @@ def check_compat(
                           "which the criterion and gates then judge.")] = None,
 ) -> None:
     """Check that new-model queries can search the old model's gallery; exit 1 when a gate fails."""
-    from gallery.compat.checker import CheckConfig, run_check
-    from gallery.compat.report import write_report
-    from gallery.errors import GateFailed
-
     json_out = _report_path(as_json, out, legacy)
     as_json = json_out is not None and str(json_out) == "-"
-    config = CheckConfig(
-        old=_s(old), new=_s(new), data=_s(data), embeddings=_s(embeddings), reference=_s(reference),
-        target_far=target_far, min_gain=min_gain, max_new_drop=max_new_drop,
-        require_criterion=require_criterion, old_to_new=old_to_new, headline=headline, seed=seed,
-        impostor_pairs=impostor_pairs, distractor_fraction=distractor_fraction,
-        gallery_per_identity=gallery_per_identity, batch_size=batch_size, save_embeddings=_s(save_embeddings),
-        adapter=_s(adapter),
-    )
-    result = _run_with_progress(run_check, config, quiet=as_json)
-    if json_out is not None:
-        if as_json:
-            emit_json(result.report)
-        else:
-            write_report(result.report, json_out)
-    if plot is not None:
-        from gallery.compat.plots import plot_curves
-
-        plot_curves(result.curves, plot, title=f"{Path(config.new or 'new').name} vs {Path(config.old or 'old').name}")
-    if not as_json:
+    with progress_bar("embed", as_json) as (on_total, advance):
+        result = gallery.check_compat(
+            old, new, data=data, embeddings=embeddings, reference=reference,
+            report=None if as_json else json_out, plot=plot, progress=advance, on_total=on_total,
+            target_far=target_far, min_gain=min_gain, max_new_drop=max_new_drop,
+            require_criterion=require_criterion, old_to_new=old_to_new, headline=headline, seed=seed,
+            impostor_pairs=impostor_pairs, distractor_fraction=distractor_fraction,
+            gallery_per_identity=gallery_per_identity, batch_size=batch_size,
+            save_embeddings=None if save_embeddings is None else str(save_embeddings),
+            adapter=None if adapter is None else str(adapter))
+    if as_json:
+        emit_json(result.report)
+    else:
         _render(result.report)
-    if not result.passed:
-        raise GateFailed(f"compatibility gate(s) failed: {', '.join(result.report['failed_gates'])}")
+    result.raise_if_failed()
 
 
 def _report_path(as_json: bool, out: Optional[Path], legacy: Optional[List[str]]) -> Optional[Path]:
     """--out PATH; --json prints to stdout; `--json PATH` (the older spelling) works with a warning."""
-    from gallery.errors import BadInput
-
     if legacy:
         if not as_json or len(legacy) != 1 or out is not None:
             raise BadInput(f"unexpected argument {legacy[0]!r} (the report file is given with --out PATH)")
@@ -157,21 +137,6 @@ def _report_path(as_json: bool, out: Optional[Path], legacy: Optional[List[str]]
             raise BadInput("give --json (print the report) or --out PATH, not both")
         return Path("-")
     return out
-
-
-def _s(path: Optional[Path]) -> Optional[str]:
-    return None if path is None else str(path)
-
-
-def _run_with_progress(run_check: Any, config: Any, quiet: bool) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = [TextColumn("[bold]embed"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=True, disable=quiet) as bar:
-        task = bar.add_task("embed", total=None)
-        return run_check(config, load=_load_any,
-                         progress=lambda n: bar.advance(task, n),
-                         on_total=lambda total: bar.update(task, total=total))
 
 
 def register(app: typer.Typer) -> None:

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import typer
 
-from cli.common import JSON_FLAG, TORCH_SUFFIXES, console, emit_json, handle_errors
+import gallery
+from cli.common import JSON_FLAG, console, emit_json, handle_errors
 from gallery.errors import BadInput
 
 JSON = JSON_FLAG
+TORCH_SUFFIXES = (".pt", ".pth", ".ts")  # model files trainer.export turns into ONNX
 
 
 def register(app: typer.Typer) -> None:
@@ -22,10 +24,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _export_store(source: Path, out: Path) -> dict:
-    from gallery.store import Store
-
-    with Store.open(source) as st:
-        return {"kind": "store", **st.export(out)}
+    with gallery.open(source) as g:
+        return {"kind": "store", **g.export(out)}
 
 
 def _export_model(source: Path, out: Path) -> dict:

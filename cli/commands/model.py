@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+import gallery
 from cli.common import STORE_ARG, emit, handle_errors
 
 model_app = typer.Typer(help="The model files a store's versions were made with.", no_args_is_help=True)
@@ -24,7 +25,6 @@ def set_path_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Record where VERSION's file is now (refused unless it is that model by sha256)."""
-    from gallery.modelfiles import set_path
-
-    result = set_path(store, version, path)
+    with gallery.open(store) as g:
+        result = g.set_model_path(version, path)
     emit(as_json, result, f"model {result['model']} of {store}: {result['path']}")

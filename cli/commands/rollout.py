@@ -1,6 +1,7 @@
 """Rollout commands: upgrade, alias, rollback, history, prune, shadow, backfill.
 
-Exit codes: 0 done, 1 a gate refused the upgrade, 2 bad input, 3 store locked.
+Each calls one method of gallery.Gallery. Exit codes: 0 done, 1 a gate refused the
+upgrade, 2 bad input, 3 store locked.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from typing import List, Optional
 
 import typer
 
+import gallery
 from cli.commands.threshold import warn_uncalibrated
-from cli.common import (JSON_FLAG, STORE_ARG, STORE_OPTION, console, emit, emit_json, handle_errors, load_encoder_any,
-                        progress_bar, render_table, split_store)
+from cli.common import (JSON_FLAG, STORE_ARG, STORE_OPTION, console, emit, emit_json, handle_errors, progress_bar,
+                        render_table, split_store)
+from gallery.errors import BadInput
 
 JSON = JSON_FLAG
 
@@ -37,9 +40,8 @@ def upgrade_cmd(
     as_json: bool = JSON,
 ) -> None:
     """Make --model the query model, admitted by a passing compatibility report."""
-    from gallery.rollout import upgrade
-
-    result = upgrade(store, model, report, version=version, force=force, loader=load_encoder_any, stage=stage)
+    with gallery.open(store) as g:
+        result = g.upgrade(model, report, version=version, force=force, stage=stage)
     warn_uncalibrated(result["uncalibrated"], store)
     if as_json:
         emit_json(result)
@@ -63,9 +65,8 @@ def rollback_cmd(
     as_json: bool = JSON,
 ) -> None:
     """Restore the previous query model (one atomic switch; models and rows are kept)."""
-    from gallery.rollout import rollback
-
-    result = rollback(store, to, allow_missing_model=allow_missing_model)
+    with gallery.open(store) as g:
+        result = g.rollback(to, allow_missing_model=allow_missing_model)
     warn_uncalibrated(result["uncalibrated"], store)
     emit(as_json, result, f"rolled back {store}: query model {result['from']} -> {result['to']}")
 
@@ -77,9 +78,8 @@ def history_cmd(
     as_json: bool = JSON,
 ) -> None:
     """Every upgrade, rollback, alias, backfill and prune: when, who, which report, what was forced."""
-    from gallery.rollout import history
-
-    events = history(store, everything)
+    with gallery.open(store) as g:
+        events = g.history(everything)
     if as_json:
         emit_json(events)
         return
@@ -102,9 +102,8 @@ def prune_cmd(
     as_json: bool = JSON,
 ) -> None:
     """Remove model versions no row, alias, query model or rollback target needs."""
-    from gallery.rollout import prune
-
-    result = prune(store, dry_run=dry_run, drop_rollback=drop_rollback)
+    with gallery.open(store) as g:
+        result = g.prune(dry_run=dry_run, drop_rollback=drop_rollback)
     if as_json:
         emit_json(result)
         return
@@ -122,10 +121,9 @@ def alias_set_cmd(
     as_json: bool = JSON,
 ) -> None:
     """Point NAME at VERSION."""
-    from gallery.rollout import set_alias
-
     path, (name, version) = split_store(args, store, ("NAME", "VERSION"))
-    result = set_alias(path, name, version)
+    with gallery.open(path) as g:
+        result = g.set_alias(name, version)
     emit_json(result) if as_json else console.print(f"{name} -> {result['model']}")
 
 
@@ -137,10 +135,9 @@ def alias_remove_cmd(
     as_json: bool = JSON,
 ) -> None:
     """Delete an alias."""
-    from gallery.rollout import set_alias
-
     path, (name,) = split_store(args, store, ("NAME",))
-    result = set_alias(path, name, None)
+    with gallery.open(path) as g:
+        result = g.set_alias(name, None)
     emit_json(result) if as_json else console.print(f"removed alias {name}")
 
 
@@ -152,10 +149,9 @@ def alias_list_cmd(
     as_json: bool = JSON,
 ) -> None:
     """Aliases and the versions they name."""
-    from gallery.rollout import list_aliases
-
     path, _ = split_store(args or [], store, ())
-    aliases = list_aliases(path)
+    with gallery.open(path) as g:
+        aliases = g.aliases
     if as_json:
         emit_json(aliases)
     else:
@@ -177,13 +173,9 @@ def shadow_cmd(
     as_json: bool = JSON,
 ) -> None:
     """Same queries through the old and new query path: top-k overlap, rank changes, decision flips."""
-    from gallery.rollout import ShadowConfig, shadow
-
-    config = ShadowConfig(store=str(store), queries=str(queries), old=old, new=new, k=k,
-                          old_model=None if old_model is None else str(old_model),
-                          new_model=None if new_model is None else str(new_model), batch_size=batch_size)
-    with progress_bar("embedding queries", as_json) as (_, advance):
-        result = shadow(config, loader=load_encoder_any, progress=advance)
+    with gallery.open(store) as g, progress_bar("embedding queries", as_json) as (_, advance):
+        result = g.shadow(queries, old=old, new=new, k=k, old_model=old_model, new_model=new_model,
+                          batch_size=batch_size, progress=advance)
     if out is not None:
         emit_json(result, out)
     if as_json:
@@ -220,12 +212,9 @@ def backfill_cmd(
     as_json: bool = JSON,
 ) -> None:
     """Re-embed older rows whose images exist with the query model (resumable; readers keep searching)."""
-    from gallery.errors import BadInput
-    from gallery.rollout import BackfillConfig, backfill
-    from gallery.rollout.backfill import status
-
     if show_status:
-        result = status(store)
+        with gallery.open(store) as g:
+            result = g.backfill_status()
         if as_json:
             emit_json(result)
         else:
@@ -241,11 +230,9 @@ def backfill_cmd(
         return
     if images is None:
         raise BadInput("give --images ROOT (or --status)")
-    config = BackfillConfig(store=str(store), images=str(images), batch_size=batch_size,
-                            model=None if model is None else str(model), trust_images=trust_images,
-                            publish_every=publish_every)
-    with progress_bar("backfilling", as_json) as (on_total, advance):
-        result = backfill(config, loader=load_encoder_any, progress=advance, on_total=on_total)
+    with gallery.open(store) as g, progress_bar("backfilling", as_json) as (on_total, advance):
+        result = g.backfill(images, batch_size=batch_size, model=model, trust_images=trust_images,
+                            publish_every=publish_every, progress=advance, on_total=on_total)
     if as_json:
         emit_json(result)
     else:

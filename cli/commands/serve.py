@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import STORE_ARG, handle_errors, load_encoder_any
+from cli.common import STORE_ARG, handle_errors
 from gallery.errors import BadInput
 
 
@@ -36,4 +36,4 @@ def serve_cmd(
                        f"{exc.name} is missing") from None
     key = read_api_key(api_key_file) if api_key_file is not None else None
     serve(ServeConfig(store, host=host, port=port, api_key=key, max_batch=max_batch,
-                      max_body_mb=max_body_mb, detector=detector), loader=load_encoder_any)
+                      max_body_mb=max_body_mb, detector=detector))

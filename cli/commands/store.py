@@ -1,4 +1,7 @@
-"""Gallery store commands: init, enroll, remove, info, verify, search, migrate."""
+"""Gallery store commands: init, enroll, remove, info, verify, search, migrate, reindex.
+
+Each parses its options, calls one method of gallery.Gallery and renders the result.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,10 @@ from typing import List, Optional
 
 import typer
 
+import gallery
 from cli.commands.threshold import warn_uncalibrated
 from cli.common import (DEFAULTS_HELP, JSON_FLAG, KIND_CHOICES, STORE_ARG, console, emit, emit_json, err_console,
-                        handle_errors, load_encoder_any, progress_bar, render_table)
+                        handle_errors, progress_bar, providers_list, render_table)
 from gallery.errors import BadInput
 
 JSON = JSON_FLAG
@@ -30,13 +34,6 @@ def register(app: typer.Typer) -> None:
         app.command(name)(func)
 
 
-def _load_kwargs(require_gpu: bool, providers: Optional[str]) -> dict:
-    out: dict = {"require_gpu": require_gpu}
-    if providers:
-        out["providers"] = [p.strip() for p in providers.split(",") if p.strip()]
-    return out
-
-
 @handle_errors
 def init_cmd(
     store: Path = typer.Argument(..., envvar="GALLERY_STORE", show_envvar=False,
@@ -49,21 +46,14 @@ def init_cmd(
     as_json: bool = JSON,
 ) -> None:
     """Create a gallery store with its first model."""
-    from gallery.store import ModelInfo, Store
-    from gallery.thresholds import uncalibrated
-
     if (model is None) == (dim is None):
         raise BadInput("give either --model FILE or --dim D --model-id NAME")
-    if model is not None:
-        info = ModelInfo.from_encoder(version, load_encoder_any(model))
-    else:
-        if not model_id:
-            raise BadInput("--dim needs --model-id NAME (how the embeddings' model is identified)")
-        info = ModelInfo(version=version, dim=dim, model_id=model_id)
-    with Store.create(store, info, dtype=dtype) as st:
-        result = {**st.info(), "uncalibrated": uncalibrated(st)}
+    if dim is not None and not model_id:
+        raise BadInput("--dim needs --model-id NAME (how the embeddings' model is identified)")
+    with gallery.create(store, model, dim=dim, model_id=model_id, version=version, dtype=dtype) as g:
+        result = {**g.info(), "uncalibrated": g.uncalibrated()}
     warn_uncalibrated(result["uncalibrated"], store)
-    emit(as_json, result, f"created {store}: model {info.version}, dim {info.dim}, {dtype}")
+    emit(as_json, result, f"created {store}: model {version}, dim {result['dim']}, {dtype}")
 
 
 def _short(query: str) -> str:
@@ -92,25 +82,18 @@ def enroll_cmd(
     as_json: bool = JSON,
 ) -> None:
     """Add images (encoded with the store's active model) or precomputed embeddings."""
-    from gallery.store import Store
-    from gallery.store import sources
-
     if (images is None) == (embeddings is None):
         raise BadInput("give either --images DIR or --embeddings FILE")
     if skip_existing and images is None:
         raise BadInput("--skip-existing applies to --images")
-    with Store.open(store, "a") as st:
-        if images is not None:
-            if model_version is not None:
-                raise BadInput("--model-version applies to --embeddings; images use the active model")
-            from gallery.ingest import enroll_images
-
-            with progress_bar("encoding", as_json) as (on_total, advance):
-                result = enroll_images(st, images, labels, model, load_encoder_any, batch_size, advance, on_total,
-                                       skip_existing=skip_existing, on_error=on_error, detect=detect,
-                                       detector=detector, landmarks=landmarks, **_load_kwargs(require_gpu, providers))
-        else:
-            result = sources.enroll_embeddings(st, embeddings, ids, model_version)
+    if images is not None and model_version is not None:
+        raise BadInput("--model-version applies to --embeddings; images use the active model")
+    with gallery.open(store, model=model, providers=providers_list(providers), require_gpu=require_gpu) as g, \
+            progress_bar("encoding", as_json or images is None) as (on_total, advance):
+        result = g.enroll(images, ids, embeddings=embeddings, labels=labels, model_version=model_version,
+                          batch_size=batch_size if images is not None else None, skip_existing=skip_existing,
+                          on_error=on_error, detect=detect, detector=detector, landmarks=landmarks,
+                          progress=advance, on_total=on_total)
     for e in result.get("errors", []) if not as_json else []:
         err_console.print(f"[yellow]skipped:[/] {e['item']}: {e['error']}", highlight=False, soft_wrap=True)
     skipped = len(result.get("skipped_existing", []))
@@ -126,20 +109,16 @@ def remove_cmd(
     as_json: bool = JSON,
 ) -> None:
     """Tombstone items: never returned by search again; ids are never reused."""
-    from gallery.store import Store
-
-    with Store.open(store, "a") as st:
-        result = st.remove(item_ids)
+    with gallery.open(store) as g:
+        result = g.remove(item_ids)
     emit(as_json, result, f"removed {result['removed']} item(s) ({result['already_removed']} already removed)")
 
 
 @handle_errors
 def info_cmd(store: Path = STORE_ARG, as_json: bool = JSON) -> None:
     """Models, aliases, counts."""
-    from gallery.store import Store
-
-    with Store.open(store) as st:
-        info = st.info()
+    with gallery.open(store) as g:
+        info = g.info()
     if as_json:
         emit_json(info)
         return
@@ -154,10 +133,8 @@ def info_cmd(store: Path = STORE_ARG, as_json: bool = JSON) -> None:
 @handle_errors
 def verify_cmd(store: Path = STORE_ARG, as_json: bool = JSON) -> None:
     """Integrity: counts, checksums, ids, models, index freshness. Exit 1 if damaged."""
-    from gallery.store import Store
-
-    with Store.open(store) as st:
-        report = st.verify()
+    with gallery.open(store) as g:
+        report = g.verify()
     if as_json:
         emit_json(report)
     else:
@@ -201,44 +178,17 @@ def search_cmd(
     as_json: bool = JSON,
 ) -> None:
     """k nearest gallery items per query, with open-set rejection."""
-    from gallery import search as search_mod
-    from gallery.store import Store
-
     if bool(image) == (embeddings is not None):
         raise BadInput("give either --image PATH (repeatable) or --embeddings FILE")
-    if engine is not None and (detect or landmarks):
-        raise BadInput("--engine takes --embeddings or --image queries (no --detect/--landmarks)")
-    opts = dict(k=k, threshold=threshold, query_version=query_model, kind=index, nprobe=nprobe,
-                ef_search=ef_search, rerank=rerank, accept_uncalibrated=accept_uncalibrated)
-    errors: list[dict] = []
-    with Store.open(store) as st:
-        if engine is not None:  # the serving view a `gallery sync` keeps, same decisions
-            from gallery import engines
-
-            if image:
-                queries, names = search_mod.embed_query_images(st, image, model_path=model, loader=load_encoder_any,
-                                                               **_load_kwargs(require_gpu, providers))
-            else:
-                queries, names = search_mod.read_query_embeddings(embeddings)
-            with engines.connect(*engines.parse_engine(engine, st, collection)) as eng:
-                result = engines.search(eng, collection or engines.default_alias(st), queries, k=k,
-                                        threshold=threshold, store=st, params=eng.knobs(ef_search, nprobe),
-                                        accept_uncalibrated=accept_uncalibrated)
-        elif image:  # per-item errors; face models detect + align unless --no-detect
-            from gallery.ingest import embed_queries
-
-            with progress_bar("embedding queries", as_json) as (_, advance):
-                queries, names, errors = embed_queries(st, image, query_model, model, load_encoder_any,
-                                                       progress=advance, on_error=query_on_error, detect=detect,
-                                                       detector=detector, landmarks=landmarks,
-                                                       **_load_kwargs(require_gpu, providers))
-            result = search_mod.search(st, queries, **opts)
-        else:
-            queries, names = search_mod.read_query_embeddings(embeddings)
-            result = search_mod.search(st, queries, **opts)
-    records = result.to_records(names) + [{"query": e["item"], "error": e["error"], "rejected": True, "match": None,
-                                           "uncalibrated_pairs": [], "hits": []} for e in errors]
-    for e in errors if not as_json else []:
+    with gallery.open(store, model=model, providers=providers_list(providers), require_gpu=require_gpu) as g, \
+            progress_bar("embedding queries", as_json or not image) as (_, advance):
+        result = g.search(image or None, k=k, embeddings=embeddings, threshold=threshold, query_model=query_model,
+                          index=index, nprobe=nprobe, ef_search=ef_search, rerank=rerank,
+                          accept_uncalibrated=accept_uncalibrated, on_error=query_on_error, detect=detect,
+                          detector=detector, landmarks=landmarks, engine=engine, collection=collection,
+                          progress=advance)
+    records = result.to_records()
+    for e in result.errors if not as_json else []:
         err_console.print(f"[yellow]skipped:[/] {e['item']}: {e['error']}", highlight=False, soft_wrap=True)
     if not accept_uncalibrated:
         warn_uncalibrated(sorted({p for rec in records for p in rec["uncalibrated_pairs"]}), store)
@@ -266,10 +216,8 @@ def render_search(title: str, records: list[dict]) -> None:
 @handle_errors
 def migrate_cmd(store: Path = STORE_ARG, as_json: bool = JSON) -> None:
     """Bring an older store to the current schema (numbered migrations, logged in history)."""
-    from gallery.store import Store
-
-    with Store.open(store, "a") as st:
-        result = {"path": str(store), "schema_version": st.schema_version}
+    with gallery.open(store) as g:
+        result = g.migrate()
     emit(as_json, result, f"{store}: schema v{result['schema_version']}")
 
 
@@ -282,8 +230,6 @@ def reindex_cmd(
     as_json: bool = JSON,
 ) -> None:
     """Rebuild the faiss index sidecar from the store (normally automatic when stale)."""
-    from gallery.store import Store
-
-    with Store.open(store) as st:
-        meta = st.index(kind=index, rebuild=True, nlist=nlist, hnsw_m=hnsw_m).meta
+    with gallery.open(store) as g:
+        meta = g.reindex(index=index, nlist=nlist, hnsw_m=hnsw_m)
     emit(as_json, meta, f"built {meta['params']['kind']} index over {meta['count']} live rows of {store}")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import JSON_FLAG, STORE_ARG, console, emit_json, err_console, handle_errors, load_encoder_any, progress_bar, render_table
+from cli.common import JSON_FLAG, STORE_ARG, console, emit_json, err_console, handle_errors, progress_bar, render_table
 
 JSON = JSON_FLAG
 STORE = STORE_ARG
@@ -43,7 +43,7 @@ def calibrate_cmd(
     from gallery.thresholds import calibrate
 
     with progress_bar("embedding evaluation images", as_json) as (_, advance):
-        result = calibrate(store, data=data, report=report, target_far=target_far, loader=load_encoder_any,
+        result = calibrate(store, data=data, report=report, target_far=target_far,
                            batch_size=batch_size, progress=advance, seed=seed, impostor_pairs=impostor_pairs)
     if as_json:
         emit_json(result)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from cli.common import console, emit_json, handle_errors, render_table
-from gallery.errors import BadInput
 
 DataOpt = Annotated[Optional[Path], typer.Option(
     "--data", help="Training data: ImageFolder dir, dir with train.rec, FILE.rec, .h5/.npz.")]
@@ -46,36 +46,19 @@ ConfigOpt = Annotated[Optional[Path], typer.Option(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
-def build_config(config_file: Path | None, **options: Any) -> Any:
-    """TrainConfig from an optional file plus the options the user gave (None = not given)."""
-    from trainer.config import TrainConfig
-
-    scale, margin = options.pop("scale", None), options.pop("margin", None)
-    given = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()
-             if v is not None and v is not False}
-    config = (TrainConfig.from_file(config_file, **given) if config_file
-              else TrainConfig.from_dict(given))
-    params = dict(config.head_params)
-    params.update({k: v for k, v in (("s", scale), ("m", margin)) if v is not None})
-    config.head_params = params
-    if not config.data:
-        raise BadInput("--data is required (or data = ... in --config)")
-    return config
-
-
-def run_fit(config: Any, as_json: bool) -> Any:
-    """Run fit() under a Rich progress bar (loss, lr, img/s) and render the result."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-        TimeRemainingColumn
-
-    from trainer.fit import fit
-
+def run_fit(train: Callable[..., Any], as_json: bool, with_old: bool = False, **kwargs: Any) -> Any:
+    """Run trainer.train / train_compatible under Rich progress bars (old features first
+    when `with_old`; then loss, lr, img/s) and render the result."""
     # under torchrun every rank runs this; only rank 0 draws and prints
     main = int(os.environ.get("RANK", "0")) == 0
-    columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[stats]}"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=as_json,
                   disable=as_json or not main) as bar:
+        if with_old:
+            old = bar.add_task("old features", total=None, stats="")
+            kwargs.update(old_progress=lambda n: bar.advance(old, n),
+                          old_start=lambda n: bar.update(old, total=n))
         task = bar.add_task("train", total=None, stats="")
 
         def on_log(values: dict) -> None:
@@ -85,7 +68,7 @@ def run_fit(config: Any, as_json: bool) -> Any:
             bar.update(task, stats=f"ep {values['epoch']} loss {values['loss']:.4f} "
                                    f"lr {values['lr']:.4g} {values['img_s']:.0f} img/s")
 
-        result = fit(config, progress=lambda n: bar.advance(task, n), on_log=on_log)
+        result = train(progress=lambda n: bar.advance(task, n), on_log=on_log, **kwargs)
     if not main:
         return result
     if as_json:
@@ -110,12 +93,11 @@ def register(app: typer.Typer) -> None:
               device: DeviceOpt = None, resume: ResumeOpt = False,
               config: ConfigOpt = None, json: JsonOpt = False) -> None:
         """Train an encoder (no compatibility constraint) and save it as a .pt (+ ONNX)."""
-        cfg = build_config(config, data=data, arch=arch, head=head, dim=dim,
-                           image_size=image_size, epochs=epochs, seed=seed, out=out, onnx=onnx,
-                           batch_size=batch_size, lr=lr, optimizer=optimizer,
-                           warmup_epochs=warmup_epochs, scale=scale, margin=margin,
-                           num_workers=workers, threads=threads, device=device,
-                           resume=resume)
-        cfg.method = "independent"
-        cfg.validate()
-        run_fit(cfg, json)
+        # trainer (torch) loads only when training: the serving commands start without it.
+        from trainer import train as train_fn
+
+        run_fit(train_fn, json, config=config, data=data, arch=arch, head=head, dim=dim,
+                image_size=image_size, epochs=epochs, seed=seed, out=out, onnx=onnx,
+                batch_size=batch_size, lr=lr, optimizer=optimizer, warmup_epochs=warmup_epochs,
+                scale=scale, margin=margin, num_workers=workers, threads=threads, device=device,
+                resume=resume)

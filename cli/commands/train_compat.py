@@ -7,9 +7,6 @@ their own progress bar, into the cache fit() reads; then the one fit loop runs.
 
 from __future__ import annotations
 
-import importlib.util
-import inspect
-import pkgutil
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -18,15 +15,9 @@ import typer
 from cli.commands.train import (ArchOpt, BatchSizeOpt, ConfigOpt, DataOpt, DeviceOpt, DimOpt,
                                 EpochsOpt, HeadOpt, ImageSizeOpt, JsonOpt, LrOpt, MarginOpt,
                                 OnnxOpt, OptimizerOpt, OutOpt, ResumeOpt, ScaleOpt, SeedOpt, ThreadsOpt,
-                                WarmupOpt, WorkersOpt, build_config, run_fit)
-from cli.common import console, handle_errors
-
-
-def _method_names() -> list[str]:
-    """Method files in trainer/methods (one per registered method), found without torch."""
-    spec = importlib.util.find_spec("trainer")
-    roots = [str(Path(p) / "methods") for p in (spec.submodule_search_locations or [])] if spec else []
-    return sorted(m.name for m in pkgutil.iter_modules(roots) if m.name != "base")
+                                WarmupOpt, WorkersOpt, run_fit)
+from cli.common import console, emit_json, handle_errors, render_table
+from trainer.api import method_names
 
 
 OldOpt = Annotated[Optional[Path], typer.Option(
@@ -34,7 +25,7 @@ OldOpt = Annotated[Optional[Path], typer.Option(
 OldFeaturesOpt = Annotated[Optional[Path], typer.Option(
     "--old-features", help="Precomputed old features (HDF5 written by a previous run).")]
 MethodOpt = Annotated[Optional[str], typer.Option(
-    "--method", help=f"Compatibility method: {' | '.join(_method_names())} | auto "
+    "--method", help=f"Compatibility method: {' | '.join(method_names())} | auto "
                      "(auto: try a grid of methods on held-out identities, retrain the "
                      "winner; default: mixbct, or the --config file's method).")]
 ClipScopeOpt = Annotated[Optional[str], typer.Option(
@@ -58,54 +49,8 @@ MixRatioOpt = Annotated[Optional[float], typer.Option(
 CredibleTOpt = Annotated[Optional[float], typer.Option(
     "--credible-t", help="mixbct: share of each class's old features kept credible (0.9).")]
 
-# CLI option -> method constructor parameter
-METHOD_OPTIONS = {"--l2-weight": "l2_weight", "--tau": "tau", "--bct-scale": "bct_scale",
-                  "--bct-variant": "bct_variant", "--mix-ratio": "mix_ratio",
-                  "--credible-t": "credible_t"}
-
-
-def method_params(method: str, given: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
-    """The method's resolved hyperparameters: defaults < config file < options given."""
-    from gallery.errors import BadInput
-    from trainer.methods import load_all
-
-    cls = load_all().get(method)  # unknown names -> BadInput listing the valid ones
-    signature = inspect.signature(cls.__init__).parameters
-    params = {name: p.default for name, p in signature.items()
-              if p.default is not inspect.Parameter.empty}
-    params.update(base)
-    for option, value in given.items():
-        name = METHOD_OPTIONS[option]
-        if value is None:
-            continue
-        if name not in signature:
-            raise BadInput(f"{option} does not apply to method {method!r}")
-        params[name] = value
-    return params
-
-
-def prepare_old(cfg: Any, as_json: bool) -> None:
-    """Extract (or validate) old features under a progress bar before training."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-        TimeRemainingColumn
-
-    from trainer.old_features import precompute_old_features
-
-    columns = [TextColumn("[bold]old features"), BarColumn(), MofNCompleteColumn(),
-               TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=True, disable=as_json) as bar:
-        task = bar.add_task("old", total=None)
-        precompute_old_features(cfg, progress=lambda n: bar.advance(task, n),
-                                start=lambda n: bar.update(task, total=n))
-
-
-def run_auto_search(cfg: Any, budget: str, as_json: bool) -> None:
-    """--method auto: the search and the winner's training live in trainer.auto."""
-    from cli.common import emit_json, render_table
-    from trainer.auto import run_auto
-
-    result = run_auto(cfg, budget, on_candidate=lambda name: None if as_json else console.print(
-        f"auto: training candidate {name}", highlight=False))
+def render_auto(result: Any, as_json: bool) -> None:
+    """--method auto: the leaderboard of the candidates and the winner retrained."""
     if as_json:
         emit_json(result.to_dict())
         return
@@ -116,6 +61,13 @@ def run_auto_search(cfg: Any, budget: str, as_json: bool) -> None:
                  ["rank", "candidate", "old/old", "new/new", "new->old", "margin"], rows)
     console.print(f"winner {result.winner} retrained on all identities: {result.final['model']} "
                   f"(leaderboard: {result.files['json']})", highlight=False)
+
+
+def _train_compatible(**kwargs: Any) -> Any:
+    # trainer's torch modules load only when training: the serving commands start without them.
+    from trainer import train_compatible
+
+    return train_compatible(**kwargs)
 
 
 def register(app: typer.Typer) -> None:
@@ -136,33 +88,20 @@ def register(app: typer.Typer) -> None:
         json: JsonOpt = False,
     ) -> None:
         """Train a v2 encoder whose queries stay comparable with the old model's gallery."""
-        from gallery.errors import BadInput
-        from trainer.methods import load_all
-
-        cfg = build_config(config, data=data, arch=arch, head=head, dim=dim,
-                           image_size=image_size, epochs=epochs, seed=seed, out=out, onnx=onnx,
-                           batch_size=batch_size, lr=lr, optimizer=optimizer,
-                           warmup_epochs=warmup_epochs, scale=scale, margin=margin,
-                           num_workers=workers, threads=threads, device=device,
-                           resume=resume, old_model=old, old_features=old_features,
-                           clip_scope=clip_scope)
-        method = method or (cfg.method if config is not None else "mixbct")
+        options = dict(config=config, old=old, old_features=old_features, method=method, l2_weight=l2_weight,
+                       tau=tau, bct_scale=bct_scale, bct_variant=bct_variant, mix_ratio=mix_ratio,
+                       credible_t=credible_t, data=data, arch=arch, head=head, dim=dim, image_size=image_size,
+                       epochs=epochs, seed=seed, out=out, onnx=onnx, batch_size=batch_size, lr=lr,
+                       optimizer=optimizer, warmup_epochs=warmup_epochs, scale=scale, margin=margin,
+                       num_workers=workers, threads=threads, device=device, resume=resume, clip_scope=clip_scope)
         if method == "auto":
-            return run_auto_search(cfg, auto_budget, json)
-        base = cfg.method_params if cfg.method == method else {}
-        cfg.method = method
-        cfg.method_params = method_params(method, {
-            "--l2-weight": l2_weight, "--tau": tau, "--bct-scale": bct_scale,
-            "--bct-variant": bct_variant, "--mix-ratio": mix_ratio, "--credible-t": credible_t}, base)
-        if load_all().get(method).requires_old_model and not (cfg.old_model or cfg.old_features):
-            raise BadInput(f"method {method!r} needs the old model: pass --old or --old-features")
-        from trainer.projection import old_space_dim
-
-        cfg.old_dim = old_space_dim(cfg)  # --dim != v1's dim: v2 learns a projection to v1's space
-        cfg.validate()
-        prepare_old(cfg, json)
-        result = run_fit(cfg, json)
+            on_candidate = None if json else (lambda name: console.print(f"auto: training candidate {name}",
+                                                                         highlight=False))
+            return render_auto(_train_compatible(auto_budget=auto_budget, on_candidate=on_candidate, **options),
+                               json)
+        result = run_fit(_train_compatible, json, with_old=True, **options)
         info = result.metrics.get("method", {})
         if not json and info.get("compatible_with"):
+            params = {k: v for k, v in info.items() if k not in ("method", "compatible_with", "old_model")}
             console.print(f"compatible with old model {info['compatible_with'][:16]} "
-                          f"({method}: {cfg.method_params})", highlight=False)
+                          f"({info['method']}: {params})", highlight=False)

@@ -16,7 +16,10 @@ from gallery.compat.evalsets import EmbeddingSet, EvalSet, open_evalset, read_em
 from gallery.compat.gates import check_same_dim, evaluate_gates, headline_value, pick_headline
 from gallery.compat.protocols import PairProtocol, ProtocolConfig, SearchProtocol, pairs_from_search
 from gallery.compat.report import build_report
-from gallery.errors import BadInput
+from gallery.compat.plots import plot_curves
+from gallery.compat.report import write_report
+from gallery.encoder import describe, load_encoder, old_space_view
+from gallery.errors import BadInput, GateFailed
 from gallery.fingerprint import file_sha256
 from gallery.metrics.identification import identification_report, mean_identification_report, search_stats
 from gallery.metrics.retrieval import mean_average_precision
@@ -64,6 +67,11 @@ class CheckResult:
     def passed(self) -> bool:
         return bool(self.report["passed"])
 
+    def raise_if_failed(self) -> None:
+        """GateFailed naming the failed gates (what `gallery check-compat` exits 1 for)."""
+        if not self.passed:
+            raise GateFailed(f"compatibility gate(s) failed: {', '.join(self.report['failed_gates'])}")
+
 
 OLD_SPACE = "new_old_space"  # role: a v2's projection into v1's space (train-compatible --dim != v1's)
 ADAPTED = "new->h(old)"  # new queries against the old gallery mapped by the adapter
@@ -102,8 +110,6 @@ def _roles(config: CheckConfig) -> dict[str, str | None]:
 
 def _load_models(config, load, pre: dict | None) -> tuple[dict, dict]:
     """Encoders for roles without precomputed features, and every role's identity."""
-    from gallery.encoder import describe, old_space_view
-
     encoders, identities = {}, {}
     for role, path in _roles(config).items():
         if pre is not None and role in pre["features"]:
@@ -255,10 +261,10 @@ def run_check(
     progress: Progress = None,
     on_total: Callable[[int], None] | None = None,
 ) -> CheckResult:
-    """Run the whole check; gates are decided but not raised (the caller exits 1 on failure)."""
+    """Run the whole check; gates are decided but not raised (the caller exits 1 on failure).
+    `load` replaces gallery.encoder.load_encoder (tests pass stand-in encoders)."""
     _validate(config)
-    if load is None:
-        from gallery.encoder import load_encoder as load
+    load = load or load_encoder
     evalset, pre = _open(config)
     # protocols and shapes first: bad meta files or dimensions fail before any model runs
     pairs, search = _protocols(evalset, config.protocol())
@@ -327,3 +333,28 @@ def _protocol_summary(config, evalset, pre, pairs, search) -> dict:
         "search": None if search is None else search.describe(),
         "fixed_pairs": evalset.kind in ("insightface-bin", "ijbc") or from_embeddings,
     }
+
+
+def check_compat(old: str | Path | None = None, new: str | Path | None = None, *,
+                 data: str | Path | None = None, embeddings: str | Path | None = None,
+                 reference: str | Path | None = None, report: str | Path | None = None,
+                 plot: str | Path | None = None, progress: Progress = None,
+                 on_total: Callable[[int], None] | None = None, **options: object) -> CheckResult:
+    """May `new`'s queries search `old`'s gallery? Embeds `data` (identity folder,
+    insightface .bin, IJB-C folder) with both models, or reads precomputed `embeddings`,
+    and scores old/old, new/new and new->old. `options` are CheckConfig's fields
+    (target_far, min_gain, max_new_drop, require_criterion, seed, ...). Writes the JSON
+    report to `report` and ROC + CMC curves to `plot` when given. Failed gates are in
+    the result (`passed`, `raise_if_failed()`), not raised."""
+    unknown = sorted(set(options) - set(CheckConfig.__dataclass_fields__))
+    if unknown:
+        raise BadInput(f"unknown check_compat option(s): {', '.join(unknown)}; "
+                       f"valid: {', '.join(sorted(CheckConfig.__dataclass_fields__))}")
+    paths = {"old": old, "new": new, "data": data, "embeddings": embeddings, "reference": reference}
+    config = CheckConfig(**{k: None if v is None else str(v) for k, v in paths.items()}, **options)  # type: ignore[arg-type]
+    result = run_check(config, progress=progress, on_total=on_total)
+    if report is not None:
+        write_report(result.report, report)
+    if plot is not None:
+        plot_curves(result.curves, plot, title=f"{Path(config.new or 'new').name} vs {Path(config.old or 'old').name}")
+    return result

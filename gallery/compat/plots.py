@@ -1,4 +1,4 @@
-"""ROC and CMC curves of every comparison in one PNG (matplotlib Agg, no display)."""
+"""ROC and CMC curves of every comparison in one PNG (matplotlib Figure, no display)."""
 
 from __future__ import annotations
 
@@ -23,15 +23,15 @@ def _thin(far: np.ndarray, tar: np.ndarray, points: int = 2000) -> tuple[np.ndar
 
 def plot_curves(curves: dict, path: str | Path, title: str = "compatibility check") -> None:
     """curves: comparison -> {"genuine", "impostor", "cmc"} score arrays; either kind may be absent."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # matplotlib takes seconds to import: only a check asked for a plot pays it (CLI start-up).
+    # The Figure API needs no pyplot and no display backend.
+    from matplotlib.figure import Figure
 
     has_roc = any("impostor" in c for c in curves.values())
     has_cmc = any("cmc" in c for c in curves.values())
     panels = int(has_roc) + int(has_cmc)
-    fig, axes = plt.subplots(1, max(panels, 1), figsize=(6 * max(panels, 1), 4.5), squeeze=False)
+    fig = Figure(figsize=(6 * max(panels, 1), 4.5))
+    axes = fig.subplots(1, max(panels, 1), squeeze=False)
     axes = list(axes[0])
     if has_roc:
         ax = axes.pop(0)
@@ -60,5 +60,4 @@ def plot_curves(curves: dict, path: str | Path, title: str = "compatibility chec
     path = Path(path)
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
     fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     tmp.replace(path)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+import numpy as np
 
 from gallery.compat.gates import headline_value
 from gallery.errors import BadInput
@@ -22,10 +25,8 @@ THRESHOLD_KEYS = ("query", "gallery", "query_sha256", "gallery_sha256", "thresho
 
 def _version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("gallery")
-    except Exception:  # not installed (running from a checkout)
+    except PackageNotFoundError:  # not installed (running from a checkout)
         return "unknown"
 
 
@@ -99,8 +100,6 @@ def write_report(report: dict, path: str | Path) -> None:
 
 
 def _jsonable(value):
-    import numpy as np
-
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from PIL import Image
 
 from gallery.errors import BadInput
 from gallery.datasets import layout
@@ -156,8 +157,6 @@ def _part(source_arrays, rows, names, size, source) -> layout.Part:
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
     """(N, 28, 28) -> (N, size, size, 1) with bilinear resampling (Pillow, deterministic)."""
-    from PIL import Image
-
     if images.shape[1:] == (size, size):
         return images[:, :, :, None].copy()
     out = np.empty((len(images), size, size, 1), np.uint8)

@@ -20,6 +20,9 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from fontTools.ttLib import TTCollection, TTFont
+from PIL import ImageFont
+
 from gallery.errors import BadInput
 
 log = logging.getLogger(__name__)
@@ -104,8 +107,6 @@ def _faces_from_fc_list(lang: tuple[str, ...]) -> list[Face]:
 
 def _faces_from_scan(dirs: tuple[Path, ...] = FONT_DIRS) -> list[Face]:
     """Without fontconfig: read names from the files (CJK-looking cmaps only)."""
-    from fontTools.ttLib import TTCollection, TTFont
-
     faces = []
     for root in dirs:
         for path in sorted(root.rglob("*")) if root.is_dir() else []:
@@ -126,8 +127,6 @@ def _faces_from_scan(dirs: tuple[Path, ...] = FONT_DIRS) -> list[Face]:
 @lru_cache(maxsize=None)
 def face_codepoints(path: str, index: int) -> frozenset[int]:
     """Code points the face's cmap maps to a glyph (not .notdef)."""
-    from fontTools.ttLib import TTFont
-
     font = TTFont(path, fontNumber=index, lazy=True)
     cmap = font.getBestCmap() or {}
     return frozenset(cp for cp, glyph in cmap.items() if glyph != ".notdef")
@@ -152,8 +151,6 @@ def covered_pool(faces: list[Face]) -> list[str]:
 
 @lru_cache(maxsize=8)
 def _covered_pool(faces: tuple[Face, ...]) -> tuple[str, ...]:
-    from PIL import ImageFont
-
     pool = gb2312_level1()
     for face in faces:
         cps = face_codepoints(face.path, face.index)

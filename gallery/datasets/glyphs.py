@@ -10,12 +10,12 @@ training images; evaluation images use every face.
 from __future__ import annotations
 
 import logging
-import math
+import multiprocessing as mp
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from gallery.errors import BadInput
 from gallery.datasets import layout
@@ -160,8 +160,6 @@ def _render(job: _Job, workers: int, progress: Callable[[int], None] | None) -> 
     jobs = [_Job(c, job.count, job.role, job.face_ids, job.faces, job.size, job.seed) for c in chunks]
     results = []
     if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-
         # imap keeps chunk order, and each image has its own seed: output is identical
         with mp.get_context("fork").Pool(workers) as pool:
             for result in pool.imap(_render_chunk, jobs):
@@ -205,8 +203,6 @@ _FONTS: dict[tuple[str, int, int], object] = {}
 
 
 def _font(face: Face, px: int):
-    from PIL import ImageFont
-
     key = (face.path, face.index, px)
     if key not in _FONTS:
         _FONTS[key] = ImageFont.truetype(face.path, size=px, index=face.index)
@@ -215,8 +211,6 @@ def _font(face: Face, px: int):
 
 def render_glyph(ch: str, face: Face, size: int, rng: np.random.Generator) -> np.ndarray:
     """One size x size uint8 grayscale image of `ch` (dark ink on a light background)."""
-    from PIL import Image, ImageDraw, ImageFilter
-
     canvas = 2 * size  # draw at 2x and box-downsample: smooth edges at 32 px
     scale = rng.uniform(0.72, 0.98)
     px = max(8, int(round(canvas * scale)))

@@ -18,7 +18,9 @@ import json
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+import h5py
 import numpy as np
+from PIL import Image
 
 HDF5_FORMAT = "gallery.images/1"
 
@@ -27,8 +29,6 @@ def write_imagefolder(
     root: Path, names: Sequence[str], images: np.ndarray, progress: Callable[[int], None] | None = None
 ) -> None:
     """Write images[i] to root/names[i] (names are '<identity>/<file>.png')."""
-    from PIL import Image
-
     made: set[str] = set()
     for i, name in enumerate(names):
         folder = name.rsplit("/", 1)[0]
@@ -54,8 +54,6 @@ def write_hdf5(
     attrs: Mapping[str, object] | None = None,
 ) -> None:
     """One file holding the whole split; chunked per batch of images for fast reading."""
-    import h5py
-
     str_type = h5py.string_dtype("utf-8")
     chunk = (min(len(images), 256),) + images.shape[1:]
     with h5py.File(path, "w", track_order=False) as handle:
@@ -73,8 +71,6 @@ def write_hdf5(
 
 def read_hdf5(path: Path) -> dict[str, np.ndarray]:
     """Load a split written by write_hdf5 (used by tests and small tools)."""
-    import h5py
-
     with h5py.File(path, "r") as handle:
         data = {key: handle[key][()] for key in handle.keys()}
         data["attrs"] = dict(handle.attrs)

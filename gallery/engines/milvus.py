@@ -37,7 +37,7 @@ class MilvusEngine(Engine):
     def __init__(self, uri: str, timeout: float = 10.0) -> None:
         super().__init__(uri)
         try:
-            from pymilvus import MilvusClient
+            from pymilvus import MilvusClient  # optional dependency (the [serving] extra)
         except ImportError:
             raise self.fail("connect", "pymilvus is not installed (pip install '.[serving]')") from None
         # pymilvus logs every failed RPC with a traceback before raising (we report the raised
@@ -66,7 +66,7 @@ class MilvusEngine(Engine):
         return bool(self.call("has_collection", self.client.has_collection, collection))
 
     def create_view(self, collection: str, dim: int, versions: list[str], index: str) -> None:
-        from pymilvus import DataType, MilvusClient
+        from pymilvus import DataType, MilvusClient  # optional dependency (the [serving] extra)
 
         index = index.upper()
         if index not in INDEX_TYPES:

@@ -32,7 +32,7 @@ class QdrantEngine(Engine):
     def __init__(self, uri: str, timeout: float = 10.0) -> None:
         super().__init__(uri)
         try:
-            from qdrant_client import QdrantClient
+            from qdrant_client import QdrantClient  # optional dependency (the [serving] extra)
         except ImportError:
             raise self.fail("connect", "qdrant-client is not installed (pip install '.[serving]')") from None
         path = local_path(uri)
@@ -50,7 +50,7 @@ class QdrantEngine(Engine):
         return bool(self.call("collection_exists", self.client.collection_exists, collection))
 
     def create_view(self, collection: str, dim: int, versions: list[str], index: str) -> None:
-        from qdrant_client import models
+        from qdrant_client import models  # optional dependency (the [serving] extra)
 
         config = {v: models.VectorParams(size=dim, distance=models.Distance.DOT) for v in versions}
         self.call("create_collection", self.client.create_collection, collection, vectors_config=config)
@@ -73,7 +73,7 @@ class QdrantEngine(Engine):
         return set(self._vectors_config(collection))
 
     def upsert(self, collection: str, rows: Rows) -> None:
-        from qdrant_client import models
+        from qdrant_client import models  # optional dependency (the [serving] extra)
 
         points = [models.PointStruct(id=int(r), vector={str(m): v},
                                      payload={"item_id": str(i), "identity": str(p), "model_version": str(m),
@@ -83,7 +83,7 @@ class QdrantEngine(Engine):
         self.call("upsert", self.client.upsert, collection, points=points, wait=True)
 
     def delete(self, collection: str, rows: np.ndarray) -> None:
-        from qdrant_client import models
+        from qdrant_client import models  # optional dependency (the [serving] extra)
 
         self.call("delete", self.client.delete, collection,
                   points_selector=models.PointIdsList(points=[int(r) for r in rows]), wait=True)
@@ -118,7 +118,7 @@ class QdrantEngine(Engine):
         return next((a.collection_name for a in found if a.alias_name == alias), None)
 
     def point_alias(self, alias: str, collection: str) -> None:
-        from qdrant_client import models
+        from qdrant_client import models  # optional dependency (the [serving] extra)
 
         ops = []
         if self.alias_target(alias) is not None:  # delete + create in one request: an atomic switch
@@ -135,7 +135,7 @@ class QdrantEngine(Engine):
 
     def search(self, collection: str, queries: np.ndarray, k: int, versions: list[str],
                params: dict | None = None) -> Hits:
-        from qdrant_client import models
+        from qdrant_client import models  # optional dependency (the [serving] extra)
 
         search_params = models.SearchParams(**params) if params else None
         requests = [models.QueryRequest(query=q.tolist(), using=v, limit=k, with_payload=True, params=search_params)

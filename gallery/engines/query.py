@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gallery.engines.base import VIEW_FORMAT, Engine
+from gallery.errors import BadInput
 from gallery.search import SearchResult, _thresholds, prepare_queries
 
 if TYPE_CHECKING:
@@ -52,8 +53,6 @@ def search(engine: Engine, alias: str, queries: np.ndarray, k: int = 10, thresho
     """k nearest live rows per query from the engine's serving view, with the store's
     open-set rule and the view's thresholds (`threshold` and `accept_uncalibrated` as in
     gallery.search.search)."""
-    from gallery.errors import BadInput
-
     if k < 1:
         raise BadInput(f"k must be >= 1, got {k}")
     if threshold is not None and not np.isfinite(threshold):

@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from gallery.errors import BadInput
 
@@ -91,7 +92,7 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = TEMPLATE_SI
 def warp_affine(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     """Bilinear warp with zero border; `matrix` maps input pixels to output pixels."""
     try:
-        import cv2
+        import cv2  # optional dependency (the [faces] extra); PIL warps without it
     except ImportError:
         cv2 = None
     if cv2 is not None:
@@ -103,8 +104,6 @@ def warp_affine(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
 
 def warp_affine_pillow(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     """The same warp with Pillow only (no OpenCV in the default install)."""
-    from PIL import Image
-
     # Pillow wants the output->input map, so invert the 2x3 matrix.
     full = np.vstack([matrix, [0.0, 0.0, 1.0]])
     inverse = np.linalg.inv(full)[:2]

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from gallery.errors import BadInput
-from gallery.faces.align import align_face
+from gallery.faces.align import align_face, read_landmarks
 from gallery.faces.detect import YuNetDetector, main_face
 from gallery.preprocess import PreprocessSpec, to_color_order
 
@@ -22,8 +23,6 @@ log = logging.getLogger(__name__)
 
 def load_photo(path: str | Path) -> np.ndarray:
     """Decode a photo to HxWx3 RGB uint8, honouring EXIF orientation (phone photos)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     try:
         with Image.open(path) as image:
             return np.asarray(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.uint8)
@@ -79,3 +78,16 @@ class FaceCropper:
         if not crops:
             return np.zeros((0, self.spec.height, self.spec.width, self.spec.channels), np.uint8)
         return np.stack(crops)
+
+
+def make_cropper(encoder: Any, detector: str | Path | None = None,
+                 landmarks: str | Path | None = None, use_detector: bool = True) -> FaceCropper:
+    """The cropper of a model (`encoder`: its spec and declared alignment): landmarks file
+    first (no detection needed for listed photos), YuNet for the rest (never with
+    use_detector=False: `--no-detect` with a landmarks file)."""
+    points = read_landmarks(landmarks) if landmarks else None
+    yunet = YuNetDetector(detector) if use_detector and (detector is not None or points is None) else None
+    alignment = encoder.identity.get("metadata", {}).get("gallery.alignment")
+    if alignment == "none":
+        log.warning("model declares no face alignment (preset raw); using ArcFace 5-point crops")
+    return FaceCropper(encoder.spec, yunet, points)

@@ -35,7 +35,7 @@ class Face:
 
 def _cv2():
     try:
-        import cv2
+        import cv2  # optional dependency (the [faces] extra): only face detection needs it
     except ImportError:
         raise BadInput(
             "face detection needs OpenCV: pip install 'gallery[faces]' (opencv-python-headless)"

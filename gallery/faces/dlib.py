@@ -19,9 +19,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 from gallery.errors import BadInput
+from gallery.store.core import Store
+from gallery.store.schema import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +102,6 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[str], list[str]]:
 
 
 def _read_h5(path: Path) -> tuple[np.ndarray, list[str], list[str]]:
-    import h5py
-
     try:
         with h5py.File(path, "r") as handle:
             missing = [k for k in ("encodings", "ids", "labels") if k not in handle]
@@ -143,9 +144,6 @@ def import_dlib(encodings_path: str | Path, store_path: str | Path, ids: str | P
 
     Everything is read and validated before the store file is created.
     """
-    from gallery.store.core import Store
-    from gallery.store.schema import ModelInfo
-
     encodings, item_ids, labels = read_dlib_encodings(encodings_path, ids)
     model = ModelInfo(version=version, dim=DLIB_DIM, model_id=DLIB_MODEL_ID, format=None,
                       metadata=dict(DLIB_METADATA))

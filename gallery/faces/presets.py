@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
 from gallery.errors import BadInput
 from gallery.fingerprint import file_sha256
@@ -78,8 +79,7 @@ def resolve_spec(preset: Preset, input_shape: list, overrides: dict[str, Any]) -
 
 def weights_fingerprint(model: Any) -> str:
     """sha256 over sorted initializer names + bytes: stable across re-saves and metadata edits."""
-    from onnx import numpy_helper
-
+    numpy_helper = _onnx().numpy_helper
     digest = hashlib.sha256()
     for init in sorted(model.graph.initializer, key=lambda t: t.name):
         digest.update(init.name.encode() + b"\0")
@@ -142,7 +142,7 @@ def import_encoder(model_path: str | Path, preset: str, out: str | Path, *, name
 
 def _onnx():
     try:
-        import onnx
+        import onnx  # optional dependency (the [faces] extra): only import-encoder needs it
     except ImportError:
         raise BadInput("import-encoder needs the onnx package: pip install 'gallery[faces]'") from None
     return onnx
@@ -189,8 +189,6 @@ def _make_batch_dynamic(model: Any) -> bool:
 
 
 def _session(model: Any, path: Path | None = None):
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:

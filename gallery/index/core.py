@@ -18,6 +18,15 @@ from gallery.errors import BadInput
 
 log = logging.getLogger(__name__)
 
+
+def faiss_module() -> Any:
+    """faiss, imported on first use: 0.4 s that `gallery --help` and every command not
+    touching an index would otherwise pay at start-up (the CLI imports this module for
+    the index kinds)."""
+    import faiss  # CLI start-up
+
+    return faiss
+
 KINDS = ("flat", "ivf", "ivfsq8", "hnsw", "ivfpq")
 IVF_KINDS = ("ivf", "ivfsq8", "ivfpq")
 FLAT_MAX = 200_000        # exact search stays fast enough up to here
@@ -123,8 +132,7 @@ class GalleryIndex:
 
     def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
         """Trade speed for recall at query time (no rebuild)."""
-        import faiss
-
+        faiss = faiss_module()
         params = self.meta["params"]
         if nprobe is not None:
             params["nprobe"] = int(nprobe)
@@ -144,8 +152,7 @@ class GalleryIndex:
         return self.faiss.search(queries, int(k))
 
     def save(self, path: Path) -> None:
-        import faiss
-
+        faiss = faiss_module()
         meta_path = Path(str(path) + ".json")
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp_meta = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
@@ -163,8 +170,7 @@ class GalleryIndex:
 
     @classmethod
     def load(cls, path: Path) -> "GalleryIndex":
-        import faiss
-
+        faiss = faiss_module()
         meta = json.loads(Path(str(path) + ".json").read_text())
         index = faiss.read_index(str(path))
         if index.ntotal != meta["count"]:
@@ -174,8 +180,7 @@ class GalleryIndex:
 
 def new_faiss_index(p: IndexParams, dim: int) -> Any:
     """An empty (untrained) faiss index of kind p.kind, inner product."""
-    import faiss
-
+    faiss = faiss_module()
     ip = faiss.METRIC_INNER_PRODUCT
     if p.kind == "flat":
         return faiss.IndexFlatIP(dim)
@@ -197,8 +202,7 @@ def new_faiss_index(p: IndexParams, dim: int) -> Any:
 def build_from(train: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.ndarray]], n: int, dim: int,
                params: IndexParams, **meta: Any) -> GalleryIndex:
     """Train on `train` (a sample), then add (vectors, store rows) chunks totalling n rows."""
-    import faiss
-
+    faiss = faiss_module()
     p = params.resolved(n, dim)
     inner = new_faiss_index(p, dim)
     if not inner.is_trained:

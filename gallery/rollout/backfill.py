@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from gallery.encoder import embed_paths, load_registered
 from gallery.errors import BadInput
 from gallery.fingerprint import file_sha256
 from gallery.preprocess import l2_normalize
@@ -75,8 +76,6 @@ def _usable(cols: dict, rows: np.ndarray, root: Path, trust: bool) -> tuple[np.n
 
 
 def _embed(encoder: Any, paths: list[Path], dtype: str) -> np.ndarray:
-    from gallery.encoder import embed_paths
-
     # One encoder call per planned batch: the same inputs in the same batch on a resume.
     emb = embed_paths(encoder, paths, batch_size=max(1, len(paths)))
     if not np.isfinite(emb).all() or (np.linalg.norm(emb, axis=1) == 0).any():
@@ -101,16 +100,14 @@ def _start(st: Store, config: BackfillConfig, root: Path) -> tuple[np.ndarray, i
     return rows, 0, meta, False
 
 
-def backfill(config: BackfillConfig, loader: Callable[..., Any] | None = None, progress: Progress = None,
+def backfill(config: BackfillConfig, progress: Progress = None,
              on_total: Callable[[int], None] | None = None) -> dict:
     """Run (or resume) a backfill of the store's query model; returns counts."""
-    from gallery.store.sources import model_encoder
-
     config.validate()
     root = Path(config.images)
     with Store.open(config.store, "a") as st:
         version = st.active_model
-        encoder = model_encoder(st, None, config.model, loader)
+        encoder = load_registered(st.model(), st.path, config.model)
         rows, cursor, meta, resumed = _start(st, config, root)
         batch, trust = int(meta["batch_size"]), bool(meta.get("trust_images", config.trust_images))
         if on_total is not None:

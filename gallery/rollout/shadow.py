@@ -13,16 +13,20 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
+from gallery.encoder import embed_paths, load_registered
 from gallery.errors import BadInput
+from gallery.imagefolder import list_image_folder
+from gallery.index.core import faiss_module
 from gallery.preprocess import l2_normalize
 from gallery.rollout import overlay, state
 from gallery.search import SearchResult
 from gallery.store import Store
 from gallery.store.items import decode
+from gallery.store.sources import expand_image_args
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +61,6 @@ class PathResult:
 
 def list_queries(root: Path) -> tuple[list[Path], list[str] | None]:
     """ROOT/<identity>/<image> gives labels; a flat folder or one file gives none."""
-    from gallery.imagefolder import list_image_folder
-    from gallery.store.sources import expand_image_args
-
     if root.is_dir() and any(p.is_dir() for p in root.iterdir()):
         listing = list_image_folder(root)
         return list(listing.paths), list(listing.identities)
@@ -81,8 +82,7 @@ def gallery_view(store: Store, version: str) -> tuple[np.ndarray, np.ndarray, np
 
 
 def search_path(store: Store, version: str, queries: np.ndarray, k: int) -> PathResult:
-    import faiss
-
+    faiss = faiss_module()  # imported on first use (gallery.index.core)
     live, emb, models = gallery_view(store, version)
     index = faiss.IndexFlatIP(store.dim)
     index.add(np.ascontiguousarray(emb))
@@ -162,12 +162,8 @@ def outcomes(decisions: np.ndarray, truth: np.ndarray) -> dict[str, int]:
     return {"correct": int(correct.sum()), "wrong": int((~rejected & ~correct).sum()), "rejected": int(rejected.sum())}
 
 
-def shadow(config: ShadowConfig, loader: Callable[..., Any] | None = None,
-           progress: Callable[[int], None] | None = None) -> dict:
+def shadow(config: ShadowConfig, progress: Callable[[int], None] | None = None) -> dict:
     """Run the queries through both paths (reads only) and compare them."""
-    from gallery.encoder import embed_paths
-    from gallery.store.sources import model_encoder
-
     config.validate()
     paths, labels = list_queries(Path(config.queries))
     with Store.open(config.store, "r") as st:
@@ -182,7 +178,7 @@ def shadow(config: ShadowConfig, loader: Callable[..., Any] | None = None,
             raise BadInput(f"old and new query models are both {old}: nothing to compare")
         results = {}
         for version, model_path in ((old, config.old_model), (new, config.new_model)):
-            encoder = model_encoder(st, version, model_path, loader)
+            encoder = load_registered(st.model(version), st.path, model_path)
             queries = embed_paths(encoder, paths, batch_size=config.batch_size, progress=progress)
             results[version] = search_path(st, version, queries, config.k)
     report = compare(results[old], results[new], config.k, labels, [str(p) for p in paths],

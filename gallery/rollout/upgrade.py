@@ -12,7 +12,7 @@ rows after a rollback) are stored. The old model's own old/old threshold is left
 as the operator set it, so a rollback restores today's behaviour exactly; only when
 it has none is the report's old/old stored (an uncalibrated pair never accepts a
 hit, so without it the old query path would reject everything). The result names
-the served pairs still uncalibrated (gallery.thresholds).
+the served pairs still uncalibrated (gallery.thresholds; Gallery.upgrade adds them to its result).
 """
 
 from __future__ import annotations
@@ -20,17 +20,18 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Callable
 
+from gallery import modelfiles
+from gallery.compat.report import load_report
+from gallery.encoder import load_encoder
 from gallery.errors import BadInput, GateFailed
 from gallery.fingerprint import file_sha256
 from gallery.rollout import state
 from gallery.store import ModelInfo, Store
-from gallery.thresholds import uncalibrated
+from gallery.store.schema import check_version_name
 
 log = logging.getLogger(__name__)
 
-Loader = Callable[..., Any]
 REPORT_KEYS = ("schema_version", "created", "passed", "failed_gates", "gates", "models", "criterion",
                "gain", "headline", "new_drop")
 
@@ -93,7 +94,6 @@ def _plan(store: Store, report: dict, new: ModelInfo, version: str | None) -> di
     if existing and version not in (None, target):
         raise BadInput(f"{new.path} is already registered as {target}, not {version}")
     if not existing:
-        from gallery.store.schema import check_version_name
         check_version_name(target)
         if target in store.aliases:
             raise BadInput(f"version name {target!r} is an alias in {store.path}")
@@ -124,23 +124,18 @@ def _summary(report: dict, path: Path, digest: str) -> dict:
 
 
 def upgrade(store_path: str | Path, model_path: str | Path, report_path: str | Path,
-            version: str | None = None, force: bool = False, loader: Loader | None = None,
-            stage: bool = False) -> dict:
+            version: str | None = None, force: bool = False, stage: bool = False) -> dict:
     """Register `model_path` (if new), store its thresholds and make it the query model.
 
     `stage` stops before the switch: the model is registered with its thresholds, so
     `gallery shadow --new VERSION` can compare it before the cut-over; running the
     upgrade again without `stage` then only switches.
     """
-    from gallery.compat.report import load_report
-
     report_path, model_path = Path(report_path), Path(model_path)
     report = load_report(report_path)
     if not model_path.is_file():
         raise BadInput(f"model file not found: {model_path}")
-    if loader is None:
-        from gallery.encoder import load_encoder as loader
-    info = ModelInfo.from_encoder(version or "pending", loader(model_path))
+    info = ModelInfo.from_encoder(version or "pending", load_encoder(model_path))
     info.path = str(model_path.resolve())
     with Store.open(store_path, "r") as st:
         plan = _plan(st, report, info, version)
@@ -187,7 +182,7 @@ def _apply(st: Store, plan: dict, info: ModelInfo, summary: dict, force: bool, s
                           "unsupported_far": plan["unsupported"]})
     if forced_over:
         log.warning("upgrade of %s forced over: %s", st.path, "; ".join(forced_over))
-    return {**result, "uncalibrated": uncalibrated(st)}
+    return result
 
 
 def rollback(store_path: str | Path, to: str | None = None, allow_missing_model: bool = False) -> dict:
@@ -195,8 +190,6 @@ def rollback(store_path: str | Path, to: str | None = None, allow_missing_model:
 
     Refused (store untouched) when the target's model file is missing or is not that model,
     unless `allow_missing_model` (the store then serves embedding queries only)."""
-    from gallery import modelfiles
-
     with Store.open(store_path, "a") as st:
         current = st.active_model
         target = st.resolve_version(to) if to else state.previous_model(st)
@@ -208,7 +201,7 @@ def rollback(store_path: str | Path, to: str | None = None, allow_missing_model:
         modelfiles.require(st, target, allow_missing_model)
         st.set_active_model(target)  # the commit point
         st.invalidate()
-        return {**state.record(st, "rollback", **{"from": current, "to": target}), "uncalibrated": uncalibrated(st)}
+        return state.record(st, "rollback", **{"from": current, "to": target})
 
 
 def set_alias(store_path: str | Path, name: str, version: str | None) -> dict:

@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator
 
 import anyio
 import anyio.to_thread
+import faiss
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -94,9 +95,9 @@ ENROLL_DOC = {"requestBody": {"required": True, "content": {
                                              "identity": {"type": "array", "items": {"type": "string"}}})}}}}
 
 
-def create_app(config: ServeConfig, loader: Any = None, switcher: Switcher | None = None) -> FastAPI:
-    """The service for `config.store`. `loader` loads encoder files (default: ONNX only)."""
-    switcher = switcher or Switcher(config.store, config.poll_seconds, EncoderCache(loader))
+def create_app(config: ServeConfig, switcher: Switcher | None = None) -> FastAPI:
+    """The service for `config.store` (encoders: every format gallery.encoder loads)."""
+    switcher = switcher or Switcher(config.store, config.poll_seconds, EncoderCache())
     metrics = ServiceMetrics(switcher.staleness)
     switcher.listener = metrics.on_switcher
     images = ImageEncoder(config.max_image_pixels, config.detector)
@@ -264,8 +265,6 @@ _thread = threading.local()
 def faiss_threads(n: int) -> None:
     """OpenMP's thread count is per calling thread: set it in each request thread, once."""
     if getattr(_thread, "faiss_threads", None) != n:
-        import faiss
-
         faiss.omp_set_num_threads(n)
         _thread.faiss_threads = n
 

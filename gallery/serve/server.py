@@ -17,20 +17,21 @@ from gallery.store import generation
 log = logging.getLogger(__name__)
 
 
-def uvicorn_config(config: ServeConfig, loader: Any = None, log_level: str = "info") -> Any:
+def uvicorn_config(config: ServeConfig, log_level: str = "info") -> Any:
+    # uvicorn and FastAPI are the optional [serve] extra: only `gallery serve` needs them.
     import uvicorn
 
-    from gallery.serve.app import create_app
+    from gallery.serve.app import create_app  # imports fastapi: same optional extra
 
-    return uvicorn.Config(create_app(config, loader), host=config.host, port=config.port,
+    return uvicorn.Config(create_app(config), host=config.host, port=config.port,
                           log_level=log_level, access_log=False, server_header=False,
                           timeout_graceful_shutdown=config.graceful_seconds, lifespan="on")
 
 
-def serve(config: ServeConfig, loader: Any = None) -> None:
+def serve(config: ServeConfig) -> None:
     """Serve `config.store` until SIGTERM/SIGINT (BadInput first if it is not a store)."""
-    import uvicorn
+    import uvicorn  # the optional [serve] extra
 
     generation(config.store)  # refuse a missing or unreadable store before binding
     config.warn_if_exposed()
-    uvicorn.Server(uvicorn_config(config, loader)).run()
+    uvicorn.Server(uvicorn_config(config)).run()

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from gallery.encoder import load_registered
 from gallery.errors import GalleryError
 from gallery.serve.state import STORE_HANDLES, GenerationMoved, Snapshot, load_snapshot
 from gallery.store import Store, generation
@@ -30,14 +31,11 @@ class EncoderCache:
     """Query encoders by model file identity, kept across generations: an upgrade ->
     rollback -> upgrade reloads no model, and a switch costs no file hashing."""
 
-    def __init__(self, loader: Callable[..., Any] | None = None) -> None:
-        self.loader = loader
+    def __init__(self) -> None:
         self._cache: dict[tuple, Any] = {}
         self._lock = threading.Lock()
 
     def __call__(self, store: Store, version: str) -> Any:
-        from gallery.store.sources import model_encoder
-
         info = store.model(version)
         path = Path(info.path or "")
         key = None
@@ -47,7 +45,7 @@ class EncoderCache:
             with self._lock:
                 if key in self._cache:
                     return self._cache[key]
-        encoder = model_encoder(store, version, loader=self.loader)  # checks the file's sha256
+        encoder = load_registered(info, store.path)  # checks the file's sha256
         with self._lock:
             self._cache[key] = encoder
         return encoder

@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from gallery.encoder import embed_images
 from gallery.errors import BadInput
+from gallery.faces.crop import FaceCropper, load_photo
+from gallery.faces.detect import YuNetDetector
 from gallery.preprocess import load_image
 
 ALIGNED_FACES = "arcface-5pt"  # gallery.faces.presets.ALIGN_ARCFACE, without importing cv2 here
@@ -35,8 +38,6 @@ class Upload:
 
 def check_pixels(upload: Upload, max_pixels: int) -> None:
     """Header-only: refuse unreadable files and images above `max_pixels`."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(io.BytesIO(upload.data)) as image:
             width, height = image.size
@@ -71,15 +72,12 @@ class ImageEncoder:
             raise BadInput(f"not a readable image: {upload.name}") from None
 
     def _face(self, encoder: Any, upload: Upload) -> np.ndarray:
-        from gallery.faces.crop import FaceCropper, load_photo
-
         try:
             photo = load_photo(io.BytesIO(upload.data))
         except BadInput:
             raise BadInput(f"not a readable image: {upload.name}") from None
         with self._lock:
             if self._detector is None:
-                from gallery.faces.detect import YuNetDetector
                 self._detector = YuNetDetector(self.detector_path)
             return FaceCropper(encoder.spec, self._detector).crop_image(photo, upload.name)
 

@@ -9,22 +9,15 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Sequence
 
 import h5py
 import numpy as np
 
 from gallery.errors import BadInput
-from gallery.fingerprint import file_sha256
 from gallery.imagefolder import IMAGE_SUFFIXES, list_image_folder
 
-if TYPE_CHECKING:
-    from gallery.encoder import Encoder
-    from gallery.store import Store
-
 log = logging.getLogger(__name__)
-
-Loader = Callable[..., "Encoder"]
 
 
 def read_ids_file(path: str | Path) -> tuple[list[str], list[str] | None]:
@@ -46,9 +39,10 @@ def read_ids_file(path: str | Path) -> tuple[list[str], list[str] | None]:
     return ids, identities
 
 
-def read_embeddings_file(path: str | Path, ids_path: str | Path | None = None
-                         ) -> tuple[np.ndarray, list[str], list[str] | None]:
-    """.npy (ids from `ids_path`) or .h5 with `embeddings` and optional `ids`/`identities`."""
+def read_embeddings_file(path: str | Path, ids_path: str | Path | None = None, need_ids: bool = True
+                         ) -> tuple[np.ndarray, list[str] | None, list[str] | None]:
+    """.npy (ids from `ids_path`) or .h5 with `embeddings` and optional `ids`/`identities`.
+    Enrolment needs ids; queries (`need_ids=False`) may come without."""
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"embeddings file not found: {path}")
@@ -70,13 +64,21 @@ def read_embeddings_file(path: str | Path, ids_path: str | Path | None = None
         raise BadInput(f"cannot read embeddings from {path} ({exc.__class__.__name__})") from None
     if ids_path is not None:
         ids, identities = read_ids_file(ids_path)
-    if ids is None:
+    if ids is None and need_ids:
         raise BadInput(f"no ids for {path}: pass --ids FILE (one `id[,identity]` per line)")
-    emb = np.asarray(emb)
-    if emb.ndim != 2 or len(emb) != len(ids):
+    emb = np.asarray(emb) if ids is not None else np.atleast_2d(np.asarray(emb))
+    if emb.ndim != 2:
+        raise BadInput(f"{path}: embeddings must be (rows, dim), got shape {emb.shape}")
+    if ids is not None and len(emb) != len(ids):
         raise BadInput(f"{path}: {emb.shape} embeddings do not match {len(ids)} ids")
     return emb, ids, identities
 
+
+
+def read_queries(path: str | Path) -> tuple[np.ndarray, list[str]]:
+    """A .npy/.h5 file of query embeddings -> (queries, names: the .h5's ids or row numbers)."""
+    queries, ids, _ = read_embeddings_file(path, need_ids=False)
+    return queries, ids or [str(i) for i in range(len(queries))]
 
 def list_labelled_images(root: str | Path, labels: str | Path | None = None
                          ) -> tuple[list[Path], list[str], list[str]]:
@@ -114,47 +116,3 @@ def expand_image_args(paths: Sequence[str | Path]) -> list[Path]:
     if not out:
         raise BadInput("no query images given")
     return out
-
-
-def model_encoder(store: "Store", version: str | None = None, model_path: str | Path | None = None,
-                  loader: Loader | None = None, **load_kwargs: Any) -> "Encoder":
-    """Load the encoder of a store model (default: the active one), checking its identity."""
-    from gallery.encoder import load_encoder
-
-    info = store.model(version)
-    if not info.has_encoder:
-        raise BadInput(f"model {info.version} of {store.path} is embedding-only (no encoder file); "
-                       "use embeddings, not images")
-    path = Path(model_path) if model_path else (Path(info.path) if info.path else None)
-    if path is None or not path.is_file():
-        raise BadInput(f"the file of model {info.version} is missing: {path or '(none recorded)'} "
-                       f"(gallery model set-path {store.path} {info.version} PATH, or pass --model PATH)")
-    digest = file_sha256(path)
-    if digest != info.sha256:
-        raise BadInput(f"{path} is not model {info.version} of {store.path} "
-                       f"(sha256 {digest[:12]}..., expected {info.sha256[:12]}...)")
-    return (loader or load_encoder)(path, **load_kwargs)
-
-
-def enroll_images(store: "Store", root: str | Path, labels: str | Path | None = None,
-                  model_path: str | Path | None = None, loader: Loader | None = None,
-                  batch_size: int = 64, progress: Callable[[int], None] | None = None,
-                  **load_kwargs: Any) -> dict:
-    """Encode ROOT's images with the store's active model and enrol them (ids = relative paths)."""
-    from gallery.encoder import embed_paths
-
-    store.require_writer()
-    paths, ids, identities = list_labelled_images(root, labels)
-    encoder = model_encoder(store, None, model_path, loader, **load_kwargs)
-    emb = embed_paths(encoder, paths, batch_size=batch_size, progress=progress)
-    hashes = [file_sha256(p) for p in paths]
-    return store.enroll(emb, ids, identities, model_version=store.active_model, content_hashes=hashes)
-
-
-def enroll_embeddings(store: "Store", path: str | Path, ids_path: str | Path | None = None,
-                      model_version: str | None = None, progress: Callable[[int], None] | None = None,
-                      batch_size: int = 4096) -> dict:
-    """Enrol precomputed embeddings (rows recorded as `model_version`, default the active model)."""
-    emb, ids, identities = read_embeddings_file(path, ids_path)
-    return store.enroll(emb, ids, identities, model_version=model_version,
-                        progress=progress, batch_size=batch_size)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from gallery.compat.evalsets.base import EvalSet
@@ -28,8 +29,6 @@ ROLES = ("old", "new", "reference")
 
 def read_embeddings(path: str | Path) -> dict:
     """{"features": {role: array}, "labels", "pairs", "issame", "identities": {role: {...}}}."""
-    import h5py
-
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"embeddings file not found: {path}")
@@ -90,8 +89,6 @@ def _check(path: Path, features: dict, labels, pairs, issame) -> None:
 def write_embeddings(path: str | Path, features: dict[str, np.ndarray], identities: dict[str, dict],
                      labels: np.ndarray | None = None, pairs: PairProtocol | None = None) -> None:
     """Write item embeddings in the format read_embeddings reads (atomic rename)."""
-    import h5py
-
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as handle:

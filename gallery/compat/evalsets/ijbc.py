@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from PIL import Image
 
 from gallery.compat.evalsets.base import EvalSet
 from gallery.compat.protocols import PairProtocol, ProtocolConfig, SearchProtocol
 from gallery.encoder import Encoder
 from gallery.errors import BadInput
+from gallery.faces.align import align_face
 from gallery.fingerprint import file_sha256, strings_sha256
-from gallery.preprocess import l2_normalize, load_image, to_color_order
+from gallery.preprocess import PreprocessSpec, l2_normalize, load_image, to_color_order
 
 FACES = "ijbc_face_tid_mid.txt"
 PAIRS = "ijbc_template_pair_label.txt"
@@ -157,9 +159,6 @@ class IjbcSet(EvalSet):
         spec = encoder.spec
         if self.landmarks is None or spec.height != spec.width:
             return load_image(path, spec)
-        from gallery.faces.align import align_face
-        from gallery.preprocess import PreprocessSpec
-
         if name not in self.landmarks:
             raise BadInput(f"no landmarks for IJB-C image {name} in {LANDMARKS}")
         rgb = load_image(path, PreprocessSpec(*_native_size(path), "RGB"))
@@ -212,7 +211,5 @@ class IjbcSet(EvalSet):
 
 
 def _native_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
-
     with Image.open(path) as image:
         return image.size[1], image.size[0]
