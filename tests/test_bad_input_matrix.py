@@ -187,7 +187,8 @@ CASES: list[tuple[str, str, Callable[[Ctx], list], int, str]] = [
      lambda c: ["enroll", _model_store(c), "--images", _images_with(c, "cut.png", _truncated_png(c))],
      2, r"not a readable image: .*cut\.png"),
     ("query-non-image", "a text file as the query image",
-     lambda c: ["search", _model_store(c), "--image", c.ids("q.jpg", ["text"])], 2, r"not a readable image"),
+     lambda c: ["search", _model_store(c), "--image", c.ids("q.jpg", ["text"]), "--on-error", "fail"], 2,
+     r"not a readable image"),  # the default (skip) reports it as the query's error record, exit 0
     ("images-empty-folder", "an image folder with no images",
      lambda c: ["enroll", _model_store(c), "--images", (c.tmp / "empty").mkdir() or c.tmp / "empty"],
      2, r"no images"),
