@@ -121,7 +121,7 @@ def read_adapter_metadata(props: dict[str, str], path: str | Path) -> dict[str, 
 
 
 def load_adapter(path: str | Path) -> Adapter:
-    import onnxruntime as ort
+    import onnxruntime as ort  # CLI start-up: only commands that run a model pay its import
 
     path = Path(path)
     if not path.is_file():

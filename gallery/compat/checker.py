@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from gallery.adapter import load_adapter
 from gallery.compat.evalsets import EmbeddingSet, EvalSet, open_evalset, read_embeddings, write_embeddings
 from gallery.compat.gates import check_same_dim, evaluate_gates, headline_value, pick_headline
 from gallery.compat.protocols import PairProtocol, ProtocolConfig, SearchProtocol, pairs_from_search
@@ -144,8 +145,6 @@ def _load_adapter(config: CheckConfig, identities: dict):
     """The adapter, checked against both models' identities (file sha256 or model_id)."""
     if not config.adapter:
         return None
-    from gallery.adapter import load_adapter
-
     adapter = load_adapter(config.adapter)
     adapter.check_models(identities["old"], identities["new"])
     identities["adapted"] = adapter.describe()
