@@ -15,10 +15,13 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from gallery.encoder import load_registered
+from gallery.ingest import embed_queries
+from gallery.search import search
 from gallery.store import Store
 from gallery.store.generation import current
 
@@ -33,9 +36,8 @@ def _signature(path: Path) -> tuple[int, int, int, int]:
 class LiveStore:
     """Read-only view of the store at `path` that is never older than its last committed state."""
 
-    def __init__(self, path: str | Path, loader: Callable[..., Any] | None = None) -> None:
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.loader = loader
         self._store: Store | None = None
         self._signature: tuple | None = None
         self.generation: str | None = None
@@ -67,16 +69,13 @@ class LiveStore:
 
     def search(self, queries: np.ndarray, **kwargs: Any):
         """gallery.search.search against the store's current committed state."""
-        from gallery.search import search
-
         return search(self.store, queries, **kwargs)
 
     def search_images(self, paths: Sequence[str | Path], **kwargs: Any):
         """Embed query images with the current query model (per-item errors: gallery.ingest) and search."""
-        from gallery.ingest import embed_queries
-
         st = self.store
-        queries, names, errors = embed_queries(st, paths, kwargs.get("query_version"), loader=self.loader)
+        encoder = load_registered(st.model(kwargs.get("query_version")), st.path)
+        queries, names, errors = embed_queries(encoder, paths)
         return self.search(queries, **kwargs), names, errors
 
     def close(self) -> None:
