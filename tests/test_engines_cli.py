@@ -66,6 +66,9 @@ def test_engine_errors_are_one_line_exit_2_store_unchanged(kind, tmp_path):
         st.enroll(np.eye(8, dtype=np.float32), [f"e{i}" for i in range(8)])
     line = _fails(["sync", kind, small, "--uri", uri, "--collection", "g"], small, kind, "sync")
     assert "dimension 16, the store 8" in line
+    stranger = v1_store(tmp_path / "stranger.h5", seed=4)  # same alias and dimension, another store
+    line = _fails(["sync", kind, stranger, "--uri", uri, "--collection", "g"], stranger, kind, "sync")
+    assert "holds the view of another store" in line
 
 
 def test_search_images_through_the_engine(tmp_path):

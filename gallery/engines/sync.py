@@ -130,7 +130,7 @@ class _Sync:
         return {"format": VIEW_FORMAT, "query_model": self.query_model,
                 "thresholds": self.store.thresholds(self.query_model), "versions": sorted(set(live.tolist())),
                 "dim": self.store.dim, "rows": int(live.size), "store": str(self.store.path),
-                "checksum": self.checksum}
+                "store_created": self.created, "checksum": self.checksum}
 
     def open_view(self, index: str) -> tuple[str, bool, str | None]:
         """(collection to fill, whether the cursor describes it, a superseded generation to drop)."""
@@ -145,6 +145,10 @@ class _Sync:
             names = self.engine.vector_names(view)
             if names is None or needed <= names:
                 trusted = self.cursor.get("collection") == view
+                record = None if trusted else self.engine.meta(view)
+                if record and record.get("store_created") != self.created:  # never overwrite another store's view
+                    raise self.engine.fail("sync", f"collection {view!r} holds the view of another store "
+                                           f"({record.get('store')}); sync under another --collection")
                 if not trusted:
                     self.cursor = {"collection": view, "generation": generation, "blocks": []}
                 return view, trusted, None
@@ -171,6 +175,7 @@ class _Sync:
             return self.result(view, before, checked=0)  # nothing changed: nothing sent
         self.deleted = store.tombstones()
         self.cols = store.columns()
+        self.created = str(store.info().get("created"))  # the store's identity in the view record
         view, trusted, superseded = self.open_view(index)
         superseded = superseded or self.cursor.get("superseded")
         hashes = block_hashes(self.deleted, self.cols["model"])
