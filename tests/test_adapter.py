@@ -250,3 +250,16 @@ def test_bad_input_is_one_line_exit_2(work, tmp_path, args, message):
     result = run("train-adapter", *base, *args)
     assert result.exit_code == 2, result.output
     assert message in result.stderr and result.stderr.count("error:") == 1
+
+
+def test_adapter_on_saved_embeddings_equals_the_model_run(work):
+    """check-compat --embeddings (no model files, as for dlib) + --adapter gives the same numbers."""
+    if not (work / "h.onnx").exists():
+        _adapter(work, "h.onnx")
+    common = ["--adapter", work / "h.onnx", "--impostor-pairs", "2000"]
+    ok("check-compat", "--old", work / "v1.onnx", "--new", work / "v2.onnx", "--data", work / "eval", *common,
+       "--save-embeddings", work / "e.h5", "--out", work / "live.json")
+    ok("check-compat", "--embeddings", work / "e.h5", *common, "--out", work / "saved.json")
+    live, saved = (json.loads((work / n).read_text()) for n in ("live.json", "saved.json"))
+    assert saved["headline"]["values"] == pytest.approx(live["headline"]["values"], abs=1e-6)
+    assert "new->h(old)" in saved["headline"]["values"]
