@@ -250,6 +250,8 @@ def _save(path: str, evalset: EvalSet, items: dict, identities: dict, pairs: Pai
 
 def _open(config: CheckConfig) -> tuple[EvalSet, dict | None]:
     pre = read_embeddings(config.embeddings) if config.embeddings else None
+    if pre is not None and not config.adapter:  # fail before protocols, as model widths do
+        check_same_dim(pre["features"]["old"].shape[1], pre["features"]["new"].shape[1])
     evalset = open_evalset(config.data) if config.data else EmbeddingSet(config.embeddings, pre)
     return evalset, pre
 
