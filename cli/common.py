@@ -23,6 +23,10 @@ DEFAULTS_HELP = f"flat to {FLAT_MAX:,} rows, ivf to {IVF_MAX:,}, ivfsq8 to {IVFS
 # $GALLERY_STORE when omitted (tests/test_cli_vocabulary.py checks every registered command).
 STORE_ARG = typer.Argument(..., envvar="GALLERY_STORE", show_envvar=False, help="Store file (default: $GALLERY_STORE).")
 JSON_FLAG = typer.Option(False, "--json", help="Print the result as JSON.")
+# Face photos (gallery.faces via gallery.ingest): detect + align with YuNet.
+DETECT = typer.Option(None, "--detect/--no-detect", help="Face photos: detect and align faces with YuNet "
+                      "(\\[faces] extra). Default: on when the model declares aligned face input.")
+DETECTOR = typer.Option(None, "--detector", help="YuNet ONNX for face detection (default: $GALLERY_YUNET_MODEL).")
 
 console = Console()
 err_console = Console(stderr=True)

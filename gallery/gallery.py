@@ -313,22 +313,23 @@ class Gallery:
 
     def shadow(self, queries: PathLike, old: str | None = None, new: str | None = None, k: int = 10,
                old_model: PathLike | None = None, new_model: PathLike | None = None, batch_size: int = 64,
-               progress: Progress = None) -> dict:
-        """The same query images through the old and the new query path, compared."""
+               progress: Progress = None, detect: bool | None = None, detector: PathLike | None = None) -> dict:
+        """The same query images through the old and the new query path, compared (face models:
+        detected + aligned unless detect=False)."""
         config = rollout.ShadowConfig(store=str(self.path), queries=str(queries), old=old, new=new, k=k,
                                       old_model=_opt_str(old_model), new_model=_opt_str(new_model),
-                                      batch_size=batch_size)
+                                      batch_size=batch_size, detect=detect, detector=_opt_str(detector))
         with self._lock:
             return rollout.shadow(config, progress=progress)
 
     def backfill(self, images: PathLike, batch_size: int = 64, model: PathLike | None = None,
                  trust_images: bool = False, publish_every: int = 10_000, progress: Progress = None,
-                 on_total: Progress = None) -> dict:
+                 on_total: Progress = None, detect: bool | None = None, detector: PathLike | None = None) -> dict:
         """Re-embed older rows whose images ROOT/<item id> exist with the query model
-        (resumable; readers keep searching)."""
+        (resumable; readers keep searching; face models: detected + aligned unless detect=False)."""
         config = rollout.BackfillConfig(store=str(self.path), images=str(images), batch_size=batch_size,
                                         model=_opt_str(model or self.model_path), trust_images=trust_images,
-                                        publish_every=publish_every)
+                                        publish_every=publish_every, detect=detect, detector=_opt_str(detector))
         with self._lock:
             self.refresh()
             return rollout.backfill(config, progress=progress, on_total=on_total)

@@ -13,7 +13,7 @@ import typer
 
 import gallery
 from cli.commands.threshold import warn_uncalibrated
-from cli.common import (JSON_FLAG, STORE_ARG, STORE_OPTION, console, emit, emit_json, handle_errors, progress_bar,
+from cli.common import (DETECT, DETECTOR, JSON_FLAG, STORE_ARG, STORE_OPTION, console, emit, emit_json, handle_errors, progress_bar,
                         render_table, split_store)
 from gallery.errors import BadInput
 
@@ -170,12 +170,15 @@ def shadow_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON report (with its config) here."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per encoder batch."),
     show: int = typer.Option(10, "--show", help="Queries listed with both decisions (the JSON has all)."),
+    detect: Optional[bool] = DETECT,
+    detector: Optional[Path] = DETECTOR,
     as_json: bool = JSON,
 ) -> None:
     """Same queries through the old and new query path: top-k overlap, rank changes, decision flips."""
     with gallery.open(store) as g, progress_bar("embedding queries", as_json) as (_, advance):
         result = g.shadow(queries, old=old, new=new, k=k, old_model=old_model, new_model=new_model,
-                          batch_size=batch_size, progress=advance)
+                          batch_size=batch_size, progress=advance,
+                          detect=detect, detector=detector)
     if out is not None:
         emit_json(result, out)
     if as_json:
@@ -209,6 +212,8 @@ def backfill_cmd(
     trust_images: bool = typer.Option(False, "--trust-images", help="Skip the check that each image is the one enrolled."),
     publish_every: int = typer.Option(10_000, "--publish-every", help="Rows between the points where readers see progress."),
     show_status: bool = typer.Option(False, "--status", help="Only show backfill progress."),
+    detect: Optional[bool] = DETECT,
+    detector: Optional[Path] = DETECTOR,
     as_json: bool = JSON,
 ) -> None:
     """Re-embed older rows whose images exist with the query model (resumable; readers keep searching)."""
@@ -232,7 +237,8 @@ def backfill_cmd(
         raise BadInput("give --images ROOT (or --status)")
     with gallery.open(store) as g, progress_bar("backfilling", as_json) as (on_total, advance):
         result = g.backfill(images, batch_size=batch_size, model=model, trust_images=trust_images,
-                            publish_every=publish_every, progress=advance, on_total=on_total)
+                            publish_every=publish_every, progress=advance, on_total=on_total,
+                            detect=detect, detector=detector)
     if as_json:
         emit_json(result)
     else:

@@ -12,18 +12,14 @@ import typer
 
 import gallery
 from cli.commands.threshold import warn_uncalibrated
-from cli.common import (DEFAULTS_HELP, JSON_FLAG, KIND_CHOICES, STORE_ARG, console, emit, emit_json, err_console,
-                        handle_errors, progress_bar, providers_list, render_table)
+from cli.common import (DEFAULTS_HELP, DETECT, DETECTOR, JSON_FLAG, KIND_CHOICES, STORE_ARG, console, emit,
+                        emit_json, err_console, handle_errors, progress_bar, providers_list, render_table)
 from gallery.errors import BadInput
 
 JSON = JSON_FLAG
 REQUIRE_GPU = typer.Option(False, "--require-gpu", help="Fail unless CUDA is the active provider.")
-# Face photos (gallery.faces): detect + align with YuNet, or align with given 5-point landmarks.
-DETECT = typer.Option(None, "--detect/--no-detect", help="Face photos: detect and align faces with YuNet "
-                      "(\\[faces] extra). Default: on when the model declares aligned face input.")
 ON_ERROR = typer.Option("fail", "--on-error", help="An unreadable image or one without a face: fail (nothing "
                         "written) or skip it (listed under errors).")
-DETECTOR = typer.Option(None, "--detector", help="YuNet ONNX for --detect (default: $GALLERY_YUNET_MODEL).")
 LANDMARKS = typer.Option(None, "--landmarks", help="Face photos: 5-point landmarks CSV/JSON per image.")
 
 
@@ -73,7 +69,7 @@ def enroll_cmd(
     batch_size: int = typer.Option(64, "--batch-size", help="Images per encoder batch."),
     require_gpu: bool = REQUIRE_GPU,
     providers: Optional[str] = typer.Option(None, "--providers", help="onnxruntime providers, comma-separated."),
-    detect: bool = DETECT,
+    detect: Optional[bool] = DETECT,
     detector: Optional[Path] = DETECTOR,
     landmarks: Optional[Path] = LANDMARKS,
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip ids (or identical files) already "
@@ -166,7 +162,7 @@ def search_cmd(
                                          "from the store (for ivfpq/ivfsq8)."),
     require_gpu: bool = REQUIRE_GPU,
     providers: Optional[str] = typer.Option(None, "--providers", help="onnxruntime providers, comma-separated."),
-    detect: bool = DETECT,
+    detect: Optional[bool] = DETECT,
     detector: Optional[Path] = DETECTOR,
     landmarks: Optional[Path] = LANDMARKS,
     engine: Optional[str] = typer.Option(None, "--engine", help="Search the serving view a `gallery sync` "

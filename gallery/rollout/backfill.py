@@ -21,7 +21,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from gallery.encoder import embed_paths, load_registered
+from gallery.encoder import load_registered
+from gallery.ingest import embed_items, image_loader
 from gallery.errors import BadInput
 from gallery.fingerprint import file_sha256
 from gallery.preprocess import l2_normalize
@@ -42,6 +43,8 @@ class BackfillConfig:
     model: str | None = None        # where the query model's file is now (checked by sha256)
     trust_images: bool = False      # skip the content-hash check
     publish_every: int = 10_000     # rows between the points where readers see progress
+    detect: bool | None = None      # None: detect + align when the model declares aligned faces
+    detector: str | None = None     # YuNet ONNX (default $GALLERY_YUNET_MODEL)
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -75,9 +78,9 @@ def _usable(cols: dict, rows: np.ndarray, root: Path, trust: bool) -> tuple[np.n
     return ok, hashes
 
 
-def _embed(encoder: Any, paths: list[Path], dtype: str) -> np.ndarray:
+def _embed(encoder: Any, paths: list[Path], dtype: str, load: Any) -> np.ndarray:
     # One encoder call per planned batch: the same inputs in the same batch on a resume.
-    emb = embed_paths(encoder, paths, batch_size=max(1, len(paths)))
+    emb = embed_items(encoder, paths, load, "fail", batch_size=max(1, len(paths))).embeddings
     if not np.isfinite(emb).all() or (np.linalg.norm(emb, axis=1) == 0).any():
         raise BadInput("the query model produced NaN/inf or all-zero embeddings; backfill stopped "
                        "(committed batches are kept)")
@@ -108,6 +111,7 @@ def backfill(config: BackfillConfig, progress: Progress = None,
     with Store.open(config.store, "a") as st:
         version = st.active_model
         encoder = load_registered(st.model(), st.path, config.model)
+        load = image_loader(encoder, config.detect, config.detector)  # face models: aligned crops
         rows, cursor, meta, resumed = _start(st, config, root)
         batch, trust = int(meta["batch_size"]), bool(meta.get("trust_images", config.trust_images))
         if on_total is not None:
@@ -120,7 +124,7 @@ def backfill(config: BackfillConfig, progress: Progress = None,
             chunk = rows[lo : lo + batch]
             ok, hashes = _usable(cols, chunk, root, trust)
             keep = chunk[ok]
-            emb = _embed(encoder, [root / str(ids[r]) for r in keep], st.dtype) if keep.size else \
+            emb = _embed(encoder, [root / str(ids[r]) for r in keep], st.dtype, load) if keep.size else \
                 np.empty((0, st.dim), st.dtype)
             unpublished = overlay.state(overlay.group(st, version))[0] + len(keep) - \
                 overlay.published(overlay.group(st, version))

@@ -17,7 +17,8 @@ from typing import Callable
 
 import numpy as np
 
-from gallery.encoder import embed_paths, load_registered
+from gallery.encoder import load_registered
+from gallery.ingest import embed_items, image_loader
 from gallery.errors import BadInput
 from gallery.imagefolder import list_image_folder
 from gallery.index.core import faiss_module
@@ -42,6 +43,8 @@ class ShadowConfig:
     new_model: str | None = None
     batch_size: int = 64
     max_examples: int = 20
+    detect: bool | None = None      # None: detect + align when a model declares aligned faces
+    detector: str | None = None     # YuNet ONNX (default $GALLERY_YUNET_MODEL)
 
     def validate(self) -> None:
         if self.k < 1:
@@ -179,7 +182,8 @@ def shadow(config: ShadowConfig, progress: Callable[[int], None] | None = None) 
         results = {}
         for version, model_path in ((old, config.old_model), (new, config.new_model)):
             encoder = load_registered(st.model(version), st.path, model_path)
-            queries = embed_paths(encoder, paths, batch_size=config.batch_size, progress=progress)
+            load = image_loader(encoder, config.detect, config.detector)  # face models: aligned crops
+            queries = embed_items(encoder, paths, load, "fail", config.batch_size, progress).embeddings
             results[version] = search_path(st, version, queries, config.k)
     report = compare(results[old], results[new], config.k, labels, [str(p) for p in paths],
                      config.max_examples)
