@@ -5,7 +5,9 @@ the same faiss index and the same queries:
   raw: index.faiss.search(unit_queries, k)                     (faiss alone)
   api: store.search(raw_queries, k)  (normalise, freshness check, faiss, tombstone
        filter, ids / identities / model versions, thresholds)
-and prints the ratio api/raw (target <= 1.05). Writes the numbers as JSON.
+  gallery: gallery.open(path).search(raw_queries, k)  (the front door: the same, through a
+       Gallery that keeps its read handle and index between searches)
+and prints the ratios api/raw and gallery/raw (target <= 1.05). Writes the numbers as JSON.
 
     .venv/bin/python bench/search.py                     # 100k x 512, 1k queries, flat
     .venv/bin/python bench/search.py --kinds flat,ivf,hnsw --rows 20000
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+import gallery
 from gallery.preprocess import l2_normalize
 from gallery.search import assemble, prepare_queries
 from gallery.store import ModelInfo, Store
@@ -38,25 +41,32 @@ def make_store(path: Path, rows: int, dim: int, seed: int) -> None:
             store.enroll(x, ids, [f"person{i // 10}" for i in range(lo, lo + len(x))], batch_size=10_000)
 
 
-def time_pair(store: Store, queries: np.ndarray, k: int, kind: str, repeats: int) -> dict:
+def time_pair(store: Store, front: gallery.Gallery, queries: np.ndarray, k: int, kind: str, repeats: int) -> dict:
     index = store.index(kind=kind)
     unit = l2_normalize(queries)
-    raw_times, api_times = [], []
+    times: dict[str, list[float]] = {"raw": [], "api": [], "gallery": []}
     store.search(queries, k=k, kind=kind)
-    index.faiss.search(unit, k)  # warm both paths
-    for rep in range(repeats):  # interleaved, order alternating, so machine load hits both alike
-        for which in ("raw", "api") if rep % 2 == 0 else ("api", "raw"):
+    front.search(queries, k=k, index=kind)
+    index.faiss.search(unit, k)  # warm every path
+    order = ("raw", "api", "gallery")
+    for rep in range(repeats):  # interleaved, order rotating, so machine load hits each alike
+        for which in order[rep % 3:] + order[:rep % 3]:
             t0 = time.perf_counter()
             if which == "raw":
                 index.faiss.search(unit, k)
-            else:
+            elif which == "api":
                 result = store.search(queries, k=k, kind=kind)
-            (raw_times if which == "raw" else api_times).append(time.perf_counter() - t0)
+            else:
+                front_result = front.search(queries, k=k, index=kind)
+            times[which].append(time.perf_counter() - t0)
     raw_scores, raw_rows = index.faiss.search(unit, k)
     assert np.array_equal(result.rows, raw_rows), "API and faiss disagree"
-    raw, api = statistics.median(raw_times), statistics.median(api_times)
+    assert np.array_equal(front_result.rows, raw_rows), "Gallery and faiss disagree"
+    raw_times, api_times = times["raw"], times["api"]
+    raw, api, front_s = (statistics.median(times[w]) for w in order)
     overhead = statistics.median(own_work(store, queries, raw_scores, raw_rows, kind) for _ in range(repeats))
     return {"kind": kind, "raw_s": raw, "api_s": api, "ratio": api / raw,
+            "gallery_s": front_s, "gallery_ratio": front_s / raw,
             "raw_min_s": min(raw_times), "api_min_s": min(api_times), "repeats": repeats,
             "own_work_s": overhead, "ratio_from_own_work": (raw + overhead) / raw}
 
@@ -90,17 +100,18 @@ def main() -> None:
         t0 = time.perf_counter()
         make_store(path, args.rows, args.dim, args.seed)
         enrol_s = time.perf_counter() - t0
-        with Store.open(path) as store:
-            results = [time_pair(store, queries, args.k, kind, args.repeats)
+        with Store.open(path) as store, gallery.open(path) as front:
+            results = [time_pair(store, front, queries, args.k, kind, args.repeats)
                        for kind in args.kinds.split(",")]
     report = {"rows": args.rows, "dim": args.dim, "queries": args.queries, "k": args.k,
               "enrol_s": enrol_s, "results": results, "cpu_count": os.cpu_count(),
               "machine": platform.processor() or platform.machine(), "python": platform.python_version()}
     print(f"gallery search API vs raw faiss: {args.rows} x {args.dim}, {args.queries} queries, k={args.k}")
-    print(f"{'index':<8}{'raw faiss s':>14}{'gallery API s':>16}{'ratio':>8}{'own work s':>12}{'ratio (own)':>13}")
+    print(f"{'index':<8}{'raw faiss s':>14}{'store.search s':>16}{'ratio':>8}{'Gallery s':>11}{'ratio':>8}"
+          f"{'own work s':>12}{'ratio (own)':>13}")
     for r in results:
-        print(f"{r['kind']:<8}{r['raw_s']:>14.4f}{r['api_s']:>16.4f}{r['ratio']:>8.3f}"
-              f"{r['own_work_s']:>12.4f}{r['ratio_from_own_work']:>13.4f}")
+        print(f"{r['kind']:<8}{r['raw_s']:>14.4f}{r['api_s']:>16.4f}{r['ratio']:>8.3f}{r['gallery_s']:>11.4f}"
+              f"{r['gallery_ratio']:>8.3f}{r['own_work_s']:>12.4f}{r['ratio_from_own_work']:>13.4f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from typer.testing import CliRunner
@@ -32,7 +33,7 @@ def _json_flag(args: tuple) -> bool:
 def upgraded_store(root, name: str, per_class: int, eval_per_class: int, impostor_pairs: int):
     """A store enrolled with v1 (ROOT/images) and upgraded to v2 through a real
     check-compat report: the starting point of every backfill test. Needs torch."""
-    from test_encoder import make_onnx_encoder, write_digit_folder
+    from tiny_models import make_onnx_encoder, write_digit_folder
 
     make_onnx_encoder(root / "v1.onnx", seed=0)
     make_onnx_encoder(root / "v2.onnx", seed=1)
@@ -46,3 +47,12 @@ def upgraded_store(root, name: str, per_class: int, eval_per_class: int, imposto
        "--json", root / "report.json", "--max-new-drop", "1", "--impostor-pairs", str(impostor_pairs))
     ok("upgrade", store, "--model", root / "v2.onnx", "--report", root / "report.json")
     return store
+
+
+def report(root: Path, old: str, new: str, name: str, *gates: str) -> Path:
+    """`gallery check-compat` of ROOT/old vs ROOT/new on ROOT/eval, written to ROOT/name."""
+    out = root / name
+    result = run("check-compat", "--old", root / old, "--new", root / new, "--data", root / "eval",
+                 "--json", out, "--impostor-pairs", "2000", *gates)
+    assert out.is_file(), result.stdout + result.stderr
+    return out

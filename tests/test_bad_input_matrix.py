@@ -205,7 +205,7 @@ def _build_models(root: Path) -> Path:
     """Two tiny ONNX encoders, a store made with the first, real digit images."""
     pytest.importorskip("torch")
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_encoder import make_onnx_encoder, write_digit_folder
+    from tiny_models import make_onnx_encoder, write_digit_folder
 
     root.mkdir(exist_ok=True)
     if not (root / "m.h5").exists():

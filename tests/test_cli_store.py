@@ -12,7 +12,7 @@ from gallery.fingerprint import file_sha256
 from gallery.preprocess import PreprocessSpec, l2_normalize, load_image
 
 pytest.importorskip("torch")
-from test_encoder import _reference, make_onnx_encoder, write_digit_folder  # noqa: E402
+from tiny_models import make_onnx_encoder, torch_reference, write_digit_folder  # noqa: E402
 
 
 
@@ -42,9 +42,9 @@ def test_cli_round_trip(setup, tmp_path):
 
     # Search with images: compare with an independent reference (torch net + numpy cosine).
     rgb = lambda ps: np.stack([load_image(p, PreprocessSpec(32, 32)) for p in ps])  # noqa: E731
-    gallery_emb = np.vstack([l2_normalize(_reference(net, rgb(paths), spec)), l2_normalize(extra)])
+    gallery_emb = np.vstack([l2_normalize(torch_reference(net, rgb(paths), spec)), l2_normalize(extra)])
     gallery_ids = [str(p.relative_to(root / "gallery")) for p in paths] + [f"e{i}" for i in range(5)]
-    query = l2_normalize(_reference(net, rgb(probes[:4]), spec))
+    query = l2_normalize(torch_reference(net, rgb(probes[:4]), spec))
     records = ok("search", store, *sum((["--image", p] for p in probes[:4]), []), "-k", "3", "--json")
     for rec, q in zip(records, query):
         expected = np.argsort(-(gallery_emb @ q))[:3]

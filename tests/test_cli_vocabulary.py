@@ -107,7 +107,7 @@ def test_check_compat_json_is_a_flag_and_the_old_spelling_warns(tmp_path):
     import pytest
 
     pytest.importorskip("torch")
-    from test_encoder import make_onnx_encoder, write_digit_folder
+    from tiny_models import make_onnx_encoder, write_digit_folder
 
     make_onnx_encoder(tmp_path / "a.onnx", seed=0)
     make_onnx_encoder(tmp_path / "b.onnx", seed=1)

@@ -11,53 +11,22 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from compat_helpers import ENCODERS, embed_units, png_bytes, random_images
 from gallery.compat.checker import CheckConfig, run_check
 from gallery.compat.evalsets import read_bin
 from gallery.errors import BadInput
-from gallery.preprocess import PreprocessSpec, l2_normalize, to_tensor
-
-SPEC = PreprocessSpec(8, 8, "GRAY", (127.5,), (127.5,))
-
-
-class ProjectionEncoder:
-    """A fixed random projection of the pixels: enough to make distinct, checkable embeddings."""
-
-    def __init__(self, seed: int, dim: int = 6) -> None:
-        self.spec, self.dim = SPEC, dim
-        self.weight = np.random.default_rng(seed).normal(size=(64, dim)).astype(np.float32)
-        self.identity = {"sha256": f"{seed:064d}", "model_id": f"proj-{seed}", "path": "", "format": "test",
-                         "metadata": {}}
-
-    def embed(self, batch: np.ndarray) -> np.ndarray:
-        return batch.reshape(len(batch), -1) @ self.weight
-
-
-ENCODERS = {"old": ProjectionEncoder(0), "new": ProjectionEncoder(1)}
-
-
-def _png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _images(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, size=(n, 8, 8), dtype=np.uint8)
-
-
-def _embed(encoder, images):
-    return l2_normalize(encoder.embed(to_tensor(images[..., None], SPEC)))
+from gallery.preprocess import l2_normalize
 
 
 # ----------------------------------------------------------------------------- .bin
 def _write_bin(path, images, issame, protocol=pickle.HIGHEST_PROTOCOL):
     with open(path, "wb") as handle:
-        pickle.dump(([_png(i) for i in images], issame), handle, protocol=protocol)
+        pickle.dump(([png_bytes(i) for i in images], issame), handle, protocol=protocol)
 
 
 @pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
 def test_bin_roundtrip(tmp_path, protocol):
-    images = _images(8)
+    images = random_images(8)
     issame = np.array([True, False, True, False])  # numpy bools: needs the numpy reconstructors
     _write_bin(tmp_path / "lfw.bin", images, issame if protocol == 2 else issame.tolist(), protocol)
     blobs, flags = read_bin(tmp_path / "lfw.bin")
@@ -82,7 +51,7 @@ def test_bin_refuses_arbitrary_objects(tmp_path):
 
 def test_bin_bad_shapes(tmp_path):
     with open(tmp_path / "odd.bin", "wb") as handle:
-        pickle.dump(([_png(i) for i in _images(3)], [True]), handle)
+        pickle.dump(([png_bytes(i) for i in random_images(3)], [True]), handle)
     with pytest.raises(BadInput, match="2 per pair"):
         read_bin(tmp_path / "odd.bin")
     (tmp_path / "junk.bin").write_bytes(b"not a pickle")
@@ -91,14 +60,14 @@ def test_bin_bad_shapes(tmp_path):
 
 
 def test_checker_on_bin_matches_sklearn(tmp_path):
-    images = _images(200, seed=3)
+    images = random_images(200, seed=3)
     images[1::4] = np.clip(images[0::4].astype(int) + 10, 0, 255)  # genuine pairs look alike
     issame = np.zeros(100, bool)
     issame[::2] = True
     _write_bin(tmp_path / "set.bin", images, issame.tolist())
     result = run_check(CheckConfig(old="old", new="new", data=str(tmp_path / "set.bin"), target_far=0.1),
                        load=ENCODERS.__getitem__)
-    old, new = _embed(ENCODERS["old"], images), _embed(ENCODERS["new"], images)
+    old, new = embed_units(ENCODERS["old"], images), embed_units(ENCODERS["new"], images)
     cross = np.sum(new[0::2] * old[1::2], axis=1)
     ver = result.report["comparisons"]["new->old"]["verification"]
     assert ver["num_genuine"] == 50 and ver["num_impostor"] == 50

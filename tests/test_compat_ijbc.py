@@ -10,11 +10,11 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
+from compat_helpers import ENCODERS, embed_units, random_images
 from cli.main import app
 from gallery.compat.checker import CheckConfig, run_check
 from gallery.compat.evalsets import aggregate_templates
 from gallery.errors import BadInput
-from test_compat_evalsets import ENCODERS, _embed, _images
 
 
 def _write_ijbc(root, faces, pairs, gallery_csv=None, probe_csv=None, gallery2_csv=None, images=None):
@@ -22,7 +22,7 @@ def _write_ijbc(root, faces, pairs, gallery_csv=None, probe_csv=None, gallery2_c
     (root / "loose_crop").mkdir()
     lines = []
     for k, (template, media) in enumerate(faces):
-        pixels = _images(1, seed=100 + k)[0] if images is None else images[k]
+        pixels = random_images(1, seed=100 + k)[0] if images is None else images[k]
         Image.fromarray(pixels).save(root / "loose_crop" / f"{k}.jpg", quality=95)
         lines.append(f"{k}.jpg {template} {media}")
     (root / "meta" / "ijbc_face_tid_mid.txt").write_text("\n".join(lines) + "\n")
@@ -67,7 +67,7 @@ def _one_to_n_layout():
     two probe templates in the mixed probe file. Faces of a subject are noisy copies of one
     picture so that searches are neither all right nor all wrong; CSVs have one row per face."""
     rng = np.random.default_rng(7)
-    faces, images = list(FACES), list(_images(len(FACES), seed=100))
+    faces, images = list(FACES), list(random_images(len(FACES), seed=100))
     rows = {"G1": [], "G2": [], "probe": []}
     template = 10
     for subject in (*range(100, 106), *range(200, 206)):
@@ -113,7 +113,7 @@ def test_checker_on_ijbc(tmp_path):
                                    require_criterion=True, max_new_drop=1.0), load=ENCODERS.__getitem__)
     report = result.report
     stored = np.stack([np.asarray(Image.open(tmp_path / "loose_crop" / f"{k}.jpg")) for k in range(len(faces))])
-    feats = {role: naive_templates(_embed(ENCODERS[role], stored), faces) for role in ("old", "new")}
+    feats = {role: naive_templates(embed_units(ENCODERS[role], stored), faces) for role in ("old", "new")}
     scores = [float(feats["new"][a] @ feats["old"][b]) for a, b, _ in PAIRS]
     labels = [c for _, _, c in PAIRS]
     ver = report["comparisons"]["new->old"]["verification"]

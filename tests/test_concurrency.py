@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ import json, sys, time, traceback
 import numpy as np
 from gallery.store import Store
 
-role, store, flag, out = sys.argv[1:5]
+role, store, flag, out, seed = sys.argv[1:6]
 DIM, CALLS, ROWS = 16, 30, 10
 
 def vector(i):
@@ -74,7 +73,7 @@ def check_once(rng, last):
         return n
 
 def reader():
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(int(seed))
     seen, errors, last = [], [], 0
     done = False
     while not done:
@@ -84,15 +83,17 @@ def reader():
             seen.append(last)
         except Exception:
             errors.append(traceback.format_exc(limit=3))
+        if len(seen) + len(errors) == 1:
+            print("ready", flush=True)  # the parent starts the writer once every reader got here
     json.dump({"reads": len(seen), "counts": sorted(set(seen)), "errors": errors}, open(out, "w"))
 
 writer() if role == "writer" else reader()
 """
 
 
-def _spawn(role: str, store: Path, flag: Path, out: Path) -> subprocess.Popen:
+def _spawn(role: str, store: Path, flag: Path, out: Path, seed: int = 0) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    return subprocess.Popen([sys.executable, "-c", CHILD, role, str(store), str(flag), str(out)],
+    return subprocess.Popen([sys.executable, "-c", CHILD, role, str(store), str(flag), str(out), str(seed)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -105,8 +106,10 @@ def _seed_store(path: Path, rows: int) -> None:
 def test_one_writer_four_readers(tmp_path: Path):
     store, flag = tmp_path / "g.h5", tmp_path / "writer.done"
     _seed_store(store, 20)
-    readers = [_spawn("reader", store, flag, tmp_path / f"r{i}.json") for i in range(READERS)]
-    time.sleep(1.0)  # readers are up and reading before the writer starts
+    readers = [_spawn("reader", store, flag, tmp_path / f"r{i}.json", seed=i) for i in range(READERS)]
+    for proc in readers:  # each has finished one full check before the writer starts
+        line = proc.stdout.readline()
+        assert line == "ready\n", line + proc.stderr.read()
     writer = _spawn("writer", store, flag, tmp_path / "w.json")
     _, werr = writer.communicate(timeout=300)
     assert writer.returncode == 0, werr

@@ -73,7 +73,7 @@ def test_engine_errors_are_one_line_exit_2_store_unchanged(kind, tmp_path):
 
 def test_search_images_through_the_engine(tmp_path):
     pytest.importorskip("torch")
-    from test_encoder import make_onnx_encoder, write_digit_folder
+    from tiny_models import make_onnx_encoder, write_digit_folder
 
     make_onnx_encoder(tmp_path / "v1.onnx")
     write_digit_folder(tmp_path / "images", n_per_class=4)

@@ -13,7 +13,7 @@ from gallery.fingerprint import file_sha256
 from gallery.store import Store
 
 pytest.importorskip("torch")
-from test_encoder import make_onnx_encoder, write_digit_folder  # noqa: E402
+from tiny_models import make_onnx_encoder, write_digit_folder  # noqa: E402
 
 
 @pytest.fixture

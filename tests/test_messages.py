@@ -39,7 +39,7 @@ def test_backfill_status_is_a_sentence_not_a_dict(tmp_path):
 
 
 pytest.importorskip("torch")
-from test_encoder import make_onnx_encoder, write_digit_folder  # noqa: E402
+from tiny_models import make_onnx_encoder, write_digit_folder  # noqa: E402
 
 
 def test_upgrade_refusal_names_the_given_file_not_a_placeholder(tmp_path):

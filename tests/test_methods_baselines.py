@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gallery.errors import BadInput
-from test_methods import B, C, D, N, TOL, naive_arcface, setup, unit
+from method_helpers import B, C, D, N, TOL, naive_arcface, setup, unit
 from trainer.methods import METHODS, load_all
 from trainer.methods.unibct import refine_epochs, refined_prototypes
 

@@ -14,7 +14,7 @@ from cli_helpers import ok, run
 from gallery.fingerprint import file_sha256
 
 pytest.importorskip("torch")
-from test_encoder import make_onnx_encoder, write_digit_folder  # noqa: E402
+from tiny_models import make_onnx_encoder, write_digit_folder  # noqa: E402
 
 
 def _stored_path(store: Path, version: str) -> str:

@@ -6,61 +6,18 @@ against a brute-force reference, exact rollback, aliases, prune, staging, shadow
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cli_helpers import ok, run
+from cli_helpers import ok, report, run
 from gallery.encoder import embed_paths, load_encoder
 from gallery.fingerprint import file_sha256
 from gallery.preprocess import l2_normalize
 from gallery.store import Store
 
 pytest.importorskip("torch")
-from test_encoder import make_onnx_encoder, write_digit_folder  # noqa: E402
-
-
-
-
-def report(root: Path, old: str, new: str, name: str, *gates: str) -> Path:
-    out = root / name
-    result = run("check-compat", "--old", root / old, "--new", root / new, "--data", root / "eval",
-                 "--json", out, "--impostor-pairs", "2000", *gates)
-    assert out.is_file(), result.stdout + result.stderr
-    return out
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """v1/v2/v3 tiny encoders, a v1 gallery of real digits, a passing and a failing report."""
-    root = tmp_path_factory.mktemp("rollout")
-    for seed, name in enumerate(("v1", "v2", "v3")):
-        make_onnx_encoder(root / f"{name}.onnx", seed=seed)
-    write_digit_folder(root / "gallery", n_per_class=5, seed=0)
-    write_digit_folder(root / "probes", n_per_class=2, seed=1)
-    for p in sorted((root / "probes").rglob("*.png")):  # enrolled after the upgrade, distinct ids
-        (root / "later" / p.parent.name).mkdir(parents=True, exist_ok=True)
-        shutil.copy(p, root / "later" / p.parent.name / f"late{p.name}")
-    write_digit_folder(root / "eval", n_per_class=6, seed=2)
-    store = root / "stores" / "base.h5"  # models outside its folder: recorded absolute, copies find them
-    store.parent.mkdir()
-    ok("init", store, "--model", root / "v1.onnx")
-    ok("enroll", store, "--images", root / "gallery")
-    # Random nets: a gate that holds trivially passes; the criterion between independent nets fails.
-    passing = report(root, "v1.onnx", "v2.onnx", "pass.json", "--max-new-drop", "1")
-    failing = report(root, "v1.onnx", "v2.onnx", "fail.json", "--require-criterion")
-    assert json.loads(passing.read_text())["passed"] and not json.loads(failing.read_text())["passed"]
-    return root, store, passing, failing
-
-
-@pytest.fixture
-def work(base, tmp_path):
-    root, store, passing, failing = base
-    copy = tmp_path / "g.h5"
-    shutil.copy(store, copy)
-    return root, copy, passing, failing
 
 
 def queries(root: Path, model: str) -> np.ndarray:
@@ -68,8 +25,8 @@ def queries(root: Path, model: str) -> np.ndarray:
     return l2_normalize(embed_paths(load_encoder(root / model), paths)), paths
 
 
-def test_failing_or_mismatched_report_refused_store_byte_identical(work, tmp_path):
-    root, store, passing, failing = work
+def test_failing_or_mismatched_report_refused_store_byte_identical(rollout_work, tmp_path):
+    root, store, passing, failing = rollout_work
     before = file_sha256(store)
     refused = run("upgrade", store, "--model", root / "v2.onnx", "--report", failing)
     assert refused.exit_code == 1 and "require_criterion" in refused.stderr
@@ -91,8 +48,8 @@ def test_failing_or_mismatched_report_refused_store_byte_identical(work, tmp_pat
         assert st.active_model == "v1" and st.model_versions() == ["v1"]
 
 
-def test_force_is_recorded(work):
-    root, store, _, failing = work
+def test_force_is_recorded(rollout_work):
+    root, store, _, failing = rollout_work
     result = ok("upgrade", store, "--model", root / "v2.onnx", "--report", failing, "--force", "--json")
     assert result["forced"] and "gate require_criterion failed" in result["forced_over"]
     events = ok("history", store, "--json")
@@ -101,8 +58,8 @@ def test_force_is_recorded(work):
     assert upgrade["report"]["passed"] is False
 
 
-def test_upgrade_mixed_search_and_exact_rollback(work):
-    root, store, passing, _ = work
+def test_upgrade_mixed_search_and_exact_rollback(rollout_work):
+    root, store, passing, _ = rollout_work
     q1, paths = queries(root, "v1.onnx")
     before = ok("search", store, "--embeddings", _save(root, "q1.npy", q1), "-k", "5", "--json")
     with Store.open(store) as st:
@@ -158,8 +115,8 @@ def _save(root: Path, name: str, array: np.ndarray) -> Path:
     return root / name
 
 
-def test_aliases_and_prune(work):
-    root, store, passing, _ = work
+def test_aliases_and_prune(rollout_work):
+    root, store, passing, _ = rollout_work
     ok("upgrade", store, "--model", root / "v2.onnx", "--report", passing)
     ok("alias", "set", "prod", "v2", "--store", store)
     assert ok("alias", "list", "--store", store, "--json") == {"prod": "v2"}
@@ -179,8 +136,8 @@ def test_aliases_and_prune(work):
     assert run("rollback", store).exit_code == 2
 
 
-def test_shadow_matches_brute_force(work, tmp_path):
-    root, store, passing, _ = work
+def test_shadow_matches_brute_force(rollout_work, tmp_path):
+    root, store, passing, _ = rollout_work
     assert run("shadow", store, "--queries", root / "probes").exit_code == 2  # no previous model yet
     ok("upgrade", store, "--model", root / "v2.onnx", "--report", passing)
     k = 5
@@ -211,8 +168,8 @@ def test_shadow_matches_brute_force(work, tmp_path):
     assert "accuracy" in result  # probes are ROOT/<identity>/<image>
 
 
-def test_stage_then_shadow_before_cutover(work):
-    root, store, passing, _ = work
+def test_stage_then_shadow_before_cutover(rollout_work):
+    root, store, passing, _ = rollout_work
     staged = ok("upgrade", store, "--model", root / "v2.onnx", "--report", passing, "--stage", "--json")
     assert staged["event"] == "stage" and staged["to"] == "v2"
     with Store.open(store) as st:

@@ -16,11 +16,11 @@ from gallery.store import Store
 from gallery.store.ranges import embeddings_between
 
 pytest.importorskip("torch")
-from test_rollout import base, ok, report, run, work  # noqa: E402,F401  (fixtures + helpers)
+from cli_helpers import ok, report, run  # noqa: E402
 
 
-def test_backfill_then_rollback_then_upgrade_again(work, tmp_path):
-    root, store, passing, _ = work
+def test_backfill_then_rollback_then_upgrade_again(rollout_work, tmp_path):
+    root, store, passing, _ = rollout_work
     images = tmp_path / "images"
     shutil.copytree(root / "gallery", images)
     gone = sorted(images.rglob("*.png"))[::7]
@@ -65,8 +65,8 @@ def test_backfill_then_rollback_then_upgrade_again(work, tmp_path):
         assert np.array_equal(st.embeddings(), emb)
 
 
-def test_second_upgrade_keeps_backfilled_rows_and_rolls_back_one_step(work, tmp_path):
-    root, store, passing, _ = work
+def test_second_upgrade_keeps_backfilled_rows_and_rolls_back_one_step(rollout_work, tmp_path):
+    root, store, passing, _ = rollout_work
     ok("upgrade", store, "--model", root / "v2.onnx", "--report", passing)
     ok("backfill", store, "--images", root / "gallery", "--json")
     with Store.open(store) as st:
@@ -84,8 +84,8 @@ def test_second_upgrade_keeps_backfilled_rows_and_rolls_back_one_step(work, tmp_
     assert run("rollback", store).exit_code == 2
 
 
-def test_rows_keep_their_own_model_over_an_older_backfill(work, tmp_path):
-    root, store, passing, _ = work
+def test_rows_keep_their_own_model_over_an_older_backfill(rollout_work, tmp_path):
+    root, store, passing, _ = rollout_work
     ok("upgrade", store, "--model", root / "v2.onnx", "--report", passing)
     ok("enroll", store, "--images", root / "later")  # rows embedded by v2
     with Store.open(store) as st:
@@ -104,8 +104,8 @@ def test_rows_keep_their_own_model_over_an_older_backfill(work, tmp_path):
         assert np.array_equal(st.embeddings(), v2_view)
 
 
-def test_trust_images_for_rows_enrolled_as_embeddings(work, tmp_path):
-    root, store, passing, _ = work
+def test_trust_images_for_rows_enrolled_as_embeddings(rollout_work, tmp_path):
+    root, store, passing, _ = rollout_work
     paths = sorted((root / "later").rglob("*.png"))
     ids = [str(p.relative_to(root / "later")) for p in paths]
     emb = embed_paths(load_encoder(root / "v1.onnx"), paths)  # made elsewhere: no image hash

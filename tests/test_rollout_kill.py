@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ BATCH = 4
 CHILD = """
 import sys, time, random
 from gallery.rollout import BackfillConfig, backfill
+random.seed(int(sys.argv[3]))  # the test's seed: the same pauses on every run
 def step(n):
     print("committed", flush=True)
     time.sleep(random.random() * 0.02)
@@ -63,31 +63,32 @@ def _state(path: Path) -> dict:
                 "events": [e for e in st.history() if e["event"] == "backfill"]}
 
 
-def test_sigkill_at_random_point_then_resume_is_identical(upgraded, tmp_path):
+@pytest.mark.parametrize("seed", [1729])  # the kill point and queries; another seed, another case
+def test_sigkill_at_random_point_then_resume_is_identical(upgraded, tmp_path, seed):
     root, base = upgraded
     straight, killed = tmp_path / "straight.h5", tmp_path / "killed.h5"
     shutil.copy(base, straight)
     shutil.copy(base, killed)
     ok("backfill", straight, "--images", root / "images", "--batch-size", BATCH, "--json")
 
-    seed = int(time.time_ns() % 10_000)
     rng = np.random.default_rng(seed)
     planned = len(_state(straight)["rows"])
     kill_after = int(rng.integers(1, planned // BATCH - 2))
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(killed), str(root / "images")],
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(killed), str(root / "images"), str(seed)],
                              stdout=subprocess.PIPE, text=True)
     queries = rng.normal(size=(8, 16)).astype(np.float32)
     v2_hits: list[int] = []
-    stop = threading.Event()
-
+    stop, searched = threading.Event(), threading.Event()
     errors: list[BaseException] = []
 
     def readers() -> None:  # readers keep searching mid-backfill, in parallel with the writer
         try:
             while not stop.is_set():
                 v2_hits.append(_reader_pass(killed, queries))
+                searched.set()
         except BaseException as exc:  # noqa: BLE001  reported by the main thread
             errors.append(exc)
+            searched.set()
 
     # Readers start once the run is planned (its file space allocated; see overlay._preallocate).
     assert child.stdout.readline().startswith("committed"), f"child failed (seed {seed})"
@@ -97,9 +98,7 @@ def test_sigkill_at_random_point_then_resume_is_identical(upgraded, tmp_path):
         for _ in range(kill_after - 1):
             line = child.stdout.readline()
             assert line.startswith("committed"), f"child ended early (seed {seed}): {line!r}"
-        deadline = time.time() + 30
-        while not v2_hits and not errors and time.time() < deadline:  # at least one search mid-run
-            time.sleep(0.001)
+        searched.wait(timeout=60)  # at least one search mid-run (or a reader's error)
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
     finally:

@@ -17,7 +17,7 @@ from gallery.fingerprint import file_sha256
 from gallery.store import Store
 
 pytest.importorskip("torch")
-from test_encoder import make_onnx_encoder, write_digit_folder  # noqa: E402
+from tiny_models import make_onnx_encoder, write_digit_folder  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "rollout.sh"
 GALLERY = str(Path(sys.executable).with_name("gallery"))

@@ -264,7 +264,7 @@ def r_header(srv) -> str:
 @pytest.fixture(scope="module")
 def image_store(tmp_path_factory):
     pytest.importorskip("torch")
-    from test_encoder import make_onnx_encoder, write_digit_folder
+    from tiny_models import make_onnx_encoder, write_digit_folder
     from cli_helpers import ok
 
     root = tmp_path_factory.mktemp("serve-images")

@@ -18,7 +18,7 @@ from gallery.preprocess import l2_normalize
 from gallery.store import Store
 
 pytest.importorskip("torch")
-from test_encoder import make_onnx_encoder, write_digit_folder  # noqa: E402
+from tiny_models import make_onnx_encoder, write_digit_folder  # noqa: E402
 
 FAR = "0.02"  # small eval set: a FAR its impostor pairs support, so thresholds accept some hits
 

@@ -1,4 +1,4 @@
-"""Identity and image splits for the compatibility protocol (DESIGN.md section 3).
+"""Identity and image splits for the compatibility protocol (docs/compat.md).
 
 open-class: the old model's identities, the new model's identities and the
 evaluation identities are disjoint sets. open-data: old and new models see the

@@ -1,0 +1,95 @@
+"""Fixtures shared by several test modules (helpers shared as plain functions live in
+cli_helpers.py, tiny_models.py, compat_helpers.py, serve_helpers.py, engine_helpers.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from cli_helpers import ok, report
+
+
+@pytest.fixture(scope="module")
+def rollout_base(tmp_path_factory):
+    """v1/v2/v3 tiny encoders, a v1 gallery of real digits, a passing and a failing report
+    (test_rollout.py, test_rollout_backfill.py; needs torch to export the encoders)."""
+    pytest.importorskip("torch")
+    from tiny_models import make_onnx_encoder, write_digit_folder  # needs torch: imported once it is there
+
+    root = tmp_path_factory.mktemp("rollout")
+    for seed, name in enumerate(("v1", "v2", "v3")):
+        make_onnx_encoder(root / f"{name}.onnx", seed=seed)
+    write_digit_folder(root / "gallery", n_per_class=5, seed=0)
+    write_digit_folder(root / "probes", n_per_class=2, seed=1)
+    for p in sorted((root / "probes").rglob("*.png")):  # enrolled after the upgrade, distinct ids
+        (root / "later" / p.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, root / "later" / p.parent.name / f"late{p.name}")
+    write_digit_folder(root / "eval", n_per_class=6, seed=2)
+    store = root / "stores" / "base.h5"  # models outside its folder: recorded absolute, copies find them
+    store.parent.mkdir()
+    ok("init", store, "--model", root / "v1.onnx")
+    ok("enroll", store, "--images", root / "gallery")
+    # Random nets: a gate that holds trivially passes; the criterion between independent nets fails.
+    passing = report(root, "v1.onnx", "v2.onnx", "pass.json", "--max-new-drop", "1")
+    failing = report(root, "v1.onnx", "v2.onnx", "fail.json", "--require-criterion")
+    assert json.loads(passing.read_text())["passed"] and not json.loads(failing.read_text())["passed"]
+    return root, store, passing, failing
+
+
+@pytest.fixture
+def rollout_work(rollout_base, tmp_path):
+    root, store, passing, failing = rollout_base
+    copy = tmp_path / "g.h5"
+    shutil.copy(store, copy)
+    return root, copy, passing, failing
+
+
+# The slow lane: tests that take more than a few seconds on a 2-core CPU (training a model,
+# SIGKILL loops, multi-process runs, 20k-row recall). `pytest -m "not slow"` leaves them out;
+# `pytest` runs everything (CI). A module name marks every test in it.
+SLOW = (
+    "test_adapter.py",
+    "test_cli_store.py::test_cli_export_model_and_init_from_pt",
+    "test_compat_cli.py",
+    "test_concurrency.py::test_one_writer_four_readers",
+    "test_datasets_fashion.py::test_open_data_and_open_class_layouts",
+    "test_datasets_glyphs.py",
+    "test_engines.py",
+    "test_engines_cli.py",
+    "test_engines_kill.py",
+    "test_faces_example.py",
+    "test_faces_real.py",
+    "test_fault_injection.py",
+    "test_front_door.py::test_load_pt_encoder_from_plain_python",
+    "test_front_door.py::test_open_and_search_demo_store_from_plain_python",
+    "test_index.py::test_ivf_and_hnsw_recall_at_10_on_20k",
+    "test_index_streaming.py::test_memory_estimate_matches_the_serialised_index",
+    "test_index_streaming.py::test_store_build_matches_in_memory_build",
+    "test_reliability_cli.py::test_export_serving_is_an_alias_of_sync",
+    "test_reliability_env.py",
+    "test_rollout_e2e.py",
+    "test_rollout_kill.py",
+    "test_rollout_script.py",
+    "test_serve.py",
+    "test_serve_switch.py",
+    "test_store_idindex.py::test_migration_survives_sigkill_at_every_write",
+    "test_store_kill.py",
+    "test_store_lock.py::test_fault_shim_counts_and_kills_where_it_says",
+    "test_train_auto.py",
+    "test_train_projection.py",
+    "test_trainer_ddp.py",
+    "test_trainer_ddp_equal.py",
+    "test_trainer_fit.py",
+    "test_trainer_models.py::test_backbone_shapes_gradients_and_rebuild[iresnet100]",
+    "test_trainer_models.py::test_backbone_shapes_gradients_and_rebuild[iresnet50]",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        name = item.nodeid.rpartition("/")[2]  # test_x.py::test_y[param]
+        module, _, test = name.partition("::")
+        if any(entry in (module, f"{module}::{test}", f"{module}::{test.partition('[')[0]}") for entry in SLOW):
+            item.add_marker(pytest.mark.slow)

@@ -1,0 +1,88 @@
+"""Tiny ONNX image encoders (exported from a small torch net, with gallery.* metadata) and
+folders of real digit images: the models and data of the encoder, store, rollout, threshold
+and serving tests. Needs torch and onnx (test modules importorskip them first)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from gallery.preprocess import PreprocessSpec
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self, channels: int, dim: int) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(channels, 8, 3, stride=2, padding=1)
+        self.fc = torch.nn.Linear(8 * 4 * 4, dim)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        x = torch.nn.functional.adaptive_avg_pool2d(x, 4)
+        return self.fc(x.flatten(1))
+
+
+def make_onnx_encoder(path: Path, dim: int = 16, size: int = 32, color: str = "RGB",
+                      seed: int = 0, fixed_batch: int | None = None, metadata: bool = True):
+    """Export a tiny conv net to ONNX with gallery.* metadata; returns (torch net, spec)."""
+    torch.manual_seed(seed)
+    channels = 1 if color == "GRAY" else 3
+    net = TinyNet(channels, dim).eval()
+    spec = PreprocessSpec(height=size, width=size, color_order=color,
+                          mean=(127.5,) * channels, std=(127.5,) * channels)
+    dummy = torch.zeros(fixed_batch or 2, channels, size, size)
+    dynamic = None if fixed_batch else {"x": {0: "n"}, "e": {0: "n"}}
+    torch.onnx.export(net, (dummy,), str(path), input_names=["x"], output_names=["e"],
+                      dynamic_axes=dynamic, dynamo=False)
+    if metadata:
+        model = onnx.load(str(path))
+        meta = {**spec.to_metadata(), "gallery.dim": str(dim), "gallery.model_id": f"tiny-{seed}"}
+        for key, value in meta.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(model, str(path))
+    return net, spec
+
+
+def digit_images(n_per_class: int = 6, size: int = 32, seed: int = 0):
+    """Real images: sklearn digits scaled to uint8 and upsampled; returns (images, labels)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for label in range(10):
+        rows = rng.choice(np.flatnonzero(digits.target == label), n_per_class, replace=False)
+        for r in rows:
+            pixels = (digits.images[r] * (255 / 16)).astype(np.uint8)
+            images.append(np.asarray(Image.fromarray(pixels).resize((size, size), Image.NEAREST)))
+            labels.append(label)
+    return np.stack(images), np.array(labels)
+
+
+def write_digit_folder(root: Path, n_per_class: int = 6, seed: int = 0) -> list[Path]:
+    """ROOT/digit<k>/<i>.png from real digits; returns the written paths."""
+    from PIL import Image
+
+    images, labels = digit_images(n_per_class, seed=seed)
+    paths = []
+    for i, (img, label) in enumerate(zip(images, labels)):
+        folder = root / f"digit{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        paths.append(folder / f"{i:04d}.png")
+        Image.fromarray(img).convert("RGB").save(paths[-1])
+    return paths
+
+
+def torch_reference(net, images_rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Independent preprocessing in plain numpy, then the torch net."""
+    x = images_rgb.astype(np.float64)
+    if spec.color_order == "BGR":
+        x = x[..., ::-1]
+    x = (x - np.array(spec.mean)) / np.array(spec.std)
+    with torch.no_grad():
+        return net(torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32))).numpy()
