@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The short real demo (run by `bash setup.sh`; ~3-5 minutes on a 2-core CPU):
-# glyph identities -> v1 model -> store enrolled with v1 -> v2 trained with MixBCT ->
-# compatibility check -> upgrade (when `gallery upgrade` exists) -> search.
+# glyph identities -> v1 model -> store enrolled with v1, v1's threshold calibrated ->
+# v2 trained with MixBCT -> compatibility check -> examples/rollout.sh (check, stage,
+# shadow, upgrade, backfill, verify) -> v1 and v2 decisions side by side -> search.
+# README's quick tour is exactly these commands.
 # Everything is written under ${DEMO_DIR:-runs/demo}; rerunning starts from scratch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,8 +29,9 @@ for dir in "$D"/data/open-class/eval/*/; do
   cp "${files[0]}" "$D/enrol/$id/"
   cp "${files[@]:1}" "$D/queries/$id/"
 done
-$G init "$D/store.h5" --model "$D/v1.pt" --version v1
+$G init "$D/store.h5" --model "$D/v1.pt" --model-version v1
 $G enroll "$D/store.h5" --images "$D/enrol"
+$G threshold calibrate "$D/store.h5" --data "$D/data/open-class/eval"   # v1's own open-set threshold
 $G info "$D/store.h5"
 
 say "4. v2 trained with MixBCT on the 'new' identities, compatible with v1"
@@ -39,31 +42,28 @@ say "5. compatibility check: may v2 queries search the v1 gallery? (rank-1 on un
 $G train --data "$D/data/open-class/new.h5" "${COMMON[@]}" --head arcface --epochs 8 --out "$D/v2-independent.pt" --json > "$D/v2-independent.json"
 set +e
 $G check-compat --old "$D/v1.pt" --new "$D/v2.pt" --reference "$D/v2-independent.pt" \
-  --data "$D/data/open-class/eval" --json "$D/check.json" --plot "$D/check.png" --require-criterion
+  --data "$D/data/open-class/eval" --out "$D/check.json" --plot "$D/check.png" --require-criterion
 check_rc=$?
 set -e
 echo "check-compat exit code: $check_rc (0 = every requested gate passed)"
 echo "the same check for an independently trained v2 (no compatibility training):"
 $G check-compat --old "$D/v1.pt" --new "$D/v2-independent.pt" --data "$D/data/open-class/eval" \
-  --json "$D/check-independent.json" || true
+  --out "$D/check-independent.json" || true
 
 # six queries of six different identities, searched together
 mkdir -p "$D/some-queries"
 find "$D/queries" -name '001.png' | sort | head -n 6 | while read -r q; do
   cp "$q" "$D/some-queries/$(basename "$(dirname "$q")").png"
 done
-if ! $G upgrade --help >/dev/null 2>&1; then
-  say "6. (gallery upgrade is not available: stopping before the rollout)"
-  say "7. search the v1 gallery with v1 queries (file name = true identity)"
-elif [ "$check_rc" != 0 ]; then
-  say "6. the compatibility gate failed: no upgrade, v1 stays the query model"
-  say "7. search the v1 gallery with v1 queries (file name = true identity)"
+if [ "$check_rc" != 0 ]; then
+  say "6. the compatibility gate failed: no rollout, v1 stays the query model"
 else
-  say "6. upgrade: v2 becomes the query model, admitted by check.json; the v1 gallery is not re-encoded"
-  $G upgrade "$D/store.h5" --model "$D/v2.pt" --report "$D/check.json"
-  say "7. search the v1 gallery with v2 queries (file name = true identity; open-set threshold from the check)"
+  say "6. examples/rollout.sh: check-compat, upgrade --stage, shadow (gated), upgrade, backfill from enrol/, verify"
+  GALLERY="$G" WORK="$D/rollout" bash examples/rollout.sh "$D/store.h5" "$D/v2.pt" "$D/data/open-class/eval" \
+    "$D/queries" "$D/enrol" || echo "rollout.sh stopped (exit $?); the store is as the failing step left it"
+  say "7. the same $(find "$D/queries" -name '*.png' | wc -l) queries through v1 (before) and v2 (after): decisions side by side"
+  $G shadow "$D/store.h5" --queries "$D/queries" --old v1 --new v2 --show 6
 fi
+say "8. search the gallery with the query model (file name = true identity; hits below their pair's threshold are rejected)"
 $G search "$D/store.h5" --image "$D/some-queries" -k 3
-echo "(hits below the calibrated FAR-1e-4 threshold are rejected; the same search without open-set rejection:)"
-$G search "$D/store.h5" --image "$D/some-queries" -k 3 --threshold 0
-say "done: outputs in $D (check.json, check.png, store.h5)"
+say "done: outputs in $D (check.json, check.png, store.h5, rollout/)"
