@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -10,6 +11,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import typer
+from typer.core import TyperGroup
+
+try:  # typer >= 0.2x carries its own copy of click
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover - older typer on the real click
+    from click.exceptions import UsageError
 from rich.console import Console
 from rich.table import Table
 
@@ -34,6 +41,13 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# OS errors a command can meet on its inputs (2: a path the user gave cannot be used) or
+# its environment (1: the disk filled or failed during the command).
+_OS_EXIT = {errno.EACCES: 2, errno.EPERM: 2, errno.ENOENT: 2, errno.ENOTDIR: 2, errno.EISDIR: 2,
+            errno.ELOOP: 2, errno.ENAMETOOLONG: 2, errno.EROFS: 2,
+            errno.ENOSPC: 1, errno.EDQUOT: 1, errno.EFBIG: 1, errno.EIO: 1}
+
+
 def handle_errors(func: F) -> F:
     """Turn library errors into one clear line on stderr and the error's exit code."""
 
@@ -44,8 +58,41 @@ def handle_errors(func: F) -> F:
         except GalleryError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            code = _OS_EXIT.get(exc.errno)
+            if code is None:
+                raise  # not an input or environment condition: a bug, keep its traceback
+            where = f": {exc.filename}" if exc.filename else ""
+            err_console.print(f"[bold red]error:[/] {exc.strerror or exc}{where}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def _usage_errors_as_one_line() -> Iterator[None]:
+    try:
+        yield
+    except UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `gallery CMD` alone: its help, as before
+            raise
+        message = " ".join(exc.format_message().split())
+        command = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
+        err_console.print(f"[bold red]error:[/] {command}{message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (unknown option, `--dim 4e9`, a missing argument) as one `error:` line,
+    exit 2, like every other bad input; click's own form is a multi-line box."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _usage_errors_as_one_line():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _usage_errors_as_one_line():
+            return super().invoke(ctx)
 
 
 def emit_json(data: Any, path: Path | None = None) -> None:

@@ -14,6 +14,7 @@ import pkgutil
 import typer
 
 from cli import commands
+from cli.common import OneLineErrors
 
 app = typer.Typer(
     name="gallery",
@@ -21,6 +22,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=True,  # --install-completion / --show-completion
     pretty_exceptions_enable=False,
+    cls=OneLineErrors,
 )
 
 # `gallery --help` groups commands in these panels, in this order; every registered command

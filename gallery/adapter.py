@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from gallery.errors import BadInput
-from gallery.fingerprint import file_sha256
+from gallery.model_identity import model_sha256
 from gallery.preprocess import META_PREFIX
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,6 @@ def load_adapter(path: str | Path) -> Adapter:
         raise BadInput(f"{path}: adapter input is not (N, {meta['from_dim']})")
     if not outputs or len(outputs[0].shape) != 2 or outputs[0].shape[1] != int(meta["to_dim"]):
         raise BadInput(f"{path}: adapter output is not (N, {meta['to_dim']})")
-    identity = {"sha256": file_sha256(path), "model_id": meta["model_id"],
+    identity = {"sha256": model_sha256(path), "model_id": meta["model_id"],  # external data included
                 "path": str(path.resolve()), "format": "adapter"}
     return Adapter(path, session, meta, identity)

@@ -23,7 +23,8 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from gallery.errors import BadInput
-from gallery.fingerprint import file_sha256
+from gallery.limits import batch_rows, check_dim
+from gallery.model_identity import model_sha256
 from gallery.preprocess import META_PREFIX, PreprocessSpec, load_image, to_tensor
 from gallery.registry import Registry
 
@@ -84,7 +85,7 @@ class OnnxEncoder:
         self.old_space_dim, self._old_space_output = self._old_space(meta)
         self._check_input_matches_spec()
         self.identity = {
-            "sha256": file_sha256(path),
+            "sha256": model_sha256(path),  # the .onnx and its external data files
             "model_id": meta.get(META_PREFIX + "model_id"),
             "path": str(Path(path).resolve()),
             "format": "onnx",
@@ -107,12 +108,12 @@ class OnnxEncoder:
         out_dim = self.session.get_outputs()[0].shape[1]
         declared = meta.get(META_PREFIX + "dim")
         if declared is not None:
-            dim = int(declared)
+            dim = check_dim(declared, f"gallery.dim of {self.path}")
             if isinstance(out_dim, int) and out_dim != dim:
                 raise BadInput(f"{self.path}: gallery.dim={dim} but the output has {out_dim} columns")
             return dim
         if isinstance(out_dim, int):
-            return out_dim
+            return check_dim(out_dim, f"output width of {self.path}")
         raise BadInput(f"{self.path}: output width is dynamic and gallery.dim is not declared")
 
     def _old_space(self, meta: dict) -> tuple[int | None, str | None]:
@@ -233,7 +234,7 @@ def load_registered(info: Any, store_path: str | Path, model: str | Path | None 
     if path is None or not path.is_file():
         raise BadInput(f"the file of model {info.version} is missing: {path or '(none recorded)'} "
                        f"(gallery model set-path {store_path} {info.version} PATH, or pass --model PATH)")
-    digest = file_sha256(path)
+    digest = model_sha256(path)  # covers an ONNX model's external weights files
     if digest != info.sha256:
         raise BadInput(f"{path} is not model {info.version} of {store_path} "
                        f"(sha256 {digest[:12]}..., expected {info.sha256[:12]}...)")
@@ -278,6 +279,8 @@ def embed_paths(
     """Decode and embed image files in batches; a bad file raises BadInput naming it."""
     if batch_size < 1:
         raise BadInput(f"batch size must be >= 1, got {batch_size}")
+    spec = encoder.spec  # decoded uint8 pixels + their float32 tensor, per image
+    batch_size = batch_rows(batch_size, spec.height * spec.width * spec.channels * 5)
     parts = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]

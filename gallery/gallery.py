@@ -30,7 +30,7 @@ from gallery import search as search_mod
 from gallery import thresholds
 from gallery.encoder import Encoder, load_encoder, load_registered
 from gallery.errors import BadInput
-from gallery.fingerprint import file_sha256
+from gallery.model_identity import model_sha256
 from gallery.modelfiles import to_stored
 from gallery.rollout.backfill import status as backfill_status
 from gallery.rollout import state as rollout_state
@@ -257,7 +257,7 @@ class Gallery:
         path = Path(path)
         if not path.is_file():
             raise BadInput(f"model file not found: {path}")
-        digest = file_sha256(path)
+        digest = model_sha256(path)  # the .onnx and its external data files
         with self._reader() as st:
             info = st.model(version)
             if not info.has_encoder:
@@ -282,13 +282,14 @@ class Gallery:
 
     # ---- rollout ----------------------------------------------------------------
     def upgrade(self, model: PathLike, report: PathLike, version: str | None = None, force: bool = False,
-                stage: bool = False) -> dict:
+                stage: bool = False, sign_key: PathLike | None = None, require_signed: bool = False) -> dict:
         """Make `model` the query model, admitted by a passing check-compat `report`
         (GateFailed otherwise, unless `force`); `stage` registers it without switching.
         `uncalibrated` in the result: served model pairs still without a threshold."""
         with self._lock:
             self.refresh()
-            result = rollout.upgrade(self.path, model, report, version=version, force=force, stage=stage)
+            result = rollout.upgrade(self.path, model, report, version=version, force=force, stage=stage,
+                                     sign_key=sign_key, require_signed=require_signed)
         return {**result, "uncalibrated": self.uncalibrated()}
 
     def rollback(self, to: str | None = None, allow_missing_model: bool = False) -> dict:

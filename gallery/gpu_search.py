@@ -37,6 +37,7 @@ import numpy as np
 from gallery import gpu_kernels
 from gallery import search as search_mod
 from gallery.errors import BadInput
+from gallery.limits import check_k
 
 if TYPE_CHECKING:
     from gallery.search import SearchResult
@@ -128,8 +129,7 @@ class TorchFlatIndex:
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise BadInput(f"queries have shape {q.shape}, index dimension is {self.dim}")
-        if k < 1:
-            raise BadInput(f"k must be >= 1, got {k}")
+        k = check_k(k)
         scores = np.full((len(q), k), -np.inf, np.float32)
         rows = np.full((len(q), k), -1, np.int64)
         kk = min(k, self.ntotal)
@@ -207,8 +207,7 @@ def search_store(store: "Store", queries: np.ndarray, k: int = 10, threshold: fl
                  query_version: str | None = None, index: TorchFlatIndex | None = None,
                  **kwargs: Any) -> "SearchResult":
     """gallery.search.search, but exact on the GPU: same SearchResult, same thresholds."""
-    if k < 1:
-        raise BadInput(f"k must be >= 1, got {k}")
+    k = check_k(k)
     version = store.resolve_version(query_version or store.active_model)
     q = search_mod.prepare_queries(queries, store.dim)
     index = index or from_store(store, **kwargs)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gallery.errors import BadInput
-from gallery.fingerprint import file_sha256
+from gallery.model_identity import model_sha256
 
 if TYPE_CHECKING:
     from gallery.store import Store
@@ -44,7 +44,7 @@ def problem(store: "Store", version: str) -> str | None:
     path = Path(info.path) if info.path else None  # model() gives it resolved
     if path is None or not path.is_file():
         return f"the file of model {info.version} is missing: {path or '(none recorded)'}"
-    digest = file_sha256(path)
+    digest = model_sha256(path)  # the .onnx and its external data files
     if digest != info.sha256:
         return (f"the file of model {info.version} changed: {path} has sha256 {digest[:12]}..., "
                 f"the store recorded {info.sha256[:12]}...")

@@ -7,6 +7,8 @@ travels inside ONNX `metadata_props` under the `gallery.` prefix.
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -15,6 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from gallery.errors import BadInput
+from gallery.limits import MAX_IMAGE_PIXELS, check_input
 
 META_PREFIX = "gallery."
 COLOR_ORDERS = ("RGB", "BGR", "GRAY")
@@ -33,8 +36,12 @@ class PreprocessSpec:
     def __post_init__(self) -> None:
         if self.color_order not in COLOR_ORDERS:
             raise BadInput(f"colour order {self.color_order!r} not one of {COLOR_ORDERS}")
+        # a declared 100000x100000 input would make the first enrol allocate ~30 GB
+        check_input(self.height, self.width, self.channels, "the model's declared input size")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise BadInput(f"mean/std need {self.channels} values for {self.color_order}")
+        if not all(np.isfinite(self.mean)) or not all(np.isfinite(self.std)) or 0.0 in self.std:
+            raise BadInput(f"mean/std must be finite and std non-zero, got {self.mean}/{self.std}")
 
     @property
     def channels(self) -> int:
@@ -74,13 +81,16 @@ class PreprocessSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "PreprocessSpec":
-        return cls(
-            height=int(data["height"]),
-            width=int(data["width"]),
-            color_order=str(data["color_order"]),
-            mean=tuple(float(v) for v in data["mean"]),
-            std=tuple(float(v) for v in data["std"]),
-        )
+        try:
+            return cls(
+                height=int(data["height"]),
+                width=int(data["width"]),
+                color_order=str(data["color_order"]),
+                mean=tuple(float(v) for v in data["mean"]),
+                std=tuple(float(v) for v in data["std"]),
+            )
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise BadInput(f"malformed preprocessing spec ({exc.__class__.__name__}: {exc})") from None
 
 
 def load_image(path: str | Path, spec: PreprocessSpec) -> np.ndarray:
@@ -88,12 +98,28 @@ def load_image(path: str | Path, spec: PreprocessSpec) -> np.ndarray:
 
     Raises BadInput naming the file when it is not a readable image.
     """
+    limit = MAX_IMAGE_PIXELS.value()
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
+        Image.MAX_IMAGE_PIXELS = limit  # a raised limit is ours to grant, not Pillow's to refuse
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            # Pillow's own bomb guard warns (or raises its own type) at its global limit;
+            # ours is checked from the header, before a single pixel is decoded.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
+            width, height = image.size
+            if width * height > limit:
+                raise BadInput(f"image {path} is {width}x{height} = {width * height:,} pixels, above the "
+                               f"limit {limit:,}; set {MAX_IMAGE_PIXELS.env} to allow more")
             image = image.convert("L" if spec.color_order == "GRAY" else "RGB")
             if image.size != (spec.width, spec.height):
                 image = image.resize((spec.width, spec.height), Image.BILINEAR)
             pixels = np.asarray(image, dtype=np.uint8)
+    except Image.DecompressionBombError as exc:  # raised by Image.open at twice Pillow's limit
+        size = re.search(r"\((\d+) pixels\)", str(exc))
+        raise BadInput(f"image {path} is {int(size[1]) if size else 0:,} pixels, above the limit {limit:,}; "
+                       f"set {MAX_IMAGE_PIXELS.env} to allow more") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise BadInput(f"not a readable image: {path} ({exc.__class__.__name__})") from None
     return to_color_order(pixels, spec)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gallery import limits, validate
 from gallery.errors import BadInput
 from gallery.preprocess import l2_normalize
 
@@ -110,14 +111,13 @@ class SearchResult:
 
 
 def prepare_queries(queries: np.ndarray, dim: int) -> np.ndarray:
-    q = np.asarray(queries, dtype=np.float32)
+    q = np.asarray(queries)
+    validate.real_dtype(q, "queries")
     if q.ndim == 1:
         q = q[None, :]
     if q.ndim != 2 or q.shape[1] != dim:
         raise BadInput(f"queries have dimension {q.shape[-1] if q.ndim else '?'}, store has {dim}")
-    if not np.isfinite(q).all():
-        raise BadInput("queries contain NaN or inf")
-    return l2_normalize(q)
+    return l2_normalize(validate.vectors(q, "queries"))
 
 
 def search(
@@ -137,8 +137,7 @@ def search(
     rerank=F fetches F*k candidates from the (approximate) index and re-scores them
     exactly against the store's own vectors: the recall of IVF's cell coverage at the
     memory of PQ codes, for a few ms of row reads per query."""
-    if k < 1:
-        raise BadInput(f"k must be >= 1, got {k}")
+    k = limits.check_k(k)
     if rerank is not None and rerank < 1:
         raise BadInput(f"rerank must be >= 1, got {rerank}")
     if threshold is not None and not np.isfinite(threshold):
@@ -148,14 +147,25 @@ def search(
     index = store.index(kind=kind)  # a Store, or a serving snapshot with the same method
     if nprobe is not None or ef_search is not None:
         index.set_search_params(nprobe=nprobe, ef_search=ef_search)
-    fetch = k * (rerank or 1)
+    # The index is asked for at most the rows the store holds; slots beyond them are padded
+    # as empty (a k of 10^8 on a 10-row store must not allocate 10^8 columns per query).
+    fetch = max(1, min(k * (rerank or 1), len(store.tombstones())))
     dead = int(index.meta.get("dead", 0))  # removed rows the index still holds (gallery.index)
     scores, rows = index.search(q, fetch + dead)
     if rerank:
         scores, rows = rescore_exactly(store, q, live_first(store, scores, rows, fetch)[1], k)
-    result = assemble(store, version, scores, rows, threshold, keep=k)
+    result = assemble(store, version, *_pad(scores, rows, k), threshold, keep=k)
     result.accept_uncalibrated = accept_uncalibrated
     return result
+
+
+def _pad(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """k columns whatever the store holds: empty slots are row -1, score -inf."""
+    short = k - scores.shape[1]
+    if short <= 0:
+        return scores, rows
+    return (np.pad(scores.astype(np.float32, copy=False), ((0, 0), (0, short)), constant_values=-np.inf),
+            np.pad(rows.astype(np.int64, copy=False), ((0, 0), (0, short)), constant_values=-1))
 
 
 def live_first(store: "Store", scores: np.ndarray, rows: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +174,9 @@ def live_first(store: "Store", scores: np.ndarray, rows: np.ndarray, keep: int) 
     deleted = store.tombstones()
     rows = rows.astype(np.int64, copy=True)
     scores = scores.astype(np.float32, copy=True)
-    dead = (rows < 0) | deleted[np.maximum(rows, 0)] if len(deleted) else rows < 0
+    # a row past the committed ones can only come from a sidecar that is not this store's
+    outside = (rows < 0) | (rows >= len(deleted))
+    dead = outside | deleted[np.clip(rows, 0, max(len(deleted) - 1, 0))] if len(deleted) else outside
     rows[dead] = -1
     scores[dead] = -np.inf
     if dead.any():

@@ -22,6 +22,7 @@ import numpy as np
 
 from gallery.errors import BadInput
 from gallery.index import store_index
+from gallery.limits import check_k
 from gallery.search import prepare_queries
 from gallery.store import Store
 
@@ -89,8 +90,7 @@ class ShardedGallery:
         return int(self.index.ntotal)
 
     def search(self, queries: np.ndarray, k: int = 10) -> ShardedResult:
-        if k < 1:
-            raise BadInput(f"k must be >= 1, got {k}")
+        k = check_k(k)
         q = prepare_queries(queries, self.dim)
         scores, ids = self.index.search(q, int(k))
         hit = ids >= 0

@@ -19,6 +19,7 @@ from typing import Callable
 
 from gallery.compat.checker import CheckConfig, open_protocols, pair_threshold
 from gallery.compat.report import load_report
+from gallery.compat.verdicts import check_report
 from gallery.encoder import load_registered
 from gallery.errors import BadInput
 from gallery.preprocess import l2_normalize
@@ -85,6 +86,7 @@ def set_threshold(store_path: str | Path, query: str, rows: str, value: float) -
 def _from_report(store: Store, report_path: str | Path) -> list[dict]:
     """The report's thresholds whose two models are both versions of this store (by sha256)."""
     report = load_report(report_path)
+    check_report(report)  # thresholds finite cosines, verdicts consistent (gallery/compat/verdicts.py)
     by_sha = {m.sha256: m.version for m in store.models() if m.sha256}
     by_id = {m.model_id: m.version for m in store.models() if m.model_id and not m.sha256}
     roles = {}

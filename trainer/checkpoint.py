@@ -68,7 +68,18 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
         raise BadInput(f"cannot read model {path}: {exc.__class__.__name__}") from None
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise BadInput(f"{path} is not a gallery model file (format {MODEL_FORMAT})")
+    _check_arch(payload.get("arch"), path)
     return payload
+
+
+def _check_arch(arch: Any, path: Path) -> None:
+    """The declared architecture within sane bounds before anything is allocated for it."""
+    from gallery.limits import check_dim, check_input
+
+    if not isinstance(arch, dict) or "dim" not in arch or "image_size" not in arch:
+        raise BadInput(f"{path}: `arch` must be a dict with dim and image_size")
+    check_dim(arch["dim"], f"arch.dim of {path}")
+    check_input(arch["image_size"], arch["image_size"], arch.get("in_channels", 3), f"arch of {path}")
 
 
 @dataclass

@@ -25,6 +25,7 @@ import torch
 
 from gallery.errors import BadInput
 from gallery.fingerprint import strings_sha256
+from gallery.h5safe import open_input
 from trainer.methods.base import CompatMethod, MethodContext
 from trainer.old_model import load_old_model, old_model_id, summary
 
@@ -125,7 +126,7 @@ def read_old_features(path: str | Path, mapped: bool = False) -> OldFeatures:
     if not path.is_file():
         raise BadInput(f"old-features file not found: {path}")
     try:
-        with h5py.File(path, "r") as handle:
+        with open_input(path) as handle:
             if handle.attrs.get("format") != FORMAT:
                 raise BadInput(f"{path} is not a gallery old-features file (format {FORMAT})")
             features = handle["features"]

@@ -103,6 +103,8 @@ def check_compat(
     adapter: Annotated[Optional[Path], typer.Option(
         "--adapter", help="Adapter h: old -> new space (gallery train-adapter): scores new->h(old), "
                           "which the criterion and gates then judge.")] = None,
+    sign_key: Annotated[Optional[Path], typer.Option(
+        "--sign-key", help="Key file: add an HMAC-SHA256 signature (upgrade --require-signed checks it).")] = None,
 ) -> None:
     """Check that new-model queries can search the old model's gallery; exit 1 when a gate fails."""
     json_out = _report_path(as_json, out, legacy)
@@ -116,7 +118,8 @@ def check_compat(
             impostor_pairs=impostor_pairs, distractor_fraction=distractor_fraction,
             gallery_per_identity=gallery_per_identity, batch_size=batch_size,
             save_embeddings=None if save_embeddings is None else str(save_embeddings),
-            adapter=None if adapter is None else str(adapter))
+            adapter=None if adapter is None else str(adapter),
+            sign_key=None if sign_key is None else str(sign_key))
     if as_json:
         emit_json(result.report)
     else:

@@ -37,11 +37,14 @@ def upgrade_cmd(
     version: Optional[str] = typer.Option(None, "--model-version", "--version", help="Name of the new version (default v<N>)."),
     force: bool = typer.Option(False, "--force", help="Upgrade despite a failed gate (recorded in history)."),
     stage: bool = typer.Option(False, "--stage", help="Register and calibrate only; switch later (shadow it first)."),
+    sign_key: Optional[Path] = typer.Option(None, "--sign-key", help="Key file: check the report's HMAC signature."),
+    require_signed: bool = typer.Option(False, "--require-signed", help="Refuse a report not signed with --sign-key."),
     as_json: bool = JSON,
 ) -> None:
     """Make --model the query model, admitted by a passing compatibility report."""
     with gallery.open(store) as g:
-        result = g.upgrade(model, report, version=version, force=force, stage=stage)
+        result = g.upgrade(model, report, version=version, force=force, stage=stage,
+                           sign_key=sign_key, require_signed=require_signed)
     warn_uncalibrated(result["uncalibrated"], store)
     if as_json:
         emit_json(result)

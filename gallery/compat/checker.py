@@ -19,12 +19,14 @@ from gallery.compat.protocols import PairProtocol, ProtocolConfig, SearchProtoco
 from gallery.compat.report import build_report
 from gallery.compat.plots import plot_curves
 from gallery.compat.report import write_report
+from gallery.compat.signing import read_key, sign
 from gallery.encoder import describe, load_encoder, old_space_view
 from gallery.errors import BadInput, GateFailed
 from gallery.fingerprint import file_sha256
 from gallery.metrics.identification import identification_report, mean_identification_report, search_stats
 from gallery.metrics.retrieval import mean_average_precision
 from gallery.metrics.verification import DEFAULT_FARS, threshold_at_far, verification_report
+from gallery.model_identity import model_sha256
 from gallery.preprocess import l2_normalize
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class CheckConfig:
     batch_size: int = 64
     save_embeddings: str | None = None
     adapter: str | None = None             # h: old space -> new space (gallery train-adapter)
+    sign_key: str | None = None            # key file: the report gets an HMAC-SHA256 (compat/signing.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,12 +97,14 @@ def _validate(config: CheckConfig) -> None:
         raise BadInput(f"--headline must be auto, rank1 or tar, got {config.headline!r}")
     if config.batch_size < 1:
         raise BadInput(f"--batch-size must be >= 1, got {config.batch_size}")
+    if config.sign_key is not None:
+        read_key(config.sign_key)  # a bad key fails now, not after the embedding
 
 
 def _file_identity(path: str) -> dict:
     if not Path(path).is_file():
         raise BadInput(f"model file not found: {path}")
-    return {"sha256": file_sha256(path), "model_id": None, "path": str(Path(path).resolve()), "format": "unknown"}
+    return {"sha256": model_sha256(path), "model_id": None, "path": str(Path(path).resolve()), "format": "unknown"}
 
 
 def _roles(config: CheckConfig) -> dict[str, str | None]:
@@ -297,6 +302,8 @@ def run_check(
         headline=headline, summary=summary, gates=gates,
         thresholds=_thresholds(name_roles, curves, identities, config.target_far), config=config.to_dict(),
     )
+    if config.sign_key is not None:
+        report = sign(report, read_key(config.sign_key))
     return CheckResult(report=report, curves=curves)
 
 

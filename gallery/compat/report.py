@@ -70,10 +70,19 @@ def validate_report(report: dict) -> dict:
         raise BadInput(f"compat report lacks {', '.join(missing)}")
     if not isinstance(report["passed"], bool):
         raise BadInput("compat report: 'passed' must be true or false")
+    models = report["models"]
+    if not isinstance(models, dict) or not all(isinstance(m, dict) for m in models.values()):
+        raise BadInput("compat report: 'models' must be an object of model identities")
     for role in ("old", "new"):
-        if "sha256" not in report["models"].get(role, {}):
+        if not isinstance(models.get(role, {}).get("sha256"), (str, type(None))) or \
+                "sha256" not in models.get(role, {}):
             raise BadInput(f"compat report: models.{role}.sha256 missing")
+    for key, kind in (("thresholds", list), ("gates", list), ("failed_gates", list)):
+        if not isinstance(report[key], kind):
+            raise BadInput(f"compat report: '{key}' must be a list")
     for entry in report["thresholds"]:
+        if not isinstance(entry, dict):
+            raise BadInput("compat report: a threshold entry is not an object")
         lacking = [k for k in THRESHOLD_KEYS if k not in entry]
         if lacking:
             raise BadInput(f"compat report: a threshold entry lacks {', '.join(lacking)}")
@@ -97,6 +106,12 @@ def write_report(report: dict, path: str | Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=2, sort_keys=True, default=_jsonable) + "\n")
     tmp.replace(path)
+
+
+def as_json_values(report: dict) -> dict:
+    """The report exactly as a reader will load it back from its JSON file (numpy values
+    as Python numbers, tuples as lists): what a signature must cover."""
+    return json.loads(json.dumps(report, default=_jsonable))
 
 
 def _jsonable(value):

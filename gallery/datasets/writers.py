@@ -20,6 +20,7 @@ from typing import Callable, Mapping, Sequence
 
 import h5py
 import numpy as np
+from gallery.h5safe import open_input
 from PIL import Image
 
 HDF5_FORMAT = "gallery.images/1"
@@ -71,7 +72,7 @@ def write_hdf5(
 
 def read_hdf5(path: Path) -> dict[str, np.ndarray]:
     """Load a split written by write_hdf5 (used by tests and small tools)."""
-    with h5py.File(path, "r") as handle:
+    with open_input(path) as handle:
         data = {key: handle[key][()] for key in handle.keys()}
         data["attrs"] = dict(handle.attrs)
     for key in ("classes", "names"):

@@ -19,10 +19,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
+from gallery.arrayfiles import READ_ERRORS, load_npy
 from gallery.errors import BadInput
+from gallery.h5safe import open_input
 from gallery.store.core import Store
 from gallery.store.schema import ModelInfo
 
@@ -62,18 +63,17 @@ def read_dlib_encodings(path: str | Path, ids: str | Path | None = None
 
 def _read_npy(path: Path) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
+        return load_npy(path)
     except ValueError as exc:
         raise BadInput(f"{path}: not a plain numeric .npy ({str(exc)[:80]})") from None
-    except OSError:
-        raise BadInput(f"{path}: not a readable .npy file") from None
+    except READ_ERRORS as exc:
+        raise BadInput(f"{path}: not a readable .npy file ({exc.__class__.__name__})") from None
 
 
 def _read_id_csv(path: Path) -> tuple[list[str], list[str]]:
     if not path.is_file():
         raise BadInput(f"ids file not found: {path}")
-    with open(path, newline="") as handle:
-        rows = [r for r in csv.reader(handle) if r]
+    rows = _csv_rows(path)
     if not rows or [c.strip().lower() for c in rows[0][:2]] != ["id", "label"] or len(rows[0]) != 2:
         raise BadInput(f"{path}: header must be exactly id,label")
     bad = [n for n, r in enumerate(rows[1:], start=2) if len(r) != 2]
@@ -82,9 +82,16 @@ def _read_id_csv(path: Path) -> tuple[list[str], list[str]]:
     return [r[0] for r in rows[1:]], [r[1] for r in rows[1:]]
 
 
+def _csv_rows(path: Path) -> list[list[str]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return [r for r in csv.reader(handle) if r]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise BadInput(f"{path}: not a UTF-8 CSV text file ({exc.__class__.__name__})") from None
+
+
 def _read_csv(path: Path) -> tuple[np.ndarray, list[str], list[str]]:
-    with open(path, newline="") as handle:
-        rows = [r for r in csv.reader(handle) if r]
+    rows = _csv_rows(path)
     if not rows or [c.strip().lower() for c in rows[0][:2]] != ["id", "label"]:
         raise BadInput(f"{path}: header must start with id,label followed by the encoding columns")
     width = len(rows[0])
@@ -103,7 +110,7 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[str], list[str]]:
 
 def _read_h5(path: Path) -> tuple[np.ndarray, list[str], list[str]]:
     try:
-        with h5py.File(path, "r") as handle:
+        with open_input(path) as handle:
             missing = [k for k in ("encodings", "ids", "labels") if k not in handle]
             if missing:
                 raise BadInput(f"{path}: missing dataset(s) {', '.join(missing)} "
@@ -111,8 +118,8 @@ def _read_h5(path: Path) -> tuple[np.ndarray, list[str], list[str]]:
             encodings = np.asarray(handle["encodings"][...])
             item_ids = [_text(v) for v in handle["ids"][...]]
             labels = [_text(v) for v in handle["labels"][...]]
-    except OSError:
-        raise BadInput(f"{path}: not a readable HDF5 file") from None
+    except READ_ERRORS as exc:
+        raise BadInput(f"{path}: not a readable HDF5 file ({exc.__class__.__name__})") from None
     return encodings, item_ids, labels
 
 

@@ -22,7 +22,8 @@ import numpy as np
 import onnxruntime as ort
 
 from gallery.errors import BadInput
-from gallery.fingerprint import file_sha256
+from gallery.limits import check_dim
+from gallery.model_identity import model_sha256
 from gallery.preprocess import META_PREFIX, PreprocessSpec
 from gallery.registry import Registry
 
@@ -113,7 +114,7 @@ def import_encoder(model_path: str | Path, preset: str, out: str | Path, *, name
     spec = resolve_spec(chosen, _shape(graph_input), overrides or {})
     _check_channels(graph_input, spec, model_path)
     batch_dynamic = _make_batch_dynamic(model)
-    dim = _probe_dim(model, spec, model_path)
+    dim = check_dim(_probe_dim(model, spec, model_path), f"output of {model_path}")
     if batch_dynamic and not _batch_consistent(model, spec):
         log.info("%s does not batch after freeing the batch axis; keeping its fixed batch", model_path)
         model = onnx.load(str(model_path))
@@ -125,7 +126,7 @@ def import_encoder(model_path: str | Path, preset: str, out: str | Path, *, name
         META_PREFIX + "model_id": weights_fingerprint(model),
         META_PREFIX + "preset": preset,
         META_PREFIX + "alignment": chosen.alignment,
-        META_PREFIX + "source_sha256": file_sha256(model_path),
+        META_PREFIX + "source_sha256": model_sha256(model_path),
         META_PREFIX + "source_name": model_path.name,
     })
     kept = [p for p in model.metadata_props if not p.key.startswith(META_PREFIX)]
@@ -134,7 +135,7 @@ def import_encoder(model_path: str | Path, preset: str, out: str | Path, *, name
     for key, value in sorted(meta.items()):
         model.metadata_props.add(key=key, value=value)
     _save_atomic(onnx, model, out)
-    return {"out": str(out), "sha256": file_sha256(out), "dim": dim, "preset": preset,
+    return {"out": str(out), "sha256": model_sha256(out), "dim": dim, "preset": preset,
             "alignment": chosen.alignment, "preprocess": spec.to_dict(),
             "model_id": meta[META_PREFIX + "model_id"], "source_sha256": meta[META_PREFIX + "source_sha256"],
             "batch": _shape(model.graph.input[0])[0]}

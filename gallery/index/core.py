@@ -171,11 +171,27 @@ class GalleryIndex:
     @classmethod
     def load(cls, path: Path) -> "GalleryIndex":
         faiss = faiss_module()
-        meta = json.loads(Path(str(path) + ".json").read_text())
+        meta = _checked_meta(json.loads(Path(str(path) + ".json").read_text()))
         index = faiss.read_index(str(path))
         if index.ntotal != meta["count"]:
             raise ValueError(f"index holds {index.ntotal} vectors, its record says {meta['count']}")
         return cls(index, meta)
+
+
+def _checked_meta(meta: Any) -> dict:
+    """A sidecar record is a file next to the store, so anyone may have edited it: the
+    numbers a search uses must be what they claim (ValueError -> the caller rebuilds)."""
+    if not isinstance(meta, dict):
+        raise ValueError("index record is not a JSON object")
+    for key in ("count", "rows", "dead", "excluded"):
+        value = meta.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"index record: {key} must be a non-negative integer, got {value!r}")
+    if meta.get("dead", 0) > meta.get("count", 0) or not isinstance(meta.get("checksum"), str):
+        raise ValueError("index record: dead exceeds count, or checksum missing")
+    if not isinstance(meta.get("params", {}), dict) or not isinstance(meta.get("kind", ""), str):
+        raise ValueError("index record: params must be an object and kind a string")
+    return meta
 
 
 def new_faiss_index(p: IndexParams, dim: int) -> Any:

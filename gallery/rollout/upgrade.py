@@ -22,6 +22,7 @@ import math
 from pathlib import Path
 
 from gallery import modelfiles
+from gallery.compat import signing, verdicts
 from gallery.compat.report import load_report
 from gallery.encoder import load_encoder
 from gallery.errors import BadInput, GateFailed
@@ -123,16 +124,33 @@ def _summary(report: dict, path: Path, digest: str) -> dict:
     return {"path": str(path.resolve()), "sha256": digest, **kept}
 
 
+def check_report(report: dict, sign_key: str | Path | None = None, require_signed: bool = False) -> dict:
+    """Every check a report passes before it may admit a model; what ran, for history.
+
+    Its verdicts are recomputed from its own numbers (gallery/compat/verdicts.py) and,
+    with a key, its HMAC is checked (gallery/compat/signing.py). The model hashes are
+    matched against the store and --model afterwards, in `_plan`."""
+    key = signing.read_key(sign_key) if sign_key is not None else None
+    signature = signing.verify(report, key, require_signed)
+    ran = ["schema", *verdicts.check_report(report), "model-sha256"]
+    tool = report.get("tool") if isinstance(report.get("tool"), dict) else {}
+    return {"ran": ran + (["signature"] if signature == "verified" else []), "signature": signature,
+            "report_tool_version": tool.get("version")}
+
+
 def upgrade(store_path: str | Path, model_path: str | Path, report_path: str | Path,
-            version: str | None = None, force: bool = False, stage: bool = False) -> dict:
+            version: str | None = None, force: bool = False, stage: bool = False,
+            sign_key: str | Path | None = None, require_signed: bool = False) -> dict:
     """Register `model_path` (if new), store its thresholds and make it the query model.
 
     `stage` stops before the switch: the model is registered with its thresholds, so
     `gallery shadow --new VERSION` can compare it before the cut-over; running the
-    upgrade again without `stage` then only switches.
+    upgrade again without `stage` then only switches. `sign_key`/`require_signed`:
+    see `check_report`.
     """
     report_path, model_path = Path(report_path), Path(model_path)
     report = load_report(report_path)
+    checks = check_report(report, sign_key, require_signed)
     if not model_path.is_file():
         raise BadInput(f"model file not found: {model_path}")
     info = ModelInfo.from_encoder(version or "pending", load_encoder(model_path))
@@ -145,7 +163,8 @@ def upgrade(store_path: str | Path, model_path: str | Path, report_path: str | P
     digest = file_sha256(report_path)
     with Store.open(store_path, "a") as st:
         plan = _plan(st, report, info, version)  # again, under the lock
-        return _apply(st, plan, info, _summary(report, report_path, digest), force, stage)
+        summary = {**_summary(report, report_path, digest), "checks": checks}
+        return _apply(st, plan, info, summary, force, stage)
 
 
 def _apply(st: Store, plan: dict, info: ModelInfo, summary: dict, force: bool, stage: bool) -> dict:
@@ -175,7 +194,7 @@ def _apply(st: Store, plan: dict, info: ModelInfo, summary: dict, force: bool, s
     forced_over = plan["failures"] if force else []
     result = state.record(
         st, "stage" if stage else "upgrade", **{"from": old, "to": new, "registered": plan["register"],
-                          "report": {k: summary[k] for k in ("path", "sha256", "passed", "failed_gates")},
+                          "report": {k: summary[k] for k in ("path", "sha256", "passed", "failed_gates", "checks")},
                           "forced": bool(forced_over), "forced_over": forced_over,
                           "thresholds": [{"query": q, "gallery": g, "threshold": v, "far": far}
                                          for q, g, v, far in plan["thresholds"]],

@@ -11,6 +11,7 @@ small, documented surface: `add_model`, `set_active_model`, `set_alias`,
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -21,6 +22,7 @@ import h5py
 import numpy as np
 
 from gallery.errors import BadInput, GalleryError
+from gallery.h5safe import refuse_pointers
 from gallery.store import bytelog, migrations, schema
 from gallery.store.layout import EMPTY_CHAIN, init_layout, write_model  # noqa: F401
 from gallery.store.locking import WriterLock
@@ -36,13 +38,24 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
     # HDF5's own file locking is off: our flock serialises writers, and readers must
     # keep working while a writer is (or was, before a crash) holding the file.
     try:
-        return h5py.File(path, mode, locking=False)
+        # HDF5 opened for writing writes to the file even when it then fails (a superblock
+        # into an empty file), so a writer's file is checked read-only first. The check (a
+        # store is data, never links to other files: h5safe) walks every object on a
+        # throwaway handle: walking the real one would load every object header at open,
+        # and a reader would then mix that older metadata with a concurrent writer's data.
+        if mode != "r" and not h5py.is_hdf5(path):
+            raise OSError("no HDF5 signature (")
+        refuse_pointers(h5py.File(path, "r", locking=False), path).close()
+        handle = h5py.File(path, mode, locking=False)
     except (OSError, ValueError) as exc:
         reason = str(exc).split("(")[0].strip() or type(exc).__name__
+        if getattr(exc, "errno", None) == errno.EACCES:
+            reason = "permission denied"
         cut = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", str(exc))
         if cut:  # say how much is missing: a copy cut short, or a write that hit a size limit
             reason = f"truncated: {cut[1]} of {cut[2]} bytes"
         raise BadInput(f"cannot open store {path}: not a readable HDF5 file ({reason})") from None
+    return handle
 
 
 class Store(ModelRecords):
@@ -63,8 +76,8 @@ class Store(ModelRecords):
             raise BadInput(f"store already exists: {path}")
         if dtype not in schema.DTYPES:
             raise BadInput(f"embedding dtype {dtype!r} not one of {schema.DTYPES}")
-        if model.dim < 1:
-            raise BadInput(f"embedding dimension must be >= 1, got {model.dim}")
+        from gallery.limits import check_dim
+        check_dim(model.dim, f"store {path}")
         schema.check_version_name(model.version)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
@@ -189,7 +202,9 @@ class Store(ModelRecords):
     # ---- rows, search, integrity (delegated) -------------------------------------
     def enroll(self, embeddings: np.ndarray, ids: Sequence[str], identities: Sequence[str] | None = None,
                **kwargs: Any) -> dict:
+        from gallery import validate
         from gallery.store import items
+        validate.enrolment(embeddings, ids, identities)  # values no store may hold (gallery/validate.py)
         return self._with_index_caught_up(items.enroll(self, embeddings, ids, identities, **kwargs))
 
     def remove(self, ids: Sequence[str]) -> dict:

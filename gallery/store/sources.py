@@ -11,9 +11,9 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import h5py
 import numpy as np
 
+from gallery.arrayfiles import read_embedding_file
 from gallery.errors import BadInput
 from gallery.imagefolder import IMAGE_SUFFIXES, list_image_folder
 
@@ -25,8 +25,11 @@ def read_ids_file(path: str | Path) -> tuple[list[str], list[str] | None]:
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"ids file not found: {path}")
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = [r for r in csv.reader(handle) if r and any(c.strip() for c in r)]
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = [r for r in csv.reader(handle) if r and any(c.strip() for c in r)]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise BadInput(f"{path}: not a UTF-8 CSV text file ({exc.__class__.__name__})") from None
     if rows and [c.strip().lower() for c in rows[0]][:1] == ["id"]:
         rows = rows[1:]
     if not rows:
@@ -44,24 +47,7 @@ def read_embeddings_file(path: str | Path, ids_path: str | Path | None = None, n
     """.npy (ids from `ids_path`) or .h5 with `embeddings` and optional `ids`/`identities`.
     Enrolment needs ids; queries (`need_ids=False`) may come without."""
     path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"embeddings file not found: {path}")
-    ids = identities = None
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            emb = np.load(path, allow_pickle=False)  # never unpickle user files
-        elif suffix in (".h5", ".hdf5"):
-            with h5py.File(path, "r", locking=False) as h5:
-                if "embeddings" not in h5:
-                    raise BadInput(f"{path} has no `embeddings` dataset")
-                emb = h5["embeddings"][:]
-                ids = [str(v) for v in h5["ids"].asstr()[:]] if "ids" in h5 else None
-                identities = [str(v) for v in h5["identities"].asstr()[:]] if "identities" in h5 else None
-        else:
-            raise BadInput(f"embeddings file must be .npy or .h5: {path}")
-    except (OSError, ValueError) as exc:
-        raise BadInput(f"cannot read embeddings from {path} ({exc.__class__.__name__})") from None
+    emb, ids, identities = read_embedding_file(path)  # refuses pickles, pointers, malformed files
     if ids_path is not None:
         ids, identities = read_ids_file(ids_path)
     if ids is None and need_ids:
@@ -74,11 +60,11 @@ def read_embeddings_file(path: str | Path, ids_path: str | Path | None = None, n
     return emb, ids, identities
 
 
-
 def read_queries(path: str | Path) -> tuple[np.ndarray, list[str]]:
     """A .npy/.h5 file of query embeddings -> (queries, names: the .h5's ids or row numbers)."""
     queries, ids, _ = read_embeddings_file(path, need_ids=False)
     return queries, ids or [str(i) for i in range(len(queries))]
+
 
 def list_labelled_images(root: str | Path, labels: str | Path | None = None
                          ) -> tuple[list[Path], list[str], list[str]]:

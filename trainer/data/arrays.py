@@ -40,9 +40,9 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
             with np.load(path, allow_pickle=False) as data:  # never unpickle
                 return _pick(path, {k: data[k] for k in data.files})
         if path.suffix in (".h5", ".hdf5"):
-            import h5py
+            from gallery.h5safe import open_input
 
-            with h5py.File(path, "r") as data:
+            with open_input(path) as data:
                 return _pick(path, {k: data[k][()] for k in data.keys() if k in
                                     ("images", "labels", "classes")})
     except (OSError, ValueError) as exc:

@@ -22,6 +22,7 @@ from gallery.compat.evalsets.base import EvalSet
 from gallery.compat.protocols import PairProtocol, ProtocolConfig
 from gallery.errors import BadInput
 from gallery.fingerprint import file_sha256
+from gallery.h5safe import open_input
 
 ROLES = ("old", "new", "reference")
 
@@ -32,7 +33,7 @@ def read_embeddings(path: str | Path) -> dict:
     if not path.is_file():
         raise BadInput(f"embeddings file not found: {path}")
     try:
-        handle = h5py.File(path, "r")
+        handle = open_input(path)
     except OSError:
         raise BadInput(f"{path} is not an HDF5 file") from None
     with handle:
