@@ -120,6 +120,8 @@ COMMANDS: list[tuple[str, list[str]]] = [
     ("export-store", ["export-store", "{emb.h5}", "--out", "@o.npz"]),
     ("train", ["train", "--data", "{imgs}", "--arch", "small", "--epochs", "1", "--dim", "#16",
                "--image-size", "#32", "--out", "@t.pt", "--threads", "1"]),
+    ("train-adapter", ["train-adapter", "--old", "{v1.onnx}", "--new", "{v2.onnx}", "--data", "{imgs}",
+                       "--out", "@a.onnx", "--epochs", "1", "--hidden", "#8", "--threads", "1"]),
     # (--epochs is not fuzzed: 10^23 epochs is a request to train that long, not a malformed input)
     ("train-compatible", ["train-compatible", "--old", "{v1.onnx}", "--data", "{imgs}", "--arch", "small",
                           "--dim", "#16", "--image-size", "#32", "--epochs", "1", "--out", "@tc.pt", "--threads", "1"]),
