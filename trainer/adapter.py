@@ -37,6 +37,7 @@ from torch import nn
 from gallery.adapter import ADAPTER_FORMAT, adapter_metadata, load_adapter
 from gallery.errors import BadInput, GalleryError, GateFailed
 from gallery.fingerprint import file_sha256, strings_sha256
+from gallery.limits import MAX_DIM
 
 from trainer.checkpoint import weights_fingerprint
 from trainer.report import plot_loss, write_metrics
@@ -84,6 +85,9 @@ class AdapterConfig:
         for name in ("hidden", "depth", "epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise BadInput(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if int(self.hidden) > MAX_DIM.value():  # a layer of that width is allocated up front
+            raise BadInput(f"--hidden must be <= {MAX_DIM.value():,} (set {MAX_DIM.env} to allow more), "
+                           f"got {self.hidden:,}")
         for name in ("lr", "temperature"):
             if not float(getattr(self, name)) > 0:
                 raise BadInput(f"--{name} must be > 0, got {getattr(self, name)}")
