@@ -55,7 +55,7 @@ def _world(root: Path) -> dict[str, Path]:
 
     from cli_helpers import ok, run
     from gallery.store import ModelInfo, Store
-    from test_encoder import make_onnx_encoder, write_digit_folder
+    from tiny_models import make_onnx_encoder, write_digit_folder
 
     rng = np.random.default_rng(0)
     make_onnx_encoder(root / "v1.onnx", seed=0)

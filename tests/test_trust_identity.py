@@ -24,7 +24,7 @@ onnx = pytest.importorskip("onnx")
 from onnx.external_data_helper import _get_all_tensors, uses_external_data  # noqa: E402
 
 from cli_helpers import run  # noqa: E402
-from test_encoder import make_onnx_encoder, write_digit_folder  # noqa: E402
+from tiny_models import make_onnx_encoder, write_digit_folder  # noqa: E402
 
 
 def _external(folder: Path, seed: int = 0, locations: tuple[str, ...] = ("w.bin",)) -> Path:

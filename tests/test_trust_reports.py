@@ -19,7 +19,7 @@ from gallery.model_identity import model_sha256
 from gallery.store import Store
 
 pytest.importorskip("torch")
-from test_encoder import make_onnx_encoder, write_digit_folder  # noqa: E402
+from tiny_models import make_onnx_encoder, write_digit_folder  # noqa: E402
 
 KEY = b"0123456789abcdef0123456789abcdef"
 
