@@ -32,6 +32,9 @@ class TorchEncoder:
                  identity: dict[str, Any], device: torch.device) -> None:
         self.module, self.spec, self.dim = module, spec, int(dim)
         self.identity, self.device = identity, device
+        # the spec's mean/std as (1, C, 1, 1) device tensors, made once (embed_uint8 per batch)
+        self._mean = torch.tensor(spec.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self._std = torch.tensor(spec.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         # a v2 trained with a change of dimension (trainer.projection) also maps into v1's space
         projection = getattr(module, "projection", None)
         self.old_space_dim = int(projection.out_features) if projection is not None else None
@@ -51,9 +54,7 @@ class TorchEncoder:
         """NHWC uint8 in the spec's colour order -> (N, dim): gallery.preprocess.to_tensor's
         (x - mean) / std in float32, done on the device."""
         pixels = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float()
-        mean = torch.tensor(self.spec.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.spec.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        tensor = ((pixels - mean) / std).contiguous()
+        tensor = ((pixels - self._mean) / self._std).contiguous()
         return self.module(tensor).float().cpu().numpy()
 
     @torch.no_grad()

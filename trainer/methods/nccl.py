@@ -90,7 +90,7 @@ class NCCL(OldFeatureMethod):
         labels: torch.Tensor,
         indices: torch.Tensor,
         head: nn.Module,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.feat_queue.numel() == 0:
             raise RuntimeError("nccl: prepare() was not called before loss()")
         dtype = torch.promote_types(embeddings.dtype, torch.float32)  # fp32 under autocast
@@ -106,5 +106,4 @@ class NCCL(OldFeatureMethod):
                             positive, self.temperature)
         l2 = queue_contrast(new_logits, self.logit_queue, weight, positive, self.temperature)
         total = head_loss + self.alpha * l1 + self.beta * l2
-        return total, {"head_loss": float(head_loss.detach()), "l1": float(l1.detach()),
-                       "l2": float(l2.detach())}
+        return total, {"head_loss": head_loss.detach(), "l1": l1.detach(), "l2": l2.detach()}

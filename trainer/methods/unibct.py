@@ -122,11 +122,11 @@ class UniBCT(OldFeatureMethod):
         labels: torch.Tensor,
         indices: torch.Tensor,
         head: nn.Module,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.prototypes.numel() == 0:
             raise RuntimeError("unibct: prepare() was not called before loss()")
         head_loss = head(embeddings, labels)
         influence = F.cross_entropy(cosine_logits(embeddings, self.prototypes), labels)
         # a tensor factor, not `if self.active`: no host sync per step on a GPU
         total = head_loss + self.influence_weight * self.active.to(influence) * influence
-        return total, {"head_loss": float(head_loss.detach()), "influence": float(influence.detach())}
+        return total, {"head_loss": head_loss.detach(), "influence": influence.detach()}
