@@ -26,7 +26,9 @@ def create_column(items: h5py.Group, name: str, rows: int = 0) -> h5py.Dataset:
 def init_layout(h5: h5py.File, model: ModelInfo, dtype: str) -> None:
     h5.attrs.update({
         "format": schema.FORMAT, "schema_version": schema.SCHEMA_VERSION,
-        "created": schema.now_iso(), "dim": model.dim, "dtype": dtype,
+        # microseconds: `created` tells stores apart (an engine view names its store by it);
+        # two stores made in the same second had the same identity
+        "created": schema.now_iso("microseconds"), "dim": model.dim, "dtype": dtype,
         "active_model": model.version, "aliases": "{}",
     })
     h5.create_group("models")
