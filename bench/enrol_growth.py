@@ -72,8 +72,7 @@ def main() -> None:
                   f"{row['thousand_rows_s']:.3f} s, duplicate rejected {row['duplicate_rejected_s']:.3f} s",
                   flush=True)
     finally:
-        for leftover in (path, Path(str(path) + ".lock")):
-            leftover.unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=True)  # a store is a directory (schema v3)
         if a.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     out = {"dim": DIM, "dtype": "float16", "cpus": os.cpu_count(), "load_avg": os.getloadavg(),

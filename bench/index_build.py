@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from scale import CHUNK, Data, latency, recall_at_k, rss_gib  # noqa: E402
 
 from gallery.errors import BadInput  # noqa: E402
+from gallery.index import sidecar_path  # noqa: E402
 from gallery.store import ModelInfo, Store  # noqa: E402
 from gallery.store.ranges import live_blocks  # noqa: E402
 
@@ -45,7 +46,7 @@ def make_store(path: Path, rows: int, data: Data, call_rows: int = 1_000_000) ->
             st.enroll(emb, [f"r{i}" for i in range(start, start + len(emb))], batch_size=65536)
             per_call.append({"start_row": start, "rows_per_s": len(emb) / (time.perf_counter() - t)})
             print(f"enrolled {start + len(emb):,} rows ({per_call[-1]['rows_per_s']:,.0f} rows/s)", flush=True)
-    return {"file_bytes": path.stat().st_size, "enrol_calls": per_call}
+    return {"file_bytes": sum(f.stat().st_size for f in path.iterdir()), "enrol_calls": per_call}
 
 
 def exact_topk(store: Store, q: np.ndarray, k: int) -> np.ndarray:
@@ -96,7 +97,7 @@ def child(args: argparse.Namespace) -> None:
         out["build_s"] = time.perf_counter() - t
         out["peak_rss_gib"] = rss_gib("VmHWM")
         out["params"], out["train_rows"] = index.meta["params"], index.meta["train_rows"]
-        out["sidecar_bytes"] = Path(str(st.path) + ".index").stat().st_size
+        out["sidecar_bytes"] = sidecar_path(st).stat().st_size
         out["p50_ms"], out["p99_ms"], out["batch_qps"] = latency(index, q, 10, min(len(q), 100))
         out["recall@10"] = recall_at_k(truth, index.search(q, 10)[1])
         if "nprobe" in (index.meta["params"] or {}) and index.meta["params"]["nprobe"]:
@@ -158,7 +159,8 @@ def main() -> None:
     if not args.store.exists():
         results["store"] = make_store(args.store, args.rows, data)
     with Store.open(args.store) as st:
-        results["rows"], results["file_bytes"] = st.committed, args.store.stat().st_size
+        results["rows"] = st.committed
+        results["file_bytes"] = sum(f.stat().st_size for f in args.store.iterdir() if f.name.startswith("seg-"))
         q = data.queries(st.committed, args.queries)
         t = time.perf_counter()
         truth = exact_topk(st, q, 10)

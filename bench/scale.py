@@ -120,8 +120,7 @@ def recall_at_k(reference: np.ndarray, got: np.ndarray) -> float:
 def bench_store(cfg: Config, data: Data, n: int, dtype: str) -> dict:
     """Enrol n rows into a fresh store in calls of enrol_call_rows; size and throughput."""
     path = Path(cfg.workdir) / f"scale_{n}_{dtype}.h5"
-    for p in (path, Path(str(path) + ".lock")):
-        p.unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=True)  # a store is a directory (schema v3)
     per_call, total = [], 0.0
     calls = max(1, cfg.enrol_call_rows // CHUNK)
     with Store.create(path, ModelInfo(version="v1", dim=cfg.dim, model_id="synthetic"), dtype=dtype) as st:
@@ -138,9 +137,9 @@ def bench_store(cfg: Config, data: Data, n: int, dtype: str) -> dict:
     with Store.open(path) as st:
         loaded = st.embeddings()
     load_s = time.perf_counter() - t
-    size = path.stat().st_size
+    size = sum(f.stat().st_size for f in path.iterdir() if f.name.startswith(("seg-", "MANIFEST")))
     del loaded
-    path.unlink()
+    shutil.rmtree(path)
     return {"dtype": dtype, "file_bytes": size, "bytes_per_row": size / n, "enrol_s": total,
             "enrol_rows_per_s": n / total, "enrol_first_call_rows_per_s": per_call[0],
             "enrol_last_call_rows_per_s": per_call[-1], "load_all_s": load_s}

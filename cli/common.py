@@ -28,7 +28,7 @@ DEFAULTS_HELP = f"flat to {FLAT_MAX:,} rows, ivf to {IVF_MAX:,}, ivfsq8 to {IVFS
 
 # Every command that takes a store takes it as its first positional argument, defaulting to
 # $GALLERY_STORE when omitted (tests/test_cli_vocabulary.py checks every registered command).
-STORE_ARG = typer.Argument(..., envvar="GALLERY_STORE", show_envvar=False, help="Store file (default: $GALLERY_STORE).")
+STORE_ARG = typer.Argument(..., envvar="GALLERY_STORE", show_envvar=False, help="Store (a directory; default: $GALLERY_STORE).")
 JSON_FLAG = typer.Option(False, "--json", help="Print the result as JSON.")
 # Face photos (gallery.faces via gallery.ingest): detect + align with YuNet.
 DETECT = typer.Option(None, "--detect/--no-detect", help="Face photos: detect and align faces with YuNet "

@@ -52,7 +52,12 @@ def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
+    no_fsync: bool = typer.Option(False, "--no-fsync", help="Benchmarks only: skip fsync (a power loss can "
+                                  "lose acknowledged commits)."),
 ) -> None:
+    if no_fsync:
+        import os
+        os.environ["GALLERY_NO_FSYNC"] = "1"  # read by gallery.store.manifest.durable_default
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -110,10 +110,11 @@ class Gallery:
         with self._reader() as st:
             return st.info()
 
-    def verify(self) -> dict:
-        """Integrity report (`ok`, `problems`, `warnings`); damage is reported, not raised."""
+    def verify(self, quick: bool = False) -> dict:
+        """Integrity report (`ok`, `problems` naming damaged files, `warnings`); damage is
+        reported, not raised. `quick`: every listed file present with its size, no reading."""
         with self._reader() as st:
-            return st.verify()
+            return st.verify(quick=quick)
 
     def export(self, out: PathLike) -> dict:
         """Write the live rows (embeddings, ids, identities, model versions) to a .h5 or .npz."""
@@ -276,9 +277,21 @@ class Gallery:
         return {"model": info.version, "path": stored, "file": info.path, "previous": previous}
 
     def migrate(self) -> dict:
-        """Bring an older store to the current schema (opening it for writing does it)."""
+        """The store's schema (a single-file v1/v2 store is converted by
+        gallery.store.migrations.migrate_path before any Gallery can open it)."""
+        from gallery.store.migrations import migrate_path
+
+        with self._lock:
+            self.refresh()
+            return migrate_path(self.path)
+
+    def compact(self, dry_run: bool = False) -> dict:
+        """Merge small segment, deletion and overlay files in one commit (`dry_run`: say what)."""
+        if dry_run:
+            with self._reader() as st:
+                return st.compact(dry_run=True)
         with self._writer() as st:
-            return {"path": str(self.path), "schema_version": st.schema_version}
+            return st.compact()
 
     # ---- rollout ----------------------------------------------------------------
     def upgrade(self, model: PathLike, report: PathLike, version: str | None = None, force: bool = False,

@@ -56,3 +56,23 @@ def report(root: Path, old: str, new: str, name: str, *gates: str) -> Path:
                  "--json", out, "--impostor-pairs", "2000", *gates)
     assert out.is_file(), result.stdout + result.stderr
     return out
+
+
+def store_sha256(path) -> str:
+    """sha256 of a store's state, to check a refused command changed nothing: a file's bytes,
+    or for a store directory every file's name and bytes (MANIFEST, segments, deletions...),
+    except the writer's pid note (LOCK) and the index sidecar (derived data readers rewrite)."""
+    import hashlib
+    from pathlib import Path
+
+    from gallery.fingerprint import file_sha256
+
+    path = Path(path)
+    if not path.is_dir():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for child in sorted(path.iterdir()):
+        if child.name == "LOCK" or child.name.startswith("sidecar.index"):
+            continue
+        digest.update(child.name.encode() + b"\0" + child.read_bytes())
+    return digest.hexdigest()

@@ -78,6 +78,20 @@ static int path_under_dir(int dirfd, const char *path) {
         base[n] = '\0';
         snprintf(full, sizeof full, "%s/%s", base, path);
     }
+    /* Resolve the parent folder (symlinks, /proc/self/fd/N handles on the store directory). */
+    char *slash = strrchr(full, '/');
+    if (slash && slash != full) {
+        char parent[PATH_MAX], resolved[2 * PATH_MAX + 2];
+        size_t len = (size_t)(slash - full);
+        if (len < sizeof parent) {
+            memcpy(parent, full, len);
+            parent[len] = '\0';
+            if (realpath(parent, base)) {
+                snprintf(resolved, sizeof resolved, "%s%s", base, slash);
+                return under_dir(resolved);
+            }
+        }
+    }
     return under_dir(full);
 }
 

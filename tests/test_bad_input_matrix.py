@@ -10,6 +10,8 @@ observed messages as the markdown rows of RELIABILITY.md.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import sys
@@ -23,7 +25,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from gallery.fingerprint import file_sha256
+from cli_helpers import store_sha256
 from gallery.store import ModelInfo, Store
 
 DIM = 16
@@ -49,6 +51,21 @@ class Ctx:
     def truncated(self, src: Path, name: str) -> Path:
         data = src.read_bytes()
         (self.tmp / name).write_bytes(data[: len(data) // 2])
+        return self.tmp / name
+
+    def truncated_segment(self, name: str) -> Path:
+        """A copy of the store with its first segment file cut in half."""
+        shutil.copytree(self.store, self.tmp / name)
+        segment = sorted((self.tmp / name).glob("seg-*.h5"))[0]
+        os.truncate(segment, segment.stat().st_size // 2)
+        return self.tmp / name
+
+    def legacy(self, name: str) -> Path:
+        """A single-file (schema v1) store, as the old code wrote it."""
+        import gzip
+
+        with gzip.open(Path(__file__).parent / "data" / "store_v1.h5.gz") as src:
+            (self.tmp / name).write_bytes(src.read())
         return self.tmp / name
 
 
@@ -82,8 +99,9 @@ def _not_a_store(ctx: Ctx) -> Path:
 
 
 def _newer_schema(ctx: Ctx) -> Path:
-    with h5py.File(ctx.store, "a") as h5:
-        h5.attrs["schema_version"] = 99
+    manifest = json.loads((ctx.store / "MANIFEST").read_text())
+    manifest["schema_version"] = 99
+    (ctx.store / "MANIFEST").write_text(json.dumps(manifest))
     return ctx.store
 
 
@@ -140,11 +158,13 @@ CASES: list[tuple[str, str, Callable[[Ctx], list], int, str]] = [
                 "--ids", c.ids("i.txt", [f"t{i}" for i in range(500)])], 2, r"cannot read embeddings"),
     ("enrol-truncated-h5", "an embeddings .h5 cut in half",
      lambda c: ["enroll", c.store, "--embeddings", _h5_embeddings(c)], 2, r"cannot read embeddings"),
-    ("store-truncated", "the store file cut in half",
-     lambda c: ["search", c.truncated(c.store, "half.h5"), "--embeddings", c.npy("q.npy", c.good(1))],
-     2, r"not a readable HDF5 file"),
-    ("store-truncated-verify", "`verify` of a store cut in half",
-     lambda c: ["verify", c.truncated(c.store, "half.h5")], 2, r"not a readable HDF5 file"),
+    ("store-truncated", "a store whose segment file is cut in half",
+     lambda c: ["search", c.truncated_segment("half.h5"), "--embeddings", c.npy("q.npy", c.good(1))],
+     1, r"store file .*half.h5/seg-\d+\.h5 is damaged .*run `gallery verify`"),
+    ("store-truncated-verify", "`verify` of a single-file (v1/v2) store cut in half",
+     lambda c: ["verify", c.truncated(c.legacy("old.h5"), "half.h5")], 2, r"not a readable HDF5 file"),
+    ("store-single-file", "a single-file (v1/v2) store, before `gallery migrate`",
+     lambda c: ["info", c.legacy("old.h5")], 2, r"single-file store \(schema v1\); run `gallery migrate"),
     ("store-not-hdf5", "a text file given as the store",
      lambda c: ["info", c.ids("fake.h5", ["hello"])], 2, r"not a readable HDF5 file"),
     ("store-not-a-gallery", "an HDF5 file that is not a store",
@@ -224,13 +244,13 @@ def base(tmp_path_factory) -> Path:
 def run_case(case, tmp: Path, base_store: Path, models_root: Path):
     """Run one case; returns (exit code, stderr, store files unchanged?)."""
     store = tmp / "g.h5"
-    shutil.copy(base_store, store)
+    shutil.copytree(base_store, store)
     ctx = Ctx(tmp=tmp, store=store, models=lambda: _build_models(models_root))
     args = [str(a) for a in case[2](ctx)]
-    watched = [Path(a) for a in args if a.endswith(".h5") and Path(a).is_file()]
-    before = {p: file_sha256(p) for p in watched}
+    watched = [Path(a) for a in args if a.endswith(".h5") and Path(a).exists()]
+    before = {p: store_sha256(p) for p in watched}
     result = CliRunner().invoke(app, args)
-    return result, {p: file_sha256(p) for p in watched} == before, args
+    return result, {p: store_sha256(p) for p in watched} == before, args
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cli_helpers import ok, run
+from cli_helpers import ok, run, store_sha256
 from gallery.fingerprint import file_sha256
 from gallery.preprocess import PreprocessSpec, l2_normalize, load_image
 
@@ -78,13 +78,13 @@ def test_cli_round_trip(setup, tmp_path):
 
 
 def _fails(store, *args, code=2, match=""):
-    before = file_sha256(store) if store.exists() else None
+    before = store_sha256(store) if store.exists() else None
     result = run(*args)
     assert result.exit_code == code, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], result.stderr
     if before is not None:
-        assert file_sha256(store) == before
+        assert store_sha256(store) == before
 
 
 def test_cli_bad_inputs(setup, tmp_path):

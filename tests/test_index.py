@@ -9,6 +9,7 @@ import pytest
 
 from gallery.errors import BadInput
 from gallery.index import IndexParams, build, default_kind, sidecar_path, sidecar_state
+from gallery.index.sidecar import record_path
 from gallery.preprocess import l2_normalize
 from gallery.store import ModelInfo, Store, items
 
@@ -104,7 +105,7 @@ def test_sidecar_fresh_stale_rebuilt(tmp_path):
     assert sidecar_state(store)[0] == "stale"
     caught_up = store.index()  # one removal: masked, not a rebuild (tests/test_index_catch_up.py)
     assert caught_up.count == 503 and caught_up.meta["dead"] == 1
-    meta = json.loads(sidecar_path(store).with_suffix(".index.json").read_text())
+    meta = json.loads(record_path(store).read_text())
     assert meta["rows"] == 503 and meta["checksum"] == store.content_checksum()
     assert store.index(rebuild=True).count == 502
     store.close()
@@ -160,7 +161,7 @@ def test_verify_and_reindex_a_lying_sidecar(tmp_path):
 
     store, _ = _store(tmp_path)
     store.index()
-    meta_path = tmp_path / "g.h5.index.json"
+    meta_path = record_path(store)
     meta = json.loads(meta_path.read_text())
     meta["count"] = 12  # claims fresh, holds the wrong number of vectors
     meta_path.write_text(json.dumps(meta))

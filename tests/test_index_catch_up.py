@@ -95,12 +95,12 @@ def test_a_sidecar_from_the_previous_release_is_still_caught_up(store):
     """Sidecars written before `chain`/`excluded` carry only a prefix digest."""
     import json
 
-    from gallery.index.sidecar import prefix_digest, sidecar_path
+    from gallery.index.sidecar import prefix_digest, record_path
     from gallery.store.items import snapshot
 
     st, x = store
     built = st.index(kind="flat")
-    meta_path = sidecar_path(st).with_suffix(".index.json")
+    meta_path = record_path(st)
     meta = json.loads(meta_path.read_text())
     committed, chain, deleted = snapshot(st)
     for key in ("chain", "excluded", "dead"):

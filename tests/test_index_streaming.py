@@ -15,6 +15,7 @@ from gallery.errors import BadInput
 from gallery.index import IndexParams, build, default_kind, estimate_bytes, train_rows
 from gallery.preprocess import l2_normalize
 from gallery.store import ModelInfo, Store
+from gallery.store.reads import column_range
 
 DIM = 32
 
@@ -52,7 +53,7 @@ def small_blocks(monkeypatch):
 
 def _brute_force(store: Store, q: np.ndarray, k: int) -> np.ndarray:
     live = np.flatnonzero(~store.columns()["deleted"])
-    emb = np.asarray(store.h5["items"]["embedding"][: store.committed], np.float64)[live]
+    emb = np.asarray(column_range(store, "embedding", 0, store.committed), np.float64)[live]
     return live[np.argsort(-(q @ emb.T), axis=1)[:, :k]]
 
 
@@ -82,7 +83,7 @@ def test_ivf_trained_on_a_sample_keeps_recall(store, small_blocks, monkeypatch, 
 
 def test_store_build_matches_in_memory_build(store):
     live = np.flatnonzero(~store.columns()["deleted"])
-    vectors = np.asarray(store.h5["items"]["embedding"][: store.committed], np.float32)[live]
+    vectors = np.asarray(column_range(store, "embedding", 0, store.committed), np.float32)[live]
     q = _clustered(40, 3)
     for kind in ("ivfsq8", "ivfpq"):
         from_store = store.index(kind=kind, rebuild=True).search(q, 10)

@@ -23,7 +23,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from gallery.fingerprint import file_sha256
+from cli_helpers import store_sha256
+from gallery.index import sidecar_path
 from gallery.store import ModelInfo, Store
 
 DIM = 16
@@ -82,12 +83,12 @@ def test_readonly_filesystem_writers_refused(tmp_path, command, code, pattern):
     ro = tmp_path / "ro"
     store = _store(ro / "g.h5")
     emb, ids = _inputs(tmp_path, 3, "n", 1)
-    before = file_sha256(store)
+    before = store_sha256(store)
     args = {"enroll": ("enroll", store, "--embeddings", emb, "--ids", ids), "remove": ("remove", store, "s1"),
             "init": ("init", ro / "new.h5", "--dim", "8", "--model-id", "x")}[command]
     proc = _in_namespace(f"mount --bind '{ro}' '{ro}' && mount -o remount,ro,bind '{ro}'", *args)
     _one_error_line(proc, code, pattern)
-    assert file_sha256(store) == before and not (ro / "new.h5").exists()
+    assert store_sha256(store) == before and not (ro / "new.h5").exists()
 
 
 @needs_ns
@@ -101,10 +102,12 @@ def test_readonly_filesystem_search_still_answers(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert [r["hits"][0]["item_id"] for r in json.loads(proc.stdout)] == ["s0", "s1", "s2"]
     assert "could not write index sidecar" in proc.stderr and "Read-only file system" in proc.stderr
-    assert not list(ro.glob("*.index*")) and not list(ro.glob(".*tmp"))
+    assert not list(ro.rglob("*.index*")) and not list(ro.rglob(".*tmp"))
 
 
 TMPFS = "mount -t tmpfs -o size=8m tmpfs '{d}'"
+# One line that changes if any file of the store (but the pid note LOCK) changes.
+STATE = "(cd '{d}/g.h5' && ls -a && sha256sum MANIFEST seg-* del-* 2>/dev/null) | sha256sum"
 
 
 @needs_ns
@@ -116,8 +119,8 @@ def test_disk_full_refused_before_writing(tmp_path):
     small, small_ids = _inputs(tmp_path, 5, "ok", 2)
     script = (f"{TMPFS.format(d=d)} && '{GALLERY}' init '{d}/g.h5' --dim {DIM} --model-id m >/dev/null"
               f" && '{GALLERY}' enroll '{d}/g.h5' --embeddings '{small}' --ids '{small_ids}' >/dev/null"
-              f" && sha256sum '{d}/g.h5' && ('{GALLERY}' enroll '{d}/g.h5' --embeddings '{emb}' --ids '{ids}';"
-              f" echo rc=$?) && sha256sum '{d}/g.h5' && '{GALLERY}' verify '{d}/g.h5' --json")
+              f" && {STATE.format(d=d)} && ('{GALLERY}' enroll '{d}/g.h5' --embeddings '{emb}' --ids '{ids}';"
+              f" echo rc=$?) && {STATE.format(d=d)} && '{GALLERY}' verify '{d}/g.h5' --json")
     proc = subprocess.run(["unshare", "-rm", "bash", "-c", script], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": ROOT}, timeout=180)
     assert proc.returncode == 0, proc.stderr
@@ -130,36 +133,40 @@ def test_disk_full_refused_before_writing(tmp_path):
 
 
 @needs_ns
-def test_disk_filled_by_another_process_mid_enrol_is_detected(tmp_path):
-    """`disk-full-race`: if the disk fills *during* an enrol (after the free-space check), HDF5
-    may not report the failed chunk writes; `verify` then flags the damaged batches (exit 1)."""
+def test_disk_filled_by_another_process_mid_enrol_keeps_the_previous_state(tmp_path):
+    """`disk-full-race`: the disk fills *during* an enrol (after the free-space check): the
+    segment's write or fsync fails, its file is removed, the manifest is never replaced; the
+    store is exactly as before (verify ok, the 0 rows committed before), and enrols work again."""
     d = tmp_path / "small"
     d.mkdir()
     child = (f"import numpy as np; from gallery.store import Store, items; items._check_space = lambda *a: None; "
              f"st = Store.open('{d}/g.h5', 'a'); "
              f"st.enroll(np.random.default_rng(0).normal(size=(20000, {DIM})).astype('float32'), "
              f"[f'z{{i}}' for i in range(20000)], batch_size=4096)")
+    small, small_ids = _inputs(tmp_path, 5, "ok", 2)
     script = (f"{TMPFS.format(d=d)} && '{GALLERY}' init '{d}/g.h5' --dim {DIM} --model-id m >/dev/null"
-              f" && ('{sys.executable}' -c \"{child}\" >/dev/null 2>&1; '{GALLERY}' verify '{d}/g.h5' --json;"
-              f" echo rc=$?)")
+              f" && {STATE.format(d=d)} && ('{sys.executable}' -c \"{child}\"; echo rc=$?)"
+              f" && {STATE.format(d=d)} && '{GALLERY}' verify '{d}/g.h5' --json"
+              f" && '{GALLERY}' enroll '{d}/g.h5' --embeddings '{small}' --ids '{small_ids}' --json")
     proc = subprocess.run(["unshare", "-rm", "bash", "-c", script], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": ROOT}, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout.strip().splitlines()
-    if out[-1] == "rc=0":  # nothing committed past the failure: also acceptable
-        assert json.loads("\n".join(out[:-1]))["ok"]
-        return
-    assert out[-1] in ("rc=1", "rc=2"), proc.stdout + proc.stderr
-    if out[-1] == "rc=1":
-        assert any("checksum mismatch" in p for p in json.loads("\n".join(out[:-1]))["problems"])
+    assert out[1] == "rc=1" and out[0] == out[2], proc.stdout + proc.stderr  # refused; every file as before
+    assert "No space left on device" in proc.stderr and "the previous state is kept" in proc.stderr
+    rest = "\n".join(out[3:])
+    report = json.loads(rest[: rest.index("\n}") + 2])
+    assert report["ok"] and report["rows"] == 0 and report["problems"] == []
+    assert '"rows": 5' in rest  # space returned with the removed segment: enrols work again
 
 
-def test_file_size_limit_leaves_committed_rows_recoverable(tmp_path):
-    """`file-size-limit`: a write past `ulimit -f` (a quota) can leave the file shorter than
-    HDF5 recorded; open says `truncated: X of Y bytes`, and extending it back to Y bytes
-    restores every batch committed before the failure."""
+def test_file_size_limit_keeps_the_previous_state(tmp_path):
+    """`file-size-limit`: a write past `ulimit -f` (a quota) fails the new segment (EFBIG); it
+    is removed and the manifest never replaced: the store is as before and still writable."""
     store = _store(tmp_path / "g.h5", rows=5)
     emb, ids = _inputs(tmp_path, 20_000, "big", 1)
-    limit = store.stat().st_size + 2_000_000
+    limit = 400_000  # per file: the 20,000-row segment (~4 MB) cannot be written
+    before = store_sha256(store)
 
     def cap() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() then fails with EFBIG instead of killing
@@ -168,18 +175,14 @@ def test_file_size_limit_leaves_committed_rows_recoverable(tmp_path):
     proc = subprocess.run([GALLERY, "enroll", str(store), "--embeddings", str(emb), "--ids", str(ids)],
                           preexec_fn=cap, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT},
                           timeout=120)
-    assert proc.returncode != 0
-    opened = CliRunner().invoke(app, ["verify", str(store), "--json"])
-    if opened.exit_code == 0:  # the failure hit before HDF5 recorded a longer file
-        assert json.loads(opened.stdout)["ok"]
-        return
-    match = re.search(r"truncated: (\d+) of (\d+) bytes", opened.stderr)
-    assert opened.exit_code == 2 and match, opened.stderr
-    os.truncate(store, int(match[2]))  # the documented recovery: `truncate -s Y store.h5`
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "the previous state is kept" in lines[0], proc.stderr
+    assert store_sha256(store) == before
     report = json.loads(CliRunner().invoke(app, ["verify", str(store), "--json"]).stdout)
-    assert report["ok"] and report["rows"] >= 5 and (report["rows"] - 5) % 4096 == 0
-    with Store.open(store) as st:
-        assert st.columns()["id"][:5].tolist() == [f"s{i}" for i in range(5)]
+    assert report["ok"] and report["rows"] == 5
+    small, small_ids = _inputs(tmp_path, 3, "after", 2)
+    assert CliRunner().invoke(app, ["enroll", str(store), "--embeddings", str(small), "--ids",
+                                    str(small_ids)]).exit_code == 0
 
 
 def test_stale_and_corrupt_index_are_rebuilt(tmp_path):
@@ -189,7 +192,10 @@ def test_stale_and_corrupt_index_are_rebuilt(tmp_path):
     run = lambda *a: CliRunner().invoke(app, [str(x) for x in a])  # noqa: E731
     assert run("search", store, "--embeddings", tmp_path / "q.npy", "--json").exit_code == 0  # builds the sidecar
     emb, ids = _inputs(tmp_path, 1, "new", 42)  # the query's own vector
-    old = {p: p.read_bytes() for p in (Path(str(store) + ".index"), Path(str(store) + ".index.json"))}
+    with Store.open(store) as st:
+        sidecar = store / sidecar_path(st).name
+    meta = store / "sidecar.index.json"
+    old = {p: p.read_bytes() for p in (sidecar, meta)}
     assert run("enroll", store, "--embeddings", emb, "--ids", ids).exit_code == 0  # catches the sidecar up
     for path, data in old.items():  # an index from before the enrol (restored from a backup, say)
         path.write_bytes(data)
@@ -199,12 +205,17 @@ def test_stale_and_corrupt_index_are_rebuilt(tmp_path):
     assert hits[0]["hits"][0]["item_id"] == "new0"
     assert json.loads(run("verify", store, "--json").stdout)["index"] == "fresh"
     # Garbage in the faiss file: the search rebuilds instead of failing or answering wrong.
-    Path(str(store) + ".index").write_bytes(b"garbage" * 10)
+    sidecar = store / json.loads(meta.read_text())["file"]  # the faiss file the record names now
+    sidecar.write_bytes(b"garbage" * 10)
+    damaged = json.loads(run("verify", store, "--json").stdout)
+    assert not damaged["ok"] and damaged["index"] == "corrupt" and f"{sidecar.name} does not match" in \
+        damaged["problems"][0]
     hits = run("search", store, "--embeddings", tmp_path / "q.npy", "--json")
     assert hits.exit_code == 0 and json.loads(hits.stdout)[0]["hits"][0]["item_id"] == "new0"
-    Path(str(store) + ".index.json").write_text("{not json")
+    assert json.loads(run("verify", store, "--json").stdout)["ok"]  # rebuilt
+    meta.write_text("{not json")
     report = json.loads(run("verify", store, "--json").stdout)
-    assert report["ok"] and report["index"] == "corrupt" and "unreadable" in report["warnings"][0]
+    assert not report["ok"] and report["index"] == "corrupt" and "JSONDecodeError" in report["problems"][0]
 
 
 def test_concurrent_writer_and_dead_writers_lock(tmp_path):
@@ -214,5 +225,5 @@ def test_concurrent_writer_and_dead_writers_lock(tmp_path):
     with Store.open(store, "a"):
         result = CliRunner().invoke(app, ["enroll", str(store), "--embeddings", str(emb), "--ids", str(ids)])
         assert result.exit_code == 3 and re.search(rf"locked by another writer \(pid {os.getpid()}\)", result.stderr)
-    Path(str(store) + ".lock").write_text("999999\n")  # what a SIGKILLed writer leaves
+    (store / "LOCK").write_text("999999\n")  # what a SIGKILLed writer leaves
     assert CliRunner().invoke(app, ["enroll", str(store), "--embeddings", str(emb), "--ids", str(ids)]).exit_code == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_helpers import ok, report, run
+from cli_helpers import ok, report, run, store_sha256
 from gallery.encoder import embed_paths, load_encoder
 from gallery.fingerprint import file_sha256
 from gallery.preprocess import l2_normalize
@@ -27,7 +27,7 @@ def queries(root: Path, model: str) -> np.ndarray:
 
 def test_failing_or_mismatched_report_refused_store_byte_identical(rollout_work, tmp_path):
     root, store, passing, failing = rollout_work
-    before = file_sha256(store)
+    before = store_sha256(store)
     refused = run("upgrade", store, "--model", root / "v2.onnx", "--report", failing)
     assert refused.exit_code == 1 and "require_criterion" in refused.stderr
     assert "upgrade refused" in refused.stderr and "\n" not in refused.stderr.strip()
@@ -43,7 +43,7 @@ def test_failing_or_mismatched_report_refused_store_byte_identical(rollout_work,
     ):
         result = run("upgrade", store, *args)
         assert result.exit_code == 2 and message in result.stderr, (args, result.stderr)
-    assert file_sha256(store) == before
+    assert store_sha256(store) == before
     with Store.open(store) as st:
         assert st.active_model == "v1" and st.model_versions() == ["v1"]
 

@@ -57,8 +57,8 @@ def _reader_pass(path: Path, queries: np.ndarray) -> int:
 
 def _state(path: Path) -> dict:
     with Store.open(path) as st:
-        g = overlay.group(st, "v2")
-        return {"rows": g["row"][: overlay.state(g)[0]], "published": overlay.published(g), "emb": st.embeddings(),
+        rows = overlay.committed_rows(st, "v2")  # committed = published: every commit is visible
+        return {"rows": rows, "published": len(rows), "emb": st.embeddings(),
                 "models": st.columns()["model"], "verify": st.verify()["ok"] and not overlay.check(st),
                 "events": [e for e in st.history() if e["event"] == "backfill"]}
 
@@ -67,8 +67,8 @@ def _state(path: Path) -> dict:
 def test_sigkill_at_random_point_then_resume_is_identical(upgraded, tmp_path, seed):
     root, base = upgraded
     straight, killed = tmp_path / "straight.h5", tmp_path / "killed.h5"
-    shutil.copy(base, straight)
-    shutil.copy(base, killed)
+    shutil.copytree(base, straight)
+    shutil.copytree(base, killed)
     ok("backfill", straight, "--images", root / "images", "--batch-size", BATCH, "--json")
 
     rng = np.random.default_rng(seed)
@@ -90,7 +90,7 @@ def test_sigkill_at_random_point_then_resume_is_identical(upgraded, tmp_path, se
             errors.append(exc)
             searched.set()
 
-    # Readers start once the run is planned (its file space allocated; see overlay._preallocate).
+    # Readers start once the run is planned (its plan committed).
     assert child.stdout.readline().startswith("committed"), f"child failed (seed {seed})"
     thread = threading.Thread(target=readers)
     thread.start()
@@ -108,11 +108,12 @@ def test_sigkill_at_random_point_then_resume_is_identical(upgraded, tmp_path, se
     assert not errors, f"a reader failed during the backfill (seed {seed}): {errors[0]!r}"
     assert v2_hits, "readers did not run during the backfill"
     partial = _state(killed)
-    assert partial["verify"] and kill_after * BATCH <= len(partial["rows"]) < planned, seed
+    # Commits come every publish_every = 2 batches: at most one batch done but not committed.
+    assert partial["verify"] and (kill_after - 1) * BATCH <= len(partial["rows"]) < planned, seed
     assert not partial["events"]  # the run never finished
-    # Readers see whole published stretches only: at most 2 batches behind the commits.
+    # Readers see whole commits only: every committed row, nothing more.
     visible = int((partial["models"] == "v2").sum())
-    assert visible == partial["published"] and 0 <= len(partial["rows"]) - visible < 2 * BATCH, seed
+    assert visible == partial["published"] == len(partial["rows"]), seed
     assert v2_hits == sorted(v2_hits) and v2_hits[-1] <= visible, seed
 
     resumed = ok("backfill", killed, "--images", root / "images", "--batch-size", "7", "--json")

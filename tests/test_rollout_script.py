@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from gallery.fingerprint import file_sha256
+from cli_helpers import store_sha256
 from gallery.store import Store
 
 pytest.importorskip("torch")
@@ -42,7 +42,7 @@ def setup(tmp_path_factory):
 def rollout(setup, tmp_path, images: bool = True, **env: str) -> tuple[subprocess.CompletedProcess, Path]:
     root, base = setup
     store = tmp_path / "g.h5"
-    shutil.copy(base, store)
+    shutil.copytree(base, store)
     args = [str(store), str(root / "v2.onnx"), str(root / "eval"), str(root / "queries")]
     args += [str(root / "images")] if images else []
     full_env = {**os.environ, "GALLERY": GALLERY, "WORK": str(tmp_path / "work"), **env}
@@ -58,11 +58,11 @@ def active(store: Path) -> str:
 
 def test_failed_gate_stops_before_upgrade(setup, tmp_path):
     root, base = setup
-    before = file_sha256(base)
+    before = store_sha256(base)
     run, store = rollout(setup, tmp_path)  # default gate: the criterion, which random nets fail
     assert run.returncode == 10, run.stderr
     assert "FAILED at step 'check-compat'" in run.stderr
-    assert file_sha256(store) == before
+    assert store_sha256(store) == before
 
 
 def test_too_many_flips_stops_before_the_switch(setup, tmp_path):

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+
 import h5py
 import numpy as np
 import pytest
 
+from cli_helpers import store_sha256
 from gallery.errors import BadInput, GalleryError
-from gallery.fingerprint import file_sha256
 from gallery.preprocess import l2_normalize
-from gallery.store import ModelInfo, Store, migrations, schema
+from gallery.store import ModelInfo, Store, schema
+from gallery.store.migrations import migrate_path
 
 DIM = 12
 
@@ -51,11 +57,11 @@ def test_python_round_trip(tmp_path):
 
 
 def _rejects(path, match, action):
-    before = file_sha256(path)
+    before = store_sha256(path)
     with Store.open(path, "a") as store:
         with pytest.raises(BadInput, match=match):
             action(store)
-    assert file_sha256(path) == before  # nothing half-written
+    assert store_sha256(path) == before  # nothing half-written
 
 
 def test_bad_input_leaves_store_unchanged(store_path):
@@ -80,17 +86,32 @@ def test_missing_and_corrupt_files(tmp_path, store_path):
     with pytest.raises(BadInput, match="store not found"):
         Store.open(tmp_path / "absent.h5")
     junk = tmp_path / "junk.h5"
-    junk.write_bytes(b"\x89HDF\r\n" + bytes(range(256)) * 4)
-    with pytest.raises(BadInput, match="not a readable HDF5"):
-        Store.open(junk)
+    junk.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 4)
+    for attempt in (Store.open, migrate_path):
+        with pytest.raises(BadInput, match="not a readable HDF5"):
+            attempt(junk)
     with h5py.File(tmp_path / "other.h5", "w") as h5:
         h5["x"] = [1, 2]
+    for attempt in (Store.open, migrate_path):
+        with pytest.raises(BadInput, match="not a gallery store"):
+            attempt(tmp_path / "other.h5")
+    (tmp_path / "text.h5").write_text("hello")
+    with pytest.raises(BadInput, match="not a readable HDF5"):
+        Store.open(tmp_path / "text.h5")
+    (tmp_path / "folder").mkdir()
     with pytest.raises(BadInput, match="not a gallery store"):
-        Store.open(tmp_path / "other.h5")
+        Store.open(tmp_path / "folder")
+    # A segment cut short: verify --quick (sizes only) and verify name it; reads refuse.
     truncated = tmp_path / "trunc.h5"
-    truncated.write_bytes(store_path.read_bytes()[:2000])
-    with pytest.raises(BadInput):
-        Store.open(truncated).verify()
+    shutil.copytree(store_path, truncated)
+    segment = sorted(truncated.glob("seg-*.h5"))[0]
+    os.truncate(segment, 2000)
+    with Store.open(truncated) as store:
+        for quick in (True, False):
+            report = store.verify(quick=quick)
+            assert not report["ok"] and segment.name in report["problems"][0], report
+        with pytest.raises(GalleryError, match=f"{segment.name} is damaged"):
+            store.embeddings()
     with pytest.raises(BadInput, match="already exists"):
         Store.create(store_path, ModelInfo(version="v1", dim=DIM))
 
@@ -111,13 +132,24 @@ def test_removed_ids_never_return_nor_reused(store_path):
 def test_verify_detects_tampering(store_path):
     with Store.open(store_path) as store:
         assert store.verify()["ok"]
-    with h5py.File(store_path, "r+") as h5:
-        h5["items/embedding"][100, 0] += 0.5
+        segment = store_path / store.manifest["segments"][0]["file"]
+    # Rewritten through HDF5 itself (a valid file, valid chunk checksums): only the
+    # manifest's sha256 and the batch checksum can tell.
+    with h5py.File(segment, "r+") as h5:
+        h5["embedding"][100, 0] += 0.5
     with Store.open(store_path) as store:
         report = store.verify()
-    assert not report["ok"] and "checksum mismatch in rows 64..128" in report["problems"][0]
-    with h5py.File(store_path, "r+") as h5:
-        h5["items"].attrs["committed"] = 290
+        assert store.verify(quick=True)["ok"]  # same size: --quick cannot see it
+    assert not report["ok"] and report["problems"] == [f"segment file {segment.name} fails its checksum "
+                                                       "(damaged on disk)"]
+    manifest = json.loads((store_path / "MANIFEST").read_text())
+    manifest["segments"][0]["sha256"] = hashlib.sha256(segment.read_bytes()).hexdigest()
+    (store_path / "MANIFEST").write_text(json.dumps(manifest))
+    with Store.open(store_path) as store:
+        report = store.verify()
+    assert not report["ok"] and f"checksum mismatch in rows 64..128 ({segment.name})" in report["problems"][0]
+    manifest["committed"] = 290
+    (store_path / "MANIFEST").write_text(json.dumps(manifest))
     with Store.open(store_path) as store:
         assert not store.verify()["ok"]
 
@@ -185,23 +217,14 @@ def test_export_matches_live_rows(tmp_path, store_path):
         store.export(tmp_path / "out.csv")
 
 
-def test_numbered_migrations(store_path, monkeypatch):
-    """The framework, with a made-up next step (the real v1 -> v2 is in test_store_idindex.py)."""
-    def next_step(h5):
-        h5["items"].attrs["note"] = "migrated"
-
-    current = schema.SCHEMA_VERSION
-    with Store.open(store_path) as store:
-        pass
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", current + 1)
-    monkeypatch.setitem(migrations.MIGRATIONS, current, next_step)
-    with pytest.raises(BadInput, match="run `gallery migrate"):
-        Store.open(store_path)
-    with Store.open(store_path, "a") as store:
-        assert store.schema_version == current + 1
-        assert store.h5["items"].attrs["note"] == "migrated"
-        assert store.history()[-1]["event"] == "migrate"
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", current)
+def test_schema_versions(store_path):
+    """A current store: migrate is a no-op. A newer one is refused (single-file v1/v2 stores
+    and their conversion: test_store_migrate.py)."""
+    assert migrate_path(store_path) == {"path": str(store_path), "schema_version": schema.SCHEMA_VERSION,
+                                        "migrated": False}
+    manifest = json.loads((store_path / "MANIFEST").read_text())
+    manifest["schema_version"] = schema.SCHEMA_VERSION + 1
+    (store_path / "MANIFEST").write_text(json.dumps(manifest))
     with pytest.raises(BadInput, match="newer than this gallery"):
         Store.open(store_path)
 
@@ -211,6 +234,7 @@ def test_float16_store(tmp_path):
     x = rng.normal(size=(50, DIM)).astype(np.float32)
     with Store.create(tmp_path / "h.h5", ModelInfo(version="v1", dim=DIM), dtype="float16") as store:
         store.enroll(x, [str(i) for i in range(50)])
-        assert store.h5["items/embedding"].dtype == np.float16
+        with h5py.File(store.dir / store.manifest["segments"][0]["file"], "r", locking=False) as h5:
+            assert h5["embedding"].dtype == np.float16
         assert store.search(x[:5], k=1).ids[:, 0].tolist() == ["0", "1", "2", "3", "4"]
         assert store.verify()["ok"]

@@ -18,7 +18,8 @@ DIM, ROWS, BATCH = 32, 120_000, 1000
 
 CHILD = """
 import sys, numpy as np
-from gallery.store import Store
+from gallery.store import Store, items
+items.SEGMENT_ROWS = {batch}  # one commit per batch: the kill lands between and inside commits
 path, seed = sys.argv[1], int(sys.argv[2])
 x = np.random.default_rng(seed).normal(size=({rows}, {dim})).astype(np.float32)
 ids = [f"s{{seed}}-{{i}}" for i in range({rows})]

@@ -1,14 +1,18 @@
-"""One writer by construction: the lock is on the store's inode, whatever name reaches it.
+"""One writer by construction: the lock is an flock on the store directory's inode,
+whatever name reaches it.
 
-Two writers through a symlink, a hard link, a renamed path, or after the pid info file was
-deleted: the second gets the one-line "locked" error (exit 3) and every row the first
-acknowledged is there afterwards. Also checks the syscall fault shim itself
-(tests/faultshim.c) counts and kills where it says it does.
+Two writers through a symlink, a bind mount (the directory's "hard link": a directory
+cannot have two hard links), a renamed path, or after the pid file LOCK was deleted: the
+second gets the one-line "locked" error (exit 3) and every row the first acknowledged is
+there afterwards (the first keeps writing through its open handle on the directory, even
+renamed). Also checks the syscall fault shim itself (tests/faultshim.c) counts and kills
+where it says it does.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,34 +58,45 @@ def _inputs(tmp: Path) -> tuple[Path, Path]:
     return tmp / "e.npy", tmp / "ids.txt"
 
 
-def _aliases(tmp: Path, store: Path) -> dict[str, Path]:
-    """Every other name the same store can be reached by."""
-    (tmp / "other").mkdir()
-    link = tmp / "other" / "link.h5"
-    link.symlink_to(store)
-    hard = tmp / "other" / "hard.h5"
-    os.link(store, hard) if store.is_file() else None
-    return {"symlink": link, **({"hardlink": hard} if store.is_file() else {})}
+def _namespace_ok() -> bool:
+    return shutil.which("unshare") is not None and \
+        subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
 
 
-@pytest.mark.parametrize("how", ["symlink", "hardlink", "info-file-deleted", "renamed"])
+def _second_writer(target: Path, emb: Path, ids: Path, bind_from: Path | None = None):
+    """`gallery enroll` on `target`; with bind_from, inside a private mount namespace where
+    `target` is a bind mount of the store directory (same inode, another path)."""
+    argv = [GALLERY, "enroll", str(target), "--embeddings", str(emb), "--ids", str(ids)]
+    if bind_from is not None:
+        target.mkdir()
+        cmd = " ".join(f"'{a}'" for a in argv)
+        argv = ["unshare", "-rm", "bash", "-c", f"mount --bind '{bind_from}' '{target}' && exec {cmd}"]
+    return subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.mark.parametrize("how", ["symlink", "bind-mount", "info-file-deleted", "renamed"])
 def test_second_writer_is_refused_whatever_the_path(tmp_path, how):
+    if how == "bind-mount" and not _namespace_ok():
+        pytest.skip("unshare -rm (user+mount namespace) not permitted")
     store = _store(tmp_path / "g.h5")
     emb, ids = _inputs(tmp_path)
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(store)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         assert holder.stdout.readline().strip() == "holding"
+        bind_from = None
         if how == "info-file-deleted":
             lock_path(store).unlink()
             target = store
         elif how == "renamed":
             target = tmp_path / "moved.h5"
             os.rename(store, target)
+        elif how == "symlink":
+            target = tmp_path / "link.h5"
+            target.symlink_to(store)
         else:
-            target = _aliases(tmp_path, store)[how]
-        second = subprocess.run([GALLERY, "enroll", str(target), "--embeddings", str(emb), "--ids", str(ids)],
-                                capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            target, bind_from = tmp_path / "mounted.h5", store
+        second = _second_writer(target, emb, ids, bind_from)
         lines = second.stderr.strip().splitlines()
         assert second.returncode == 3, second.stderr
         assert len(lines) == 1 and lines[0].startswith("error: ") and "locked by another writer" in lines[0]
@@ -91,7 +106,7 @@ def test_second_writer_is_refused_whatever_the_path(tmp_path, how):
     finally:
         holder.stdin.close()
         holder.wait(timeout=60)
-    with Store.open(target) as st:
+    with Store.open(bind_from or target) as st:
         live = set(st.columns()["id"].tolist())
         assert st.verify()["ok"]
     # Every row the holder acknowledged is there, none of the refused writer's.
@@ -100,12 +115,14 @@ def test_second_writer_is_refused_whatever_the_path(tmp_path, how):
 
 def test_lock_follows_the_inode_in_process(tmp_path):
     store = _store(tmp_path / "g.h5")
-    names = _aliases(tmp_path, store)
+    link = tmp_path / "link.h5"
+    link.symlink_to(store)
+    with pytest.raises(OSError):
+        os.link(store, tmp_path / "hard.h5")  # a directory has no second hard link
     with Store.open(store, "a"):
-        for name in names.values():
-            with pytest.raises(StoreLocked, match="locked by another writer"):
-                Store.open(name, "a")
-    with Store.open(names["symlink"], "a"):  # released on close: any name can take it next
+        with pytest.raises(StoreLocked, match="locked by another writer"):
+            Store.open(link, "a")
+    with Store.open(link, "a"):  # released on close: any name can take it next
         with pytest.raises(StoreLocked):
             Store.open(store, "a")
 
@@ -116,22 +133,20 @@ def test_fault_shim_counts_and_kills_where_it_says(tmp_path):
     at call N stops it there (the calls it reached are exactly the count run's first N; the
     N-th is logged, then killed before it runs), and a kill
     point past the total changes nothing."""
-    (tmp_path / "s").mkdir()
-    store = _store(tmp_path / "s" / "g.h5")
+    template = _store(tmp_path / "template")
+    store = tmp_path / "s" / "g.h5"
     emb, ids = _inputs(tmp_path)
-    template = tmp_path / "template"
-    os.link(store, template)  # a pristine copy to restart from (hard link: copied below)
     command = ["gallery", "enroll", str(store), "--embeddings", str(emb), "--ids", str(ids)]
 
     def fresh() -> None:
-        for path in (tmp_path / "s").iterdir():
-            path.unlink()
-        (tmp_path / "s" / "g.h5").write_bytes(template.read_bytes())
+        shutil.rmtree(tmp_path / "s", ignore_errors=True)
+        shutil.copytree(template, store)
 
     fresh()
     first, calls = syscall_faults.count(command, tmp_path / "s")
     assert first.returncode == 0 and calls, first.stderr
-    assert all(str(tmp_path / "s") in call.target for call in calls)
+    # Every call is in the store: by its path, or through the Store's handle on the directory.
+    assert all(str(tmp_path / "s") in call.target or call.target.startswith("/proc/self/fd/") for call in calls)
     assert {"pwrite64"} & {call.name for call in calls}  # HDF5's own writes are seen
     fresh()
     _, again = syscall_faults.count(command, tmp_path / "s")

@@ -49,12 +49,12 @@ def _render(result: dict, as_json: bool) -> None:
 
 @handle_errors
 def export_cmd(
-    source: Path = typer.Argument(..., help="A gallery store (.h5) or a .pt model."),
+    source: Path = typer.Argument(..., help="A gallery store (directory) or a .pt model."),
     out: Path = typer.Option(..., "--out", help="Store: FILE.h5 or FILE.npz. Model: FILE.onnx."),
     as_json: bool = JSON,
 ) -> None:
     """Export a store's live rows, or a trained .pt model to ONNX (chosen by the input)."""
-    if not source.is_file():
+    if not source.exists():
         raise BadInput(f"not found: {source}")
     if source.suffix.lower() in TORCH_SUFFIXES:
         _render(_export_model(source, out), as_json)

@@ -1,6 +1,7 @@
-"""Gallery store commands: init, enroll, remove, info, verify, search, migrate, reindex.
+"""Gallery store commands: init, enroll, remove, info, verify, search, migrate, reindex, compact.
 
-Each parses its options, calls one method of gallery.Gallery and renders the result.
+Each parses its options, calls one method of gallery.Gallery (or, for `migrate`, which
+converts a file no Gallery can open yet, gallery.store.migrations) and renders the result.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ LANDMARKS = typer.Option(None, "--landmarks", help="Face photos: 5-point landmar
 def register(app: typer.Typer) -> None:
     for name, func in (("init", init_cmd), ("enroll", enroll_cmd), ("remove", remove_cmd),
                        ("info", info_cmd), ("verify", verify_cmd), ("search", search_cmd),
-                       ("migrate", migrate_cmd), ("reindex", reindex_cmd)):
+                       ("migrate", migrate_cmd), ("reindex", reindex_cmd), ("compact", compact_cmd)):
         app.command(name)(func)
 
 
@@ -127,10 +128,14 @@ def info_cmd(store: Path = STORE_ARG, as_json: bool = JSON) -> None:
 
 
 @handle_errors
-def verify_cmd(store: Path = STORE_ARG, as_json: bool = JSON) -> None:
-    """Integrity: counts, checksums, ids, models, index freshness. Exit 1 if damaged."""
+def verify_cmd(
+    store: Path = STORE_ARG,
+    quick: bool = typer.Option(False, "--quick", help="Check that every file exists with its recorded size only."),
+    as_json: bool = JSON,
+) -> None:
+    """Integrity: every file's checksum, counts, ids, models, index. Exit 1 if damaged (names the file)."""
     with gallery.open(store) as g:
-        report = g.verify()
+        report = g.verify(quick=quick)
     if as_json:
         emit_json(report)
     else:
@@ -211,10 +216,25 @@ def render_search(title: str, records: list[dict]) -> None:
 
 @handle_errors
 def migrate_cmd(store: Path = STORE_ARG, as_json: bool = JSON) -> None:
-    """Bring an older store to the current schema (numbered migrations, logged in history)."""
+    """Convert a single-file (v1/v2) store to the crash-safe directory layout (v3), same path; killable, rerun finishes."""
+    from gallery.store.migrations import migrate_path
+
+    result = migrate_path(store)
+    done = f" (old file kept as {result['backup']})" if result.get("migrated") else " (already current)"
+    emit(as_json, result, f"{store}: schema v{result['schema_version']}{done}")
+
+
+@handle_errors
+def compact_cmd(
+    store: Path = STORE_ARG,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be merged; write nothing."),
+    as_json: bool = JSON,
+) -> None:
+    """Merge small segment, deletion and overlay files (one atomic commit; automatic past a threshold)."""
     with gallery.open(store) as g:
-        result = g.migrate()
-    emit(as_json, result, f"{store}: schema v{result['schema_version']}")
+        result = g.compact(dry_run=dry_run)
+    emit(as_json, result, f"{store}: {result['segments_before']} -> {result['segments_after']} segments, "
+                          f"{result['files_removed']} files retired")
 
 
 @handle_errors

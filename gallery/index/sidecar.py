@@ -1,10 +1,21 @@
-"""The STORE.index sidecar: fresh / stale / extended / rebuilt (see gallery/index/__init__.py)."""
+"""The index sidecar: fresh / stale / extended / rebuilt (see gallery/index/__init__.py).
+
+Storage: STORE/sidecar.index.json, the record: what the index was built from (the store's
+content checksum and committed rows, the manifest version), the faiss file it names and
+that file's sha256; and the faiss file itself, STORE/sidecar-<sha256 prefix>.index (never
+rewritten: a new index is a new file). Saving writes the faiss file, then replaces the
+record atomically, then removes older faiss files: a crash at any point leaves the
+previous record naming its intact file. Readers write sidecars too (derived data, not under
+the writer lock). A faiss file that does not hash to its record (a bit flip, another index
+swapped in) is damaged: rebuilt, never searched, and `verify` names it.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,7 +24,8 @@ import numpy as np
 
 from gallery.index.core import GalleryIndex, IndexParams, default_kind
 from gallery.index.streaming import build_over_store
-from gallery.store.items import snapshot
+from gallery.store.manifest import sha256_file
+from gallery.store.reads import batch_records, snapshot
 from gallery.store.ranges import live_blocks
 
 if TYPE_CHECKING:
@@ -23,22 +35,50 @@ log = logging.getLogger(__name__)
 
 
 # ---- the store's sidecar ------------------------------------------------------------
+RECORD = "sidecar.index.json"
+
+
+def record_path(store: "Store") -> Path:
+    return store.dir / RECORD
+
+
 def sidecar_path(store: "Store") -> Path:
-    return Path(str(store.path) + ".index")
+    """The faiss file the record names (a name that does not exist when there is none)."""
+    try:
+        name = json.loads(record_path(store).read_text())["file"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return store.dir / "sidecar.index"
+    return store.dir / Path(str(name)).name
 
 
-def sidecar_state(store: "Store") -> tuple[str, str]:
-    """("missing" | "fresh" | "stale" | "corrupt", reason)."""
-    path = sidecar_path(store)
-    meta_path = Path(str(path) + ".json")
-    if not path.exists() or not meta_path.exists():
+def _meta_path(store: "Store") -> Path:
+    return record_path(store)
+
+
+def sidecar_state(store: "Store", deep: bool = False) -> tuple[str, str]:
+    """("missing" | "fresh" | "stale" | "corrupt", reason). `deep` also checks the faiss
+    file against its recorded sha256 (reads it; `gallery verify`)."""
+    meta_path = _meta_path(store)
+    if not meta_path.exists():
         return "missing", "no index built yet"
     try:
         meta = json.loads(meta_path.read_text())
         built_from = (meta["checksum"], meta["rows"])
-    except (ValueError, KeyError, OSError) as exc:
+        recorded = meta["sha256"]
+    except (ValueError, KeyError, OSError, TypeError) as exc:
         return "corrupt", f"{meta_path.name}: {exc.__class__.__name__}"
-    committed = snapshot(store)[0]
+    path = sidecar_path(store)
+    if not path.exists():
+        return "missing", f"{path.name} is gone (replaced by a concurrent save, or deleted)"
+    try:
+        if deep and sha256_file(path) != recorded:
+            return "corrupt", f"{path.name} does not match the checksum in {meta_path.name}"
+    except FileNotFoundError:  # a concurrent save replaced the record and removed this file
+        return "stale", "replaced by a concurrent save while being checked"
+    committed, _, deleted = snapshot(store)
+    live, dead = int((~deleted).sum()), int(meta.get("dead", 0))
+    if deep and built_from == (store.content_checksum(), committed) and meta.get("count") != live + dead:
+        return "corrupt", f"{meta_path.name} claims {meta.get('count')} vectors for {live} live rows (+{dead} masked)"
     if built_from != (store.content_checksum(), committed):
         if meta["rows"] != committed:
             return "stale", f"built from {meta['rows']} rows, the store has {committed}"
@@ -79,7 +119,7 @@ def _candidate(store: "Store", kind: str | None, params: dict) -> GalleryIndex |
     index = store._cache.get("index")
     if index is None and sidecar_state(store)[0] in ("fresh", "stale"):
         try:
-            index = GalleryIndex.load(sidecar_path(store))
+            index = _load(store)
         except (RuntimeError, ValueError, OSError, KeyError) as exc:
             log.warning("index sidecar of %s unreadable (%s); rebuilding", store.path, exc)
     if index is None or kind not in (None, index.kind) or _differs(index.meta["params"], params):
@@ -110,7 +150,7 @@ def _extend(store: "Store", index: GalleryIndex, checksum: str) -> GalleryIndex 
     meta, (committed, current_chain, deleted) = index.meta, snapshot(store)
     base = int(meta["rows"])
     chain = _chain_at(store, base)
-    if "rollout" in store.h5 or base > committed or chain is None:
+    if store.manifest["overlays"] or base > committed or chain is None:
         return None
     if "excluded" in meta and meta.get("chain") == chain:
         excluded = int(meta["excluded"])  # rows below `base` never added: removed before
@@ -135,8 +175,7 @@ def _extend(store: "Store", index: GalleryIndex, checksum: str) -> GalleryIndex 
 
 def _chain_at(store: "Store", rows: int) -> str | None:
     """The batch chain checksum after the batch ending at `rows` (None: no batch ends there)."""
-    from gallery.store.items import batch_records
-    from gallery.store.layout import EMPTY_CHAIN
+    from gallery.store.core import EMPTY_CHAIN
 
     if rows == 0:
         return EMPTY_CHAIN
@@ -159,8 +198,46 @@ def _build_for_store(store: "Store", kind: str | None, checksum: str, **params: 
     return index
 
 
+def _load(store: "Store") -> GalleryIndex:
+    """The sidecar, only if its faiss file is the one its record names (sha256)."""
+    import faiss
+
+    path = sidecar_path(store)
+    meta = json.loads(_meta_path(store).read_text())
+    fd = os.open(path, os.O_RDONLY)
+    try:  # hashed and read through one open file: a concurrent replace cannot slip in between
+        if sha256_file(Path(f"/proc/self/fd/{fd}")) != meta.get("sha256"):
+            raise ValueError(f"{path.name} does not match the checksum in its record")
+        index = faiss.read_index(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+    if index.ntotal != meta["count"]:
+        raise ValueError(f"index holds {index.ntotal} vectors, its record says {meta['count']}")
+    return GalleryIndex(index, meta)
+
+
 def _save(store: "Store", index: GalleryIndex) -> None:
+    import faiss
+
+    meta_path = _meta_path(store)
+    tmp = store.dir / f".sidecar.{os.getpid()}.tmp"
+    tmp_meta = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
     try:
-        index.save(sidecar_path(store))
-    except OSError as exc:  # a read-only gallery folder still searches, just without a cache
-        log.warning("could not write index sidecar for %s: %s", store.path, exc)
+        faiss.write_index(index.faiss, str(tmp))
+        digest = sha256_file(tmp)
+        path = store.dir / f"sidecar-{digest[:16]}.index"
+        index.meta.update(sha256=digest, file=path.name, manifest_version=store.manifest_version)
+        os.replace(tmp, path)
+        tmp_meta.write_text(json.dumps(index.meta, indent=2, sort_keys=True))
+        os.replace(tmp_meta, meta_path)
+        for older in store.dir.glob("sidecar-*.index"):  # a reader holding one open keeps reading it
+            if older.name != path.name:
+                older.unlink(missing_ok=True)
+    except (OSError, RuntimeError) as exc:  # a read-only store still searches, just without a cache
+        log.warning("could not write index sidecar for %s: %s", store.path, str(exc).strip().splitlines()[-1])
+    finally:  # a failed write (disk full) leaves no temporary files behind
+        for leftover in (tmp, tmp_meta):
+            try:
+                leftover.unlink(missing_ok=True)
+            except OSError:
+                pass  # read-only: nothing was created either

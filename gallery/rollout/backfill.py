@@ -1,7 +1,8 @@
 """Lazy backfill: re-embed older rows with the query model where their images still exist.
 
 The run is planned once (the rows to visit, in row order, fixed in the store), then
-processed in batches; each batch is one commit (see overlay.py). A run killed at any
+processed in batches; every `publish_every` rows the buffered batches and the plan cursor
+are one commit (see overlay.py). A run killed at any
 point resumes from its last committed batch with the same plan and the same batch
 boundaries, so it ends with exactly the rows and embeddings of an uninterrupted run.
 Readers keep searching throughout: they see whole committed batches only, and rows
@@ -95,8 +96,7 @@ def _start(st: Store, config: BackfillConfig, root: Path) -> tuple[np.ndarray, i
         log.info("resuming backfill of %s at %d/%d", st.path, cursor, len(rows))
         return rows, cursor, meta, True
     rows, missing = plan_rows(st, root)
-    g = overlay.group(st, version)
-    base = 0 if g is None else overlay.state(g)[0]
+    base = overlay.count(st, version)
     meta = {"batch_size": config.batch_size, "images": str(root.resolve()), "missing": missing,
             "base": base, "started": time.time(), "trust_images": config.trust_images}
     overlay.start_plan(st, version, rows, meta)
@@ -126,20 +126,20 @@ def backfill(config: BackfillConfig, progress: Progress = None,
             keep = chunk[ok]
             emb = _embed(encoder, [root / str(ids[r]) for r in keep], st.dtype, load) if keep.size else \
                 np.empty((0, st.dim), st.dtype)
-            unpublished = overlay.state(overlay.group(st, version))[0] + len(keep) - \
-                overlay.published(overlay.group(st, version))
+            unpublished = overlay.pending_rows(st, version) + len(keep)
             overlay.commit_batch(st, version, keep, emb, hashes, cursor=lo + len(chunk),
                                  publish=unpublished >= config.publish_every)
             if progress is not None:
                 progress(len(chunk))
-        overlay.finish_plan(st, version)
-        committed = overlay.state(overlay.group(st, version))[0]
-        result = {"model": version, "batch_size": batch, "planned": int(len(rows)),
-                  "embedded": committed - int(meta["base"]),
-                  "skipped_no_image": int(meta["missing"]), "resumed": resumed,
-                  "remaining_older_rows": _older_rows(st), "config": asdict(config)}
-        result["skipped_changed_or_missing"] = result["planned"] - result["embedded"]
-        state.record(st, "backfill", **{k: v for k, v in result.items() if k != "config"})
+        with st.transaction():  # the last rows, the end of the run and its record: one commit
+            overlay.finish_plan(st, version)
+            committed = overlay.count(st, version)
+            result = {"model": version, "batch_size": batch, "planned": int(len(rows)),
+                      "embedded": committed - int(meta["base"]),
+                      "skipped_no_image": int(meta["missing"]), "resumed": resumed,
+                      "remaining_older_rows": _older_rows(st), "config": asdict(config)}
+            result["skipped_changed_or_missing"] = result["planned"] - result["embedded"]
+            state.record(st, "backfill", **{k: v for k, v in result.items() if k != "config"})
         return result
 
 

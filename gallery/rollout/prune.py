@@ -4,26 +4,24 @@ A version is kept when it is the query model, an earlier query model the current
 one can roll back to (unless `drop_rollback`), named by an alias, or recorded as
 the model of any committed row (tombstoned rows included: `gallery verify` checks
 that every row's model exists). Everything else goes, with its backfill overlay,
-its parent entry and the thresholds other models hold for it. HDF5 does not give
-the space back to the file system; `gallery export` writes a compact copy.
+its parent entry and the thresholds other models hold for it, in one manifest commit;
+the dropped overlay files are deleted by the next writer (or `gallery compact`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from gallery.rollout import overlay, state
 from gallery.store import Store
-from gallery.store.items import decode
+from gallery.store.reads import stored_models
 
 
 def keep_reasons(store: Store, drop_rollback: bool = False) -> dict[str, str]:
     """version -> why it must stay."""
     reasons: dict[str, str] = {}
-    raw_models = decode(store.h5["items"]["model"][: store.committed])
-    for version in np.unique(raw_models).tolist():
+    for version in stored_models(store, store.committed)[0]:
         reasons.setdefault(str(version), "rows embedded by it")
     for alias, version in store.aliases.items():
         reasons.setdefault(version, f"alias {alias}")
@@ -46,20 +44,21 @@ def prune(store_path: str | Path, dry_run: bool = False, drop_rollback: bool = F
         result = {"removed": doomed, "kept": reasons, "dry_run": dry_run, "overlay_rows_dropped": 0}
         if dry_run or not doomed:
             return result
-        for version in doomed:
-            result["overlay_rows_dropped"] += overlay.drop(st, version)
-            del st.h5["models"][version]
-            state.set_parent(st, version, None)
-        parents = state.parents(st)
-        for child, parent in parents.items():
-            if parent in doomed:
-                state.set_parent(st, child, None)
-        for info in st.models():
-            stale = [g for g in info.thresholds if g in doomed]
-            if stale:
-                for g in stale:
-                    del info.thresholds[g]
-                st.update_model(info)
-        st.invalidate()
-        state.record(st, "prune", removed=doomed, overlay_rows_dropped=result["overlay_rows_dropped"])
+        with st.transaction():  # one commit: no model half-removed
+            for version in doomed:
+                result["overlay_rows_dropped"] += overlay.drop(st, version)
+                st.manifest["models"].pop(version)
+                state.set_parent(st, version, None)
+            parents = state.parents(st)
+            for child, parent in parents.items():
+                if parent in doomed:
+                    state.set_parent(st, child, None)
+            for info in st.models():
+                stale = [g for g in info.thresholds if g in doomed]
+                if stale:
+                    for g in stale:
+                        del info.thresholds[g]
+                    st.update_model(info)
+            st.invalidate()
+            state.record(st, "prune", removed=doomed, overlay_rows_dropped=result["overlay_rows_dropped"])
         return result

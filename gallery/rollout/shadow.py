@@ -26,7 +26,6 @@ from gallery.preprocess import l2_normalize
 from gallery.rollout import overlay, state
 from gallery.search import SearchResult
 from gallery.store import Store
-from gallery.store.items import decode
 from gallery.store.sources import expand_image_args
 
 log = logging.getLogger(__name__)
@@ -72,15 +71,16 @@ def list_queries(root: Path) -> tuple[list[Path], list[str] | None]:
 
 def gallery_view(store: Store, version: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(live row numbers, their embeddings, their model versions) as `version`'s queries see them."""
+    from gallery.store.reads import embeddings, stored_models
+
     n = store.committed
-    items = store.h5["items"]
-    emb = np.asarray(items["embedding"][:n], np.float32)
-    models = decode(items["model"][:n]).astype(object)
+    emb = embeddings(store, None, version)  # the store's one "vectors as `version` sees them"
+    names, codes = stored_models(store, n)
+    models = np.asarray(names, dtype=object)[codes] if n else np.empty(0, object)
     view = overlay.view(store, version)
     if view is not None and len(view.rows):
-        emb[view.rows] = view.embedding
         models[view.rows] = view.versions
-    live = np.flatnonzero(items["deleted"][:n] == 0)
+    live = np.flatnonzero(~store.tombstones())
     return live, emb[live], models[live].astype(str)
 
 

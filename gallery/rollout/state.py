@@ -1,27 +1,20 @@
-"""Rollout state kept inside the store: which model each upgrade replaced, who did what.
-
-Layout (additive; stores without it behave as before):
-  /rollout                 group, attrs: parents (JSON {version: version it replaced})
-  /rollout/backfill/<v>    rows re-embedded by model <v> (see overlay.py)
-
-The parent map is written *before* the query model is switched, and the switch
-(`Store.set_active_model`, one attribute write) is the commit point: a crash in
-between leaves an unused parent entry, never a half-switched store.
+"""Rollout state kept in the store's manifest: which model each upgrade replaced (parents,
+the lineage), who did what (history). An upgrade's parent entry, thresholds, model record
+and query-model switch are one manifest commit (upgrade.py): never half-applied.
 """
 
 from __future__ import annotations
 
 import getpass
-import json
 import socket
 from typing import TYPE_CHECKING
 
 from gallery.errors import BadInput
+from gallery.store.overlays import lineage  # noqa: F401  (the lineage is the store's: overlays use it)
 
 if TYPE_CHECKING:
     from gallery.store import Store
 
-GROUP = "rollout"
 # Events the rollout writes, plus the store's own model events: what `gallery history` shows.
 ROLLOUT_EVENTS = ("init", "add_model", "activate", "alias", "upgrade", "stage", "rollback",
                   "backfill", "prune", "migrate", "threshold", "calibrate", "model_path")
@@ -37,9 +30,7 @@ def actor() -> dict[str, str]:
 
 
 def parents(store: "Store") -> dict[str, str]:
-    if GROUP not in store.h5:
-        return {}
-    return json.loads(store.h5[GROUP].attrs.get("parents", "{}"))
+    return dict(store.manifest["parents"])
 
 
 def set_parent(store: "Store", version: str, parent: str | None) -> None:
@@ -50,18 +41,8 @@ def set_parent(store: "Store", version: str, parent: str | None) -> None:
         table.pop(version, None)
     else:
         table[version] = parent
-    group = store.h5.require_group(GROUP)
-    group.attrs["parents"] = json.dumps(table, sort_keys=True)
-    store.h5.flush()
-
-
-def lineage(store: "Store", version: str | None = None) -> list[str]:
-    """[oldest ancestor, ..., version]: the query models `version` descends from by upgrades."""
-    table = parents(store)
-    chain = [store.resolve_version(version or store.active_model)]
-    while chain[-1] in table and table[chain[-1]] not in chain:  # guard against a cycle
-        chain.append(table[chain[-1]])
-    return chain[::-1]
+    store.manifest["parents"] = dict(sorted(table.items()))
+    store.commit()
 
 
 def previous_model(store: "Store", version: str | None = None) -> str:

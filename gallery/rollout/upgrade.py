@@ -4,7 +4,8 @@ Every check runs on a read-only handle first, so a refused upgrade (failed gate,
 report for other models, bad file) leaves the store byte-identical. The checks
 are repeated under the writer lock (the store may have moved on meanwhile); the
 query model is switched last, by one attribute write (`Store.set_active_model`):
-that write is the commit point of an upgrade and of a rollback.
+everything an upgrade writes (model record, thresholds, lineage, switch, history) is one
+manifest commit (Store.transaction), as is a rollback.
 
 Thresholds: the report calibrates one per (query, gallery) comparison. The new
 model's pairs (new->old, new/new) and old->new (used by old queries against new
@@ -164,7 +165,8 @@ def upgrade(store_path: str | Path, model_path: str | Path, report_path: str | P
     with Store.open(store_path, "a") as st:
         plan = _plan(st, report, info, version)  # again, under the lock
         summary = {**_summary(report, report_path, digest), "checks": checks}
-        return _apply(st, plan, info, summary, force, stage)
+        with st.transaction():  # registration, thresholds, lineage, switch, record: one commit
+            return _apply(st, plan, info, summary, force, stage)
 
 
 def _apply(st: Store, plan: dict, info: ModelInfo, summary: dict, force: bool, stage: bool) -> dict:
@@ -189,7 +191,7 @@ def _apply(st: Store, plan: dict, info: ModelInfo, summary: dict, force: bool, s
         st.update_model(record)
     if not stage:
         state.set_parent(st, new, old)
-        st.set_active_model(new)  # the commit point
+        st.set_active_model(new)  # committed with everything above (the caller's transaction)
         st.invalidate()
     forced_over = plan["failures"] if force else []
     result = state.record(
@@ -205,7 +207,7 @@ def _apply(st: Store, plan: dict, info: ModelInfo, summary: dict, force: bool, s
 
 
 def rollback(store_path: str | Path, to: str | None = None, allow_missing_model: bool = False) -> dict:
-    """Make the model the current one replaced the query model again (one attribute write).
+    """Make the model the current one replaced the query model again (one manifest commit).
 
     Refused (store untouched) when the target's model file is missing or is not that model,
     unless `allow_missing_model` (the store then serves embedding queries only)."""
@@ -218,9 +220,10 @@ def rollback(store_path: str | Path, to: str | None = None, allow_missing_model:
             chain = " -> ".join(state.lineage(st, current))
             raise BadInput(f"{target} is not an earlier query model of {current} (lineage {chain})")
         modelfiles.require(st, target, allow_missing_model)
-        st.set_active_model(target)  # the commit point
-        st.invalidate()
-        return state.record(st, "rollback", **{"from": current, "to": target})
+        with st.transaction():  # the switch and its record: one commit
+            st.set_active_model(target)
+            st.invalidate()
+            return state.record(st, "rollback", **{"from": current, "to": target})
 
 
 def set_alias(store_path: str | Path, name: str, version: str | None) -> dict:

@@ -1,30 +1,33 @@
-"""The Store: open/create a gallery file, root attributes, history.
+"""The Store: a gallery directory of immutable files under one atomically replaced manifest.
 
-Model records (versions, aliases, thresholds) are the ModelRecords mixin in models.py.
-Row-level work (enrol, remove, reading columns) lives in gallery/store/items.py (id
-look-ups in idindex.py), integrity checks in verify.py, export in export.py; the Store methods for them
-are one-line delegations so rollout code (gallery/rollout.py) can build on a
-small, documented surface: `add_model`, `set_active_model`, `set_alias`,
-`resolve_version`, `set_threshold`, `append_history`, `enroll`, `remove`,
-`columns`, `values_at`, `tombstones`, `embeddings`, `search`.
+Layout: schema.py; the commit protocol: manifest.py; the data files: segments.py. A
+reader loads one manifest and opens the files it lists (a consistent snapshot, whatever
+writers do next); a writer holds the lock (locking.py: an flock on the directory itself),
+writes new files and commits the next manifest. Several changes made inside
+`with store.transaction():` become one commit (an upgrade registers a model, stores
+thresholds, records lineage and switches the query model atomically).
+
+Model records are the ModelRecords mixin (models.py); rows (enrol, remove) items.py;
+reads reads.py; integrity verify.py; compaction compact.py; export export.py. The
+rollout's storage (overlay, lineage) goes through `Store.manifest` and the small
+helpers here, never through files of its own.
 """
 
 from __future__ import annotations
 
-import errno
+import contextlib
+import copy
 import logging
 import os
-import re
+import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-import h5py
 import numpy as np
 
 from gallery.errors import BadInput, GalleryError
-from gallery.h5safe import refuse_pointers
-from gallery.store import bytelog, migrations, schema
-from gallery.store.layout import EMPTY_CHAIN, init_layout, write_model  # noqa: F401
+from gallery.store import manifest as mf
+from gallery.store import schema, segments
 from gallery.store.locking import WriterLock
 from gallery.store.models import ModelRecords, with_stored_path
 from gallery.store.schema import ModelInfo
@@ -32,116 +35,159 @@ from gallery.store.schema import ModelInfo
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None] | None
+EMPTY_CHAIN = "0" * 64
+PIN_RETRIES = 20
 
 
-def _open_h5(path: Path, mode: str) -> h5py.File:
-    # HDF5's own file locking is off: our flock serialises writers, and readers must
-    # keep working while a writer is (or was, before a crash) holding the file.
-    try:
-        # HDF5 opened for writing writes to the file even when it then fails (a superblock
-        # into an empty file), so a writer's file is checked read-only first. The check (a
-        # store is data, never links to other files: h5safe) walks every object on a
-        # throwaway handle: walking the real one would load every object header at open,
-        # and a reader would then mix that older metadata with a concurrent writer's data.
-        if mode != "r" and not h5py.is_hdf5(path):
-            raise OSError("no HDF5 signature (")
-        refuse_pointers(h5py.File(path, "r", locking=False), path).close()
-        handle = h5py.File(path, mode, locking=False)
-    except (OSError, ValueError) as exc:
-        reason = str(exc).split("(")[0].strip() or type(exc).__name__
-        if getattr(exc, "errno", None) == errno.EACCES:
-            reason = "permission denied"
-        cut = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", str(exc))
-        if cut:  # say how much is missing: a copy cut short, or a write that hit a size limit
-            reason = f"truncated: {cut[1]} of {cut[2]} bytes"
-        raise BadInput(f"cannot open store {path}: not a readable HDF5 file ({reason})") from None
-    return handle
+def _refuse_file(path: Path) -> None:
+    """Why a file is not an openable store: not HDF5, cut short, not a gallery, or a
+    single-file (schema v1/v2) store that `gallery migrate` converts."""
+    from gallery.store.migrations import legacy_schema
+
+    version = legacy_schema(path)  # BadInput for an unreadable or foreign file
+    if version > schema.SCHEMA_VERSION:
+        raise BadInput(f"store {path} has schema v{version}, newer than this gallery understands "
+                       f"(v{schema.SCHEMA_VERSION}); upgrade gallery")
+    raise BadInput(f"store {path} is a single-file store (schema v{version}); run `gallery migrate {path}` "
+                   "to convert it to the crash-safe directory layout (schema v3)")
+
+
+def check_store_path(path: Path) -> None:
+    """A clear refusal for anything that is not a store directory."""
+    if path.is_dir():
+        return
+    if path.is_file():
+        _refuse_file(path)
+    from gallery.store.migrations import backup_path
+
+    if backup_path(path).exists():
+        raise BadInput(f"store {path} is half-way through `gallery migrate`; run it again to finish")
+    raise BadInput(f"store not found: {path}")
 
 
 class Store(ModelRecords):
-    """One gallery in one HDF5 file. Use as a context manager; mode "r" or "a"."""
+    """One gallery directory. Use as a context manager; mode "r" or "a"."""
 
-    def __init__(self, path: Path, h5: h5py.File, lock: WriterLock | None) -> None:
+    def __init__(self, path: Path, manifest: dict, lock: WriterLock | None, durable: bool, dirfd: int) -> None:
         self.path = path
-        self.h5 = h5
+        # Every file is reached through an open handle on the store directory, never its
+        # name again: a store renamed (or a symlink re-pointed) while open is still this store.
+        self._dirfd = dirfd
+        self.dir = Path(f"/proc/self/fd/{dirfd}")
+        self.manifest = manifest
         self._lock = lock
+        self.durable = durable
         self._cache: dict[str, Any] = {}
+        self._files = segments.Files(self.dir, path)
+        self._tx_depth = 0
+        self._tx_dirty = False
+        self._base = int(manifest["version"])  # the manifest this handle's changes build on
+        self._index()
 
     # ---- lifecycle -------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | Path, model: ModelInfo, dtype: str = "float32") -> "Store":
-        """Create a new store with its first model (active for queries); returns a writer."""
+    def create(cls, path: str | Path, model: ModelInfo, dtype: str = "float32",
+               durable: bool | None = None) -> "Store":
+        """Create a new store directory with its first model (active for queries); returns a writer."""
         path = Path(path)
-        if path.exists():
+        durable = mf.durable_default() if durable is None else durable
+        if path.exists() or path.is_symlink():
             raise BadInput(f"store already exists: {path}")
         if dtype not in schema.DTYPES:
             raise BadInput(f"embedding dtype {dtype!r} not one of {schema.DTYPES}")
         from gallery.limits import check_dim
         check_dim(model.dim, f"store {path}")
         schema.check_version_name(model.version)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
         try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))  # EROFS etc. named here
+            tmp.mkdir()
         except OSError as exc:
             raise BadInput(f"cannot write store {path}: {exc.strerror} ({tmp})") from None
         try:
-            # Built under a temporary name, linked into place when complete (no half-made
-            # store; link, unlike rename, never replaces a store another process created).
-            with h5py.File(tmp, "w", locking=False) as h5:
-                init_layout(h5, with_stored_path(path, model), dtype)
-            os.link(tmp, path)
-        except FileExistsError:
-            raise BadInput(f"store already exists: {path}") from None
-        except OSError as exc:
-            raise BadInput(f"cannot write store {path}: {exc.strerror}") from None
-        finally:
-            tmp.unlink(missing_ok=True)
-        lock = WriterLock(path).acquire()
-        store = cls(path, _open_h5(path, "r+"), lock)
-        store.append_history({"event": "init", "model": model.version, "dim": model.dim})
-        return store
+            # Complete before it appears: built under a temporary name, renamed into place.
+            first = {
+                "format": schema.FORMAT, "schema_version": schema.SCHEMA_VERSION, "version": 0,
+                # microseconds: `created` tells stores apart (an engine view names its store by
+                # it); two stores made in the same second had the same identity
+                "created": schema.now_iso("microseconds"), "dim": model.dim, "dtype": dtype,
+                "active_model": model.version, "aliases": {}, "models": {model.version: with_stored_path(path, model).to_attrs()},
+                "parents": {}, "segments": [], "batches": [], "committed": 0, "chain": EMPTY_CHAIN,
+                "deletions": [], "removed": 0, "overlays": {}, "next_file": 1,
+                "history": [{"at": schema.now_iso(), "pid": os.getpid(), "event": "init", "model": model.version,
+                             "dim": model.dim}],  # in the first commit: a store never lacks its init record
+            }
+            mf.commit(tmp, first, durable)
+            (tmp / "LOCK").touch()
+            if path.exists():
+                raise BadInput(f"store already exists: {path}")
+            os.rename(tmp, path)
+            mf.fsync_path(path.parent if str(path.parent) else Path("."), durable)
+        except BaseException:
+            for leftover in tmp.glob("*"):
+                leftover.unlink()
+            tmp.rmdir() if tmp.exists() else None
+            raise
+        return cls.open(path, "a", durable=durable)
 
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r") -> "Store":
+    def open(cls, path: str | Path, mode: str = "r", durable: bool | None = None) -> "Store":
         """Open for reading ("r", never blocked by writers) or writing ("a", takes the lock)."""
         path = Path(path)
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', not {mode!r}")
-        if path.is_dir():
-            raise BadInput(f"{path} is a directory, not a store file (give the .h5 file inside it)")
-        if not path.is_file():
-            raise BadInput(f"store not found: {path}")
+        check_store_path(path)
+        durable = mf.durable_default() if durable is None else durable
         lock = WriterLock(path).acquire() if mode == "a" else None
         try:
-            store = cls(path, _open_h5(path, "r+" if mode == "a" else "r"), lock)
+            store = cls._pinned(path, lock, durable)
+            if lock is not None:
+                store._collect_garbage()
         except BaseException:
             if lock is not None:
                 lock.release()
             raise
-        try:
-            store._check_format()
-            if mode == "a":
-                migrations.migrate(store.h5, str(path), store.append_history)
-            else:
-                migrations.check_readable(store.h5, str(path))
-        except BaseException:
-            store.close()  # a refused store must not stay open: it would block a writer in this process
-            raise
         return store
 
-    def _check_format(self) -> None:
-        if self.h5.attrs.get("format") != schema.FORMAT:
-            self.close()
-            raise BadInput(f"{self.path} is not a gallery store (no format={schema.FORMAT} attribute)")
-        for group in ("models", "items"):
-            if group not in self.h5:
-                self.close()
-                raise BadInput(f"store {self.path} is corrupt: /{group} is missing")
+    @classmethod
+    def _pinned(cls, path: Path, lock: WriterLock | None, durable: bool) -> "Store":
+        """Load the manifest and open every HDF5 file it lists. A file retired by a compaction
+        that committed in between is gone: load the newer manifest and try again."""
+        try:
+            dirfd = os.open(os.path.realpath(path), os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise BadInput(f"cannot open store {path}: {exc.strerror}") from None
+        directory = Path(f"/proc/self/fd/{dirfd}")
+        try:
+            for _ in range(PIN_RETRIES):
+                manifest = mf.load(directory, path)
+                _check_format(manifest, path)
+                store = cls(path, manifest, lock, durable, dirfd)
+                try:
+                    store._pin()
+                    return store
+                except FileNotFoundError:
+                    store._files.close()
+                    if lock is not None:  # the writer's own manifest cannot move: a file is really missing
+                        break
+                    time.sleep(0.01)
+            return cls(path, mf.load(directory, path), lock, durable, dirfd)  # verify names the missing file
+        except BaseException:
+            os.close(dirfd)
+            raise
+
+    def _pin(self) -> None:
+        for name in self.data_files(h5_only=True):
+            try:
+                self._files.get(name)
+            except segments.Damaged:
+                pass  # reported by verify; reads of it refuse
 
     def close(self) -> None:
         try:
-            if self.h5.id.valid:
-                self.h5.close()
+            self._files.close()
+            if self._dirfd is not None:
+                os.close(self._dirfd)
+                self._dirfd = None
         finally:
             if self._lock is not None:
                 self._lock.release()
@@ -162,42 +208,138 @@ class Store(ModelRecords):
             raise GalleryError(f"store {self.path} is open read-only; open it with mode='a'")
 
     def invalidate(self) -> None:
-        """Drop cached columns after a write (or to see another writer's commits)."""
+        """Drop cached columns (after a write)."""
         self._cache.clear()
+
+    # ---- the manifest --------------------------------------------------------------
+    def _index(self) -> None:
+        segs = self.manifest["segments"]
+        self._starts = np.array([s["start"] for s in segs], np.int64)
+        self._stops = np.array([s["start"] + s["rows"] for s in segs], np.int64)
+
+    def data_files(self, h5_only: bool = False) -> list[str]:
+        """Every data file the manifest lists."""
+        m = self.manifest
+        names = [s["file"] for s in m["segments"]]
+        for over in m["overlays"].values():
+            names += [f["file"] for f in over["files"]]
+        if not h5_only:
+            names += [d["file"] for d in m["deletions"]]
+            names += [o["plan"]["file"] for o in m["overlays"].values() if o.get("plan")]
+        return names
+
+    def file_records(self) -> list[tuple[str, dict]]:
+        """(kind, manifest record) of every listed file (verify)."""
+        m = self.manifest
+        out = [("segment", s) for s in m["segments"]] + [("deletions", d) for d in m["deletions"]]
+        for version, over in sorted(m["overlays"].items()):
+            out += [(f"backfill overlay of {version}", f) for f in over["files"]]
+            if over.get("plan"):
+                out.append((f"backfill plan of {version}", over["plan"]))
+        return out
+
+    def new_file(self, kind: str) -> str:
+        """A never-used file name (the counter lives in the manifest being built)."""
+        number = int(self.manifest["next_file"])
+        self.manifest["next_file"] = number + 1
+        return segments.file_name(kind, number)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Changes inside are committed together, once, at the end (nothing on an error)."""
+        self.require_writer()
+        if self._tx_depth == 0:
+            self._tx_base = copy.deepcopy(self.manifest)
+            self._tx_dirty = False
+        self._tx_depth += 1
+        try:
+            yield
+        except BaseException:
+            self._tx_depth -= 1
+            if self._tx_depth == 0:
+                self.manifest = self._tx_base
+                self._index()
+                self.invalidate()
+            raise
+        self._tx_depth -= 1
+        if self._tx_depth == 0 and self._tx_dirty:
+            self._write_manifest()
+
+    def commit(self) -> None:
+        """Make the in-memory manifest durable (deferred to the end of a transaction)."""
+        self.require_writer()
+        if self._tx_depth:
+            self._tx_dirty = True
+            return
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        on_disk = mf.load(self.dir)["version"]
+        if on_disk != self._base:
+            raise GalleryError(f"store {self.path} changed under this writer (manifest {on_disk}, expected "
+                               f"{self._base}); nothing was committed, retry")
+        self.manifest["version"] = on_disk + 1
+        try:
+            mf.commit(self.dir, self.manifest, self.durable)
+        except OSError as exc:
+            self.manifest = mf.load(self.dir)
+            self._index()
+            self.invalidate()
+            raise GalleryError(f"cannot commit to store {self.path}: {exc.strerror or exc}; "
+                               "the previous state is kept") from None
+        self._base = self.manifest["version"]
+        self._index()
+        self.invalidate()
+        self._pin()
+
+    def write_files(self) -> "_NewFiles":
+        """Context for files being written for the next commit: removed if it fails."""
+        return _NewFiles(self)
+
+    def _collect_garbage(self) -> None:
+        """Under the lock: files no manifest lists are a crashed writer's (or a retired
+        compaction input a reader may still hold open: unlinking keeps its data readable)."""
+        keep = set(self.data_files()) | {mf.NAME}
+        for path in self.dir.iterdir():
+            if segments.NAME_RE.match(path.name) and path.name not in keep or path.name == mf.TMP:
+                path.unlink(missing_ok=True)
 
     # ---- root attributes ---------------------------------------------------------
     @property
     def dim(self) -> int:
-        return int(self.h5.attrs["dim"])
+        return int(self.manifest["dim"])
 
     @property
     def dtype(self) -> str:
-        return str(self.h5.attrs["dtype"])
+        return str(self.manifest["dtype"])
 
     @property
     def schema_version(self) -> int:
-        return int(self.h5.attrs["schema_version"])
+        return int(self.manifest["schema_version"])
 
     @property
     def committed(self) -> int:
         """Rows that belong to the gallery (live or tombstoned)."""
-        return int(self.h5["items"].attrs["committed"])
+        return int(self.manifest["committed"])
 
     @property
     def chain(self) -> str:
         """Running checksum over every committed batch."""
-        return bytes(self.h5["items"].attrs["chain"]).decode()
+        return str(self.manifest["chain"])
+
+    @property
+    def manifest_version(self) -> int:
+        return int(self.manifest["version"])
 
     # ---- history -----------------------------------------------------------------
     def append_history(self, record: dict) -> None:
-        """Append one JSON event to /history (append-only; never rewritten)."""
+        """Append one event to the history; committed with the change it describes."""
         self.require_writer()
-        entry = {"at": schema.now_iso(), "pid": os.getpid(), **record}
-        bytelog.append(self.h5["history"], entry)
-        self.h5.flush()
+        self.manifest["history"].append({"at": schema.now_iso(), "pid": os.getpid(), **record})
+        self.commit()
 
     def history(self) -> list[dict]:
-        return bytelog.read(self.h5["history"])
+        return list(self.manifest["history"])
 
     # ---- rows, search, integrity (delegated) -------------------------------------
     def enroll(self, embeddings: np.ndarray, ids: Sequence[str], identities: Sequence[str] | None = None,
@@ -224,33 +366,37 @@ class Store(ModelRecords):
         return idindex.find(self, ids)
 
     def columns(self) -> dict[str, np.ndarray]:
-        from gallery.store import items
-        return items.columns(self)
+        from gallery.store import reads
+        return reads.columns(self)
 
     def values_at(self, name: str, rows: np.ndarray) -> np.ndarray:
-        from gallery.store import items
-        return items.values_at(self, name, rows)
+        from gallery.store import reads
+        return reads.values_at(self, name, rows)
 
     def tombstones(self) -> np.ndarray:
-        """bool per committed row: removed (1 byte per row, not the columns)."""
-        from gallery.store import items
-        return items.snapshot(self)[2]
+        """bool per committed row: removed."""
+        from gallery.store import reads
+        return reads.snapshot(self)[2]
 
     def embeddings(self, rows: np.ndarray | None = None) -> np.ndarray:
-        from gallery.store import items
-        return items.embeddings(self, rows)
+        from gallery.store import reads
+        return reads.embeddings(self, rows)
 
     def content_checksum(self) -> str:
-        from gallery.store import items
-        return items.content_checksum(self)
+        from gallery.store import reads
+        return reads.content_checksum(self)
 
     def count(self) -> int:
         """Live (not tombstoned) rows."""
         return int((~self.tombstones()).sum())
 
-    def verify(self) -> dict:
+    def verify(self, quick: bool = False) -> dict:
         from gallery.store import verify
-        return verify.verify(self)
+        return verify.verify(self, quick=quick)
+
+    def compact(self, **kwargs: Any) -> dict:
+        from gallery.store import compact
+        return compact.compact(self, **kwargs)
 
     def export(self, out: str | Path) -> dict:
         from gallery.store import export
@@ -265,12 +411,49 @@ class Store(ModelRecords):
         return search.search(self, queries, k=k, **kwargs)
 
     def info(self) -> dict:
-        from gallery.store import items
+        from gallery.store import reads
         return {
             "path": str(self.path), "schema_version": self.schema_version, "dim": self.dim,
-            "dtype": self.dtype, "created": str(self.h5.attrs["created"]),
+            "dtype": self.dtype, "created": str(self.manifest["created"]),
             "active_model": self.active_model, "aliases": self.aliases,
             "rows": self.committed, "live": self.count(),
             "models": [m.summary() for m in self.models()],
-            "per_model": items.model_counts(self),
+            "per_model": reads.model_counts(self),
+            "manifest_version": self.manifest_version, "segments": len(self.manifest["segments"]),
         }
+
+
+class _NewFiles:
+    """Tracks the files a writer creates before its commit; on any failure they are removed
+    (they were never listed, so no reader can have them) and the error says nothing was kept."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.names: list[str] = []
+
+    def name(self, kind: str) -> str:
+        name = self.store.new_file(kind)
+        self.names.append(name)
+        return name
+
+    def __enter__(self) -> "_NewFiles":
+        return self
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            return
+        for name in self.names:
+            for path in (self.store.dir / name, self.store.dir / f"{name}.tmp"):
+                path.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise GalleryError(f"cannot write store {self.store.path}: {exc.strerror or exc}; "
+                               "nothing was committed, the previous state is kept") from None
+
+
+def _check_format(manifest: dict, path: Path) -> None:
+    if manifest.get("format") != schema.FORMAT:
+        raise BadInput(f"{path} is not a gallery store (manifest format is not {schema.FORMAT})")
+    version = int(manifest.get("schema_version", 0))
+    if version > schema.SCHEMA_VERSION:
+        raise BadInput(f"store {path} has schema v{version}, newer than this gallery understands "
+                       f"(v{schema.SCHEMA_VERSION}); upgrade gallery")

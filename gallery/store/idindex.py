@@ -1,4 +1,4 @@
-"""Finding stored rows by id through /items/id_hash (schema v2), at 8 bytes per stored row.
+"""Finding stored rows by id through the segments' id_hash column, at 8 bytes per stored row.
 
 The duplicate-id check of every enrol and `remove` by id used to decode every stored id
 (~9 us per row: ~45 s of each enrol call at 10M rows). They now read id_hash[:committed]
@@ -10,17 +10,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-import h5py
 import numpy as np
 
 from gallery.store import schema
+from gallery.store.reads import column_range, column_rows
 
 if TYPE_CHECKING:
     from gallery.store.core import Store
 
 HASH_BLOCK = 1 << 18  # rows per read of id_hash (2 MiB) or of ids (32 MiB): memory bounded at any size
-RUN_GAP = 4096        # read_rows: hits closer than this share one slice (one HDF5 chunk of ids)
-RUN_BLOCK = 65536     # ... and a slice spans at most this many rows (8 MiB of ids)
 
 
 def find(store: "Store", ids: Sequence[str], hashes: np.ndarray | None = None) -> dict[str, int]:
@@ -29,13 +27,12 @@ def find(store: "Store", ids: Sequence[str], hashes: np.ndarray | None = None) -
     n = store.committed
     if not n or not len(ids):
         return {}
-    items = store.h5["items"]
     match = matcher(np.unique(schema.id_hash(ids) if hashes is None else hashes))
-    hits = np.concatenate([lo + match(items["id_hash"][lo : min(n, lo + HASH_BLOCK)])
+    hits = np.concatenate([lo + match(column_range(store, "id_hash", lo, min(n, lo + HASH_BLOCK)))
                            for lo in range(0, n, HASH_BLOCK)])
     if not hits.size:
         return {}
-    exact = _decode(read_rows(items["id"], hits))
+    exact = _decode(column_rows(store, "id", hits))
     want = set(ids)
     return {item: int(row) for item, row in zip(exact, hits.tolist()) if item in want}
 
@@ -63,34 +60,18 @@ def matcher(wanted: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     return match
 
 
-def read_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
-    """ds[rows] for sorted row numbers: one slice per run of nearby rows (h5py point
-    selection is slow for many points), each within a RUN_BLOCK-row span (memory bound)."""
-    if not rows.size:
-        return ds[:0]
-    breaks = np.flatnonzero((np.diff(rows) > RUN_GAP) | (np.diff(rows // RUN_BLOCK) != 0)) + 1
-    parts = [ds[int(part[0]) : int(part[-1]) + 1][part - part[0]] for part in np.split(rows, breaks)]
-    return np.concatenate(parts)
-
-
-def fill(items: h5py.Group, n: int) -> None:
-    """Write id_hash[:n] from the stored ids (the schema v1 -> v2 migration)."""
-    for lo, hi, hashes in _hashes_of_ids(items, n):
-        items["id_hash"][lo:hi] = hashes
-
-
-def mismatches(items: h5py.Group, n: int) -> np.ndarray:
+def mismatches(store: "Store") -> np.ndarray:
     """Committed rows whose stored id_hash is not the hash of their id (verify)."""
-    bad = [lo + np.flatnonzero(items["id_hash"][lo:hi] != hashes)
-           for lo, hi, hashes in _hashes_of_ids(items, n)]
+    bad = [lo + np.flatnonzero(column_range(store, "id_hash", lo, hi) != hashes)
+           for lo, hi, hashes in _hashes_of_ids(store, store.committed)]
     return np.concatenate(bad) if bad else np.empty(0, np.int64)
 
 
-def _hashes_of_ids(items: h5py.Group, n: int) -> Iterator[tuple[int, int, np.ndarray]]:
+def _hashes_of_ids(store: "Store", n: int) -> Iterator[tuple[int, int, np.ndarray]]:
     """(lo, hi, id_hash of ids[lo:hi]) a block at a time: memory bounded at any store size."""
     for lo in range(0, n, HASH_BLOCK):
         hi = min(n, lo + HASH_BLOCK)
-        yield lo, hi, schema.id_hash(_decode(items["id"][lo:hi]))
+        yield lo, hi, schema.id_hash(_decode(column_range(store, "id", lo, hi)))
 
 
 def _decode(raw: np.ndarray) -> list[str]:

@@ -1,37 +1,39 @@
-"""Rows of a store: enrol (whole committed batches) and tombstone (reads: reads.py,
-re-exported here).
+"""Rows of a store: enrol (rows appended as new segments) and remove (deletion files).
+Reads are reads.py (re-exported here).
 
-Commit protocol: a batch's rows are written past the committed count, its record
-(with the batch sha256 and the new chain checksum) is appended to /batches, and
-only then is /items.attrs["committed"] bumped and the file flushed. Readers only
-look at rows below `committed`, so a writer killed mid-batch leaves a store whose
-gallery is exactly the batches committed before it; the next writer overwrites
-the leftover tail.
+Commit protocol (manifest.py): an enrol writes its rows to a new segment file, fsyncs it
+and commits a manifest listing it with the batches' checksums and the new committed count
+and chain; a removal writes a deletion file the same way. Until the manifest is replaced
+the rows or tombstones do not exist; a writer killed before that leaves an orphan file
+the next writer deletes. An enrol larger than SEGMENT_ROWS commits one segment per
+SEGMENT_ROWS rows (the gallery is then a prefix of the enrol, in whole segments).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import time
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from gallery.errors import BadInput, GalleryError, NotFound
+from gallery.errors import BadInput, NotFound
 from gallery.preprocess import l2_normalize
-from gallery.store import bytelog, idindex, schema
+from gallery.store import idindex, schema, segments
+from gallery.store import manifest as mf
 from gallery.store.reads import (READ_CHUNK, batch_records, columns, content_checksum,  # noqa: F401
                                  decode, embeddings, model_counts, snapshot, stored_models, values_at)
-from gallery.store.schema import ITEM_COLUMNS
+from gallery.store.schema import ITEM_COLUMNS, SEGMENT_COLUMNS
 
 if TYPE_CHECKING:
     from gallery.store.core import Store
 
 log = logging.getLogger(__name__)
 
-SPACE_HEADROOM = 4 << 20  # one new chunk of every column (~3 MiB at dim 512) plus the logs
+SPACE_HEADROOM = 4 << 20  # HDF5 metadata, chunk padding, the next manifest
+SEGMENT_ROWS = 1 << 16    # rows per segment (and per commit) of a large enrol: built in memory (128 MiB at dim 512)
+AUTO_COMPACT_FILES = 64   # small segments or deletion files past which a writer compacts
 
 
 def batch_sha256(ids: Sequence[str], identities: Sequence[str], models: Sequence[str],
@@ -115,83 +117,64 @@ def enroll(
         raise BadInput(f"{len(emb)} embeddings but {len(content_hashes)} content hashes")
     _check_space(store, len(stored))
     start = store.committed
-    _truncate_tail(store, start)
-    for lo in range(0, len(stored), batch_size):
-        hi = min(lo + batch_size, len(stored))
-        _commit_batch(store, stored[lo:hi], ids[lo:hi], identities[lo:hi], version,
-                      list(content_hashes[lo:hi]), id_hashes[lo:hi])
+    for lo in range(0, len(stored), SEGMENT_ROWS):
+        hi = min(lo + SEGMENT_ROWS, len(stored))
+        with store.transaction():
+            _commit_segment(store, stored[lo:hi], ids[lo:hi], identities[lo:hi], version,
+                            list(content_hashes[lo:hi]), id_hashes[lo:hi], batch_size)
+            if hi == len(stored):  # the acknowledgement is the last segment's commit
+                result = {"event": "enroll", "model": version, "rows": len(stored), "start": start,
+                          "stop": start + len(stored)}
+                store.append_history(result)
         if progress is not None:
             progress(hi - lo)
     store.invalidate()
-    result = {"event": "enroll", "model": version, "rows": len(stored), "start": start,
-              "stop": start + len(stored)}
-    store.append_history(result)
+    auto_compact(store)
     return result
 
 
+def auto_compact(store: "Store") -> None:
+    """Merge small files once there are many (bounded read cost and manifest size)."""
+    from gallery.store.compact import compact, small_segments
+
+    if len(small_segments(store)) > AUTO_COMPACT_FILES or len(store.manifest["deletions"]) > AUTO_COMPACT_FILES:
+        compact(store)
+
+
 def _check_space(store: "Store", rows: int) -> None:
-    """Refuse an enrol the disk cannot hold, before the first byte is written.
-
-    HDF5 does not reliably report a full disk at the write that hit it (chunks sit in
-    its cache until a flush or close), and a store whose file could not be extended
-    can be left unopenable; so the free space is checked up front: twice the rows'
-    bytes plus one fresh chunk of every column (chunks are allocated whole).
-    """
+    """Refuse an enrol the disk cannot hold, before the first byte is written: the rows'
+    bytes (as stored, with HDF5 checksums) plus a new manifest and headroom."""
     row_bytes = store.dim * np.dtype(store.dtype).itemsize + sum(
-        np.dtype(kind).itemsize for kind in ITEM_COLUMNS.values())
-    need = 2 * rows * row_bytes + SPACE_HEADROOM
-    free = shutil.disk_usage(store.path.parent).free
-    if free < need:
-        raise GalleryError(f"not enough free disk space for {store.path}: enrolling {rows} rows needs "
-                           f"~{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free; nothing was written")
+        np.dtype(kind).itemsize for kind in SEGMENT_COLUMNS.values())
+    need = int(1.1 * rows * row_bytes) + len(str(store.manifest)) + SPACE_HEADROOM
+    mf.check_space(store.dir, need, f"enrolling {rows} rows")
 
 
-def _truncate_tail(store: "Store", committed: int) -> None:
-    """Drop rows an interrupted enrol wrote past the committed count."""
-    items = store.h5["items"]
-    for name in (*ITEM_COLUMNS, "embedding"):
-        if items[name].shape[0] != committed:
-            items[name].resize(committed, axis=0)
-    # Records of batches that never committed sit at the end: read back from there only
-    # (reading every record made each enrol O(batches in the store)).
-    batches = store.h5["batches"]
-    keep = bytelog.count(batches)
-    while keep and bytelog.record(batches, keep - 1)["stop"] > committed:
-        keep -= 1
-    bytelog.truncate(batches, keep)
-
-
-def _commit_batch(store: "Store", emb: np.ndarray, ids: list[str], identities: list[str],
-                  version: str, hashes: list[str], id_hashes: np.ndarray) -> None:
-    _check_space(store, len(emb))  # again per batch: another process may be filling the disk
-    items = store.h5["items"]
-    lo = store.committed
-    hi = lo + len(emb)
+def _commit_segment(store: "Store", emb: np.ndarray, ids: list[str], identities: list[str],
+                    version: str, hashes: list[str], id_hashes: np.ndarray, batch_size: int) -> None:
+    """Write one segment and list it (the transaction around it commits)."""
+    _check_space(store, len(emb))  # again per segment: another process may be filling the disk
+    m = store.manifest
+    lo = int(m["committed"])
     now = time.time()
     models = [version] * len(emb)
-    values = {
-        "id": _encode(ids), "identity": _encode(identities), "model": _encode(models),
-        "content_hash": _encode(hashes),
-        "enrolled_at": np.full(len(emb), now), "deleted": np.zeros(len(emb), np.uint8),
-        "deleted_at": np.zeros(len(emb)), "id_hash": id_hashes,
-    }
-    for name, column in values.items():
-        items[name].resize(hi, axis=0)
-        items[name][lo:hi] = column
-    items["embedding"].resize(hi, axis=0)
-    items["embedding"][lo:hi] = emb
-    # Rows reach the file before the commit record: a write that fails (disk full)
-    # raises here, while the batch does not exist yet.
-    store.h5.flush()
-    digest = batch_sha256(ids, identities, models, emb)
-    new_chain = chain(store.chain, digest)
-    bytelog.append(store.h5["batches"], {"start": lo, "stop": hi, "sha256": digest, "chain": new_chain,
-                                      "model": version})
-    # The commit point: until these two attrs are flushed the batch does not exist.
-    # Fixed-width bytes (np.bytes_): rewritten in place, unlike a variable-length str.
-    items.attrs["chain"] = np.bytes_(new_chain)
-    items.attrs["committed"] = hi
-    store.h5.flush()
+    values = {"id": _encode(ids), "identity": _encode(identities), "model": _encode(models),
+              "content_hash": _encode(hashes), "enrolled_at": np.full(len(emb), now), "id_hash": id_hashes}
+    with store.write_files() as new:
+        name = new.name("seg")
+        written = segments.write_rows(store.dir, name, values, emb, store.durable)
+        m["segments"].append(dict(written, start=lo, rows=len(emb), dim=int(emb.shape[1]),
+                                      model=version))
+    chain_value = m["chain"]
+    for b in range(0, len(emb), batch_size):  # checksum records per batch (verify, index catch-up)
+        e = min(b + batch_size, len(emb))
+        digest = batch_sha256(ids[b:e], identities[b:e], models[b:e], emb[b:e])
+        chain_value = chain(chain_value, digest)
+        m["batches"].append({"start": lo + b, "stop": lo + e, "sha256": digest, "chain": chain_value,
+                             "model": version})
+    m["chain"] = chain_value
+    m["committed"] = lo + len(emb)
+    store.commit()  # inside the caller's transaction: at its end, with the history record if any
 
 
 def remove(store: "Store", ids: Sequence[str]) -> dict:
@@ -205,19 +188,23 @@ def remove(store: "Store", ids: Sequence[str]) -> dict:
     if unknown:
         raise NotFound(f"unknown ids: {', '.join(unknown[:5])}" + (" ..." if len(unknown) > 5 else ""))
     rows = np.array(sorted({where[i] for i in wanted}), dtype=np.int64)
-    items = store.h5["items"]
-    fresh = rows[idindex.read_rows(items["deleted"], rows) == 0]
-    if fresh.size:
-        # h5py point selection needs increasing indices: `rows` is sorted.
-        items["deleted"][fresh] = np.ones(fresh.size, np.uint8)
-        items["deleted_at"][fresh] = np.full(fresh.size, time.time())
-        items.attrs["removed"] = int(items.attrs.get("removed", 0)) + int(fresh.size)
-        store.h5.flush()
-    store.invalidate()
+    fresh = rows[~snapshot(store)[2][rows]]
     by_row = {row: item for item, row in where.items()}
     result = {"event": "remove", "removed": int(fresh.size), "already_removed": int(rows.size - fresh.size),
               "ids": [by_row[r] for r in fresh.tolist()]}
-    store.append_history(result)
+    with store.transaction():
+        if fresh.size:
+            table = np.zeros(fresh.size, segments.DELETION_DTYPE)
+            table["row"], table["at"] = fresh, time.time()
+            mf.check_space(store.dir, table.nbytes + SPACE_HEADROOM, f"removing {fresh.size} rows")
+            with store.write_files() as new:
+                name = new.name("del")
+                written = segments.write_array(store.dir, name, table, store.durable)
+                store.manifest["deletions"].append(dict(written, rows=int(fresh.size)))
+            store.manifest["removed"] = int(store.manifest.get("removed", 0)) + int(fresh.size)
+        store.append_history(result)
+    store.invalidate()
+    auto_compact(store)
     return result
 
 

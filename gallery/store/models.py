@@ -1,22 +1,20 @@
 """The model records of a store: versions, the active query model, aliases, thresholds.
 
-A mixin of Store (gallery/store/core.py), which supplies `h5`, `path`, `_cache`,
-`require_writer` and `append_history`; Store's public API is unchanged by the split.
+A mixin of Store (gallery/store/core.py), which supplies `manifest`, `path`, `_cache`,
+`require_writer`, `transaction` and `append_history`. Every change is one manifest commit
+together with its history record.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-import h5py
 import numpy as np
 
 from gallery.errors import BadInput
 from gallery.store import schema
-from gallery.store.layout import write_model
 from gallery.store.schema import ModelInfo
 
 
@@ -29,29 +27,31 @@ def with_stored_path(store_path: Path, model: ModelInfo) -> ModelInfo:
 
 
 class ModelRecords:
-    h5: h5py.File
+    manifest: dict
     path: Path
     _cache: dict[str, Any]
     require_writer: Callable[[], None]
     append_history: Callable[[dict], None]
+    transaction: Callable[[], Any]
+    commit: Callable[[], None]
 
     @property
     def active_model(self) -> str:
-        return str(self.h5.attrs["active_model"])
+        return str(self.manifest["active_model"])
 
     @property
     def aliases(self) -> dict[str, str]:
-        return json.loads(self.h5.attrs.get("aliases", "{}"))
+        return dict(self.manifest["aliases"])
 
     def model_versions(self) -> list[str]:
-        return sorted(self.h5["models"].keys())
+        return sorted(self.manifest["models"])
 
     def model(self, version: str | None = None) -> ModelInfo:
         """The record of a version or alias (default: the active query model)."""
         from gallery.modelfiles import resolve
 
         version = self.resolve_version(version or self.active_model)
-        info = ModelInfo.from_attrs(self.h5["models"][version].attrs)
+        info = ModelInfo.from_attrs(self.manifest["models"][version])
         found = resolve(self.path, info.path)  # recorded relative to the store's folder when inside it
         info.path = None if found is None else str(found)
         return info
@@ -70,7 +70,7 @@ class ModelRecords:
 
     def resolve_version(self, name: str) -> str:
         """A version name or alias -> the version; unknown -> BadInput listing both."""
-        if name in self.h5["models"]:
+        if name in self.manifest["models"]:
             return name
         aliases = self.aliases
         if name in aliases:
@@ -82,28 +82,29 @@ class ModelRecords:
         """Register a new encoder version (same dimension); does not activate it."""
         self.require_writer()
         schema.check_version_name(model.version)
-        if model.version in self.h5["models"] or model.version in self.aliases:
+        if model.version in self.manifest["models"] or model.version in self.aliases:
             raise BadInput(f"model version {model.version!r} already exists in {self.path}")
         if model.dim != self.dim:
             raise BadInput(f"model {model.version} has dimension {model.dim}, store has {self.dim}")
-        write_model(self.h5, with_stored_path(self.path, model))
-        self.append_history({"event": "add_model", "model": model.version, "sha256": model.sha256})
+        with self.transaction():
+            self.manifest["models"][model.version] = with_stored_path(self.path, model).to_attrs()
+            self.append_history({"event": "add_model", "model": model.version, "sha256": model.sha256})
 
     def update_model(self, model: ModelInfo) -> None:
         """Rewrite an existing version's record (thresholds, compat report...)."""
         self.require_writer()
         self.resolve_version(model.version)
-        del self.h5["models"][model.version]
-        write_model(self.h5, with_stored_path(self.path, model))
+        self.manifest["models"][model.version] = with_stored_path(self.path, model).to_attrs()
         self._cache.pop("thresholds", None)
-        self.h5.flush()
+        self.commit()
 
     def set_active_model(self, version: str) -> None:
         self.require_writer()
         resolved = self.resolve_version(version)
         previous = self.active_model
-        self.h5.attrs["active_model"] = resolved
-        self.append_history({"event": "activate", "model": resolved, "previous": previous})
+        with self.transaction():
+            self.manifest["active_model"] = resolved
+            self.append_history({"event": "activate", "model": resolved, "previous": previous})
 
     def set_alias(self, alias: str, version: str | None) -> None:
         """Point `alias` at a version (None removes it)."""
@@ -113,27 +114,28 @@ class ModelRecords:
             aliases.pop(alias, None)
         else:
             schema.check_version_name(alias)
-            if alias in self.h5["models"]:
+            if alias in self.manifest["models"]:
                 raise BadInput(f"alias {alias!r} clashes with a model version")
             aliases[alias] = self.resolve_version(version)
-        self.h5.attrs["aliases"] = json.dumps(aliases, sort_keys=True)
-        self.append_history({"event": "alias", "alias": alias, "model": aliases.get(alias)})
+        with self.transaction():
+            self.manifest["aliases"] = dict(sorted(aliases.items()))
+            self.append_history({"event": "alias", "alias": alias, "model": aliases.get(alias)})
 
     def engine_cursor(self, key: str) -> dict | None:
         """The sync cursor gallery.engines recorded for `key` (an engine + collection), or None."""
-        return json.loads(self.h5.attrs.get("engine_cursors", "{}")).get(key)
+        return self.manifest.get("engine_cursors", {}).get(key)
 
     def set_engine_cursor(self, key: str, cursor: dict | None) -> None:
-        """Record (None: forget) an engine sync cursor: small JSON, one attribute write, no
-        history event (a sync writes it after every engine batch)."""
+        """Record (None: forget) an engine sync cursor: small JSON in the manifest, one commit,
+        no history event (a sync writes it after every engine batch)."""
         self.require_writer()
-        table = json.loads(self.h5.attrs.get("engine_cursors", "{}"))
+        table = dict(self.manifest.get("engine_cursors", {}))
         if cursor is None:
             table.pop(key, None)
         else:
             table[key] = cursor
-        self.h5.attrs["engine_cursors"] = json.dumps(table, sort_keys=True)
-        self.h5.flush()
+        self.manifest["engine_cursors"] = dict(sorted(table.items()))
+        self.commit()
 
     def set_threshold(self, query_version: str, gallery_version: str, value: float) -> None:
         """Record the decision threshold for queries by one model against rows of another."""
@@ -142,6 +144,7 @@ class ModelRecords:
         info = self.model(query_version)
         gallery_version = self.resolve_version(gallery_version)
         info.thresholds[gallery_version] = float(value)
-        self.update_model(info)
-        self.append_history({"event": "threshold", "query": info.version, "gallery": gallery_version,
-                             "value": float(value)})
+        with self.transaction():
+            self.update_model(info)
+            self.append_history({"event": "threshold", "query": info.version, "gallery": gallery_version,
+                                 "value": float(value)})

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from gallery.store.reads import with_backfills
+from gallery.store.reads import column_range, with_backfills
 
 if TYPE_CHECKING:
     from gallery.store import Store
@@ -22,7 +22,7 @@ BLOCK_ROWS = 65536  # 128 MiB of float32 at dim 512
 def embeddings_between(store: "Store", lo: int, hi: int) -> np.ndarray:
     """Rows lo..hi-1 as float32 (tombstoned rows included), backfilled rows substituted."""
     hi = min(hi, store.committed)
-    out = np.asarray(store.h5["items"]["embedding"][lo:hi], dtype=np.float32)
+    out = np.asarray(column_range(store, "embedding", lo, hi), dtype=np.float32)
     return with_backfills(store, out, np.arange(lo, hi))
 
 

@@ -1,5 +1,10 @@
-"""Reading a store's rows: the reader snapshot, metadata columns (whole or for a few
-rows), per-model counts, embeddings and the content checksum. Writes live in items.py."""
+"""Reading a store's rows across its segments: the snapshot (committed rows, chain,
+tombstones), metadata columns (whole or for a few rows), per-model counts, embeddings as a
+query model sees them, and the content checksum. Writes live in items.py.
+
+Everything here reads the one manifest the Store loaded, so a reader's view never mixes
+two commits. Rows are global numbers; a segment holds rows [start, start + rows).
+"""
 
 from __future__ import annotations
 
@@ -9,31 +14,73 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gallery.errors import BadInput
-from gallery.store import bytelog, idindex
+from gallery.store import overlays, segments
 from gallery.store.schema import ITEM_COLUMNS
 
 if TYPE_CHECKING:
     from gallery.store.core import Store
 
 READ_CHUNK = 65536
+RUN_GAP = 4096        # read_rows: rows closer than this share one slice
+RUN_BLOCK = 65536     # ... and a slice spans at most this many rows
+
+
+def column_range(store: "Store", name: str, lo: int, hi: int) -> np.ndarray:
+    """Raw stored values of rows lo..hi-1 (`embedding` or a segment column), across segments."""
+    parts = []
+    first = int(np.searchsorted(store._stops, lo, side="right"))
+    for i in range(first, len(store.manifest["segments"])):
+        seg = store.manifest["segments"][i]
+        start = seg["start"]
+        if start >= hi:
+            break
+        a, b = max(lo, start) - start, min(hi, start + seg["rows"]) - start
+        if b > a:
+            parts.append(store._files.read(seg["file"], name, slice(a, b)))
+    if not parts:
+        return _empty(store, name)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def column_rows(store: "Store", name: str, rows: np.ndarray) -> np.ndarray:
+    """Raw stored values of the sorted, unique `rows`: one slice per run of nearby rows
+    within a segment (h5py point selection is slow for many points)."""
+    rows = np.asarray(rows, np.int64)
+    if not rows.size:
+        return _empty(store, name)
+    which = np.searchsorted(store._stops, rows, side="right")
+    parts = []
+    for i in np.unique(which).tolist():
+        seg = store.manifest["segments"][i]
+        local = rows[which == i] - seg["start"]
+        breaks = np.flatnonzero((np.diff(local) > RUN_GAP) | (np.diff(local // RUN_BLOCK) != 0)) + 1
+        for part in np.split(local, breaks):
+            block = store._files.read(seg["file"], name, slice(int(part[0]), int(part[-1]) + 1))
+            parts.append(block[part - part[0]])
+    return np.concatenate(parts)
+
+
+def _empty(store: "Store", name: str) -> np.ndarray:
+    if name == "embedding":
+        return np.empty((0, store.dim), store.dtype)
+    return np.empty(0, ITEM_COLUMNS[name])
 
 
 def columns(store: "Store") -> dict[str, np.ndarray]:
-    """Every committed row's metadata columns (cached until the next write). Decodes every
-    row (~2 s per 1M rows): readers that need a few rows use values_at, tombstones come
-    from snapshot, per-model counts from model_counts."""
+    """Every committed row's metadata columns (cached). Decodes every row (~2 s per 1M
+    rows): readers that need a few rows use values_at, tombstones come from snapshot,
+    per-model counts from model_counts."""
     if "columns" not in store._cache:
         n, _, deleted = snapshot(store)
-        items = store.h5["items"]
         cols: dict[str, np.ndarray] = {}
         for name, kind in ITEM_COLUMNS.items():
-            if name != "deleted":
-                ds = items[name]
-                cols[name] = decode(ds[:n]) if kind.startswith("S") else ds[:n]
+            if name in ("deleted", "deleted_at"):
+                continue
+            raw = column_range(store, name, 0, n)
+            cols[name] = decode(raw) if kind.startswith("S") else raw
         cols["deleted"] = deleted
-        if "rollout" in store.h5:  # rows re-embedded by a backfill (gallery/rollout/overlay.py)
-            from gallery.rollout.overlay import apply_models
-            cols["model"] = apply_models(store, np.arange(n), cols["model"])
+        cols["deleted_at"] = deleted_at(store)
+        cols["model"] = overlays.apply_models(store, np.arange(n), cols["model"])
         store._cache["columns"] = cols
     return store._cache["columns"]
 
@@ -47,12 +94,16 @@ def values_at(store: "Store", name: str, rows: np.ndarray) -> np.ndarray:
     if rows.size and (rows.min() < 0 or rows.max() >= n):
         raise BadInput(f"row numbers out of range 0..{n - 1}")
     uniq, inverse = np.unique(rows.ravel(), return_inverse=True)
-    values = idindex.read_rows(store.h5["items"][name], uniq)  # sorted rows, nearby ones in one slice
-    if ITEM_COLUMNS[name].startswith("S"):
-        values = decode(values)
-    if name == "model" and "rollout" in store.h5:
-        from gallery.rollout.overlay import apply_models
-        values = apply_models(store, uniq, values)
+    if name == "deleted":
+        values = snapshot(store)[2][uniq]
+    elif name == "deleted_at":
+        values = deleted_at(store)[uniq]
+    else:
+        values = column_rows(store, name, uniq)
+        if ITEM_COLUMNS[name].startswith("S"):
+            values = decode(values)
+        if name == "model":
+            values = overlays.apply_models(store, uniq, values)
     return values[inverse.ravel()].reshape(rows.shape)
 
 
@@ -60,11 +111,10 @@ def stored_models(store: "Store", n: int) -> tuple[list[str], np.ndarray]:
     """(the distinct versions in the first n rows' model column, an int32 code per row into
     them), decoding one value per run of equal rows (rows come in whole batches of one
     version): a comparison per row instead of a decode per row."""
-    ds = store.h5["items"]["model"]
     found: dict[bytes, int] = {}
     codes = np.empty(n, np.int32)
     for lo in range(0, n, READ_CHUNK):
-        raw = ds[lo : min(n, lo + READ_CHUNK)]
+        raw = column_range(store, "model", lo, min(n, lo + READ_CHUNK))
         starts = np.flatnonzero(np.concatenate(([True], raw[1:] != raw[:-1])))
         heads = [found.setdefault(value, len(found)) for value in raw[starts].tolist()]
         codes[lo : lo + raw.size] = np.repeat(heads, np.diff(np.append(starts, raw.size)))
@@ -76,15 +126,13 @@ def model_counts(store: "Store") -> dict[str, int]:
     count for the version that re-embedded them), without decoding every row."""
     n, _, deleted = snapshot(store)
     names, codes = stored_models(store, n)
-    if "rollout" in store.h5:
-        from gallery.rollout.overlay import active_models
-        shown = active_models(store)
-        if shown is not None:
-            rows, versions = shown
-            inside = rows < n
-            extra, inverse = np.unique(versions[inside], return_inverse=True)
-            codes[rows[inside]] = len(names) + inverse.ravel()
-            names = [*names, *extra.tolist()]
+    shown = overlays.active_models(store)
+    if shown is not None:
+        rows, versions = shown
+        inside = rows < n
+        extra, inverse = np.unique(versions[inside], return_inverse=True)
+        codes[rows[inside]] = len(names) + inverse.ravel()
+        names = [*names, *extra.tolist()]
     counts = np.bincount(codes[~deleted], minlength=len(names)).tolist()
     total: dict[str, int] = {}
     for name, count in zip(names, counts):  # a version can appear as stored and as re-embedder
@@ -92,27 +140,26 @@ def model_counts(store: "Store") -> dict[str, int]:
     return {name: total[name] for name in sorted(total) if total[name]}
 
 
-def embeddings(store: "Store", rows: np.ndarray | None = None) -> np.ndarray:
-    """Committed embeddings as float32 (all, or the given row numbers)."""
-    return with_backfills(store, _raw_embeddings(store, rows), rows)
+def embeddings(store: "Store", rows: np.ndarray | None = None, version: str | None = None) -> np.ndarray:
+    """Committed embeddings as float32 (all, or the given row numbers) as queries of
+    `version` (default: the query model) see them: backfilled rows substituted. The one
+    function search, shadow, export, prune and index builds read vectors through."""
+    return with_backfills(store, _raw_embeddings(store, rows), rows, version)
 
 
-def with_backfills(store: "Store", out: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
-    """Embeddings of `rows` (None: all committed rows) as queries see them: rows
-    re-embedded by a backfill (gallery/rollout/overlay.py) substituted."""
-    if "rollout" not in store.h5:
-        return out
-    from gallery.rollout.overlay import apply_embeddings
-    return apply_embeddings(store, out, rows)
+def with_backfills(store: "Store", out: np.ndarray, rows: np.ndarray | None,
+                   version: str | None = None) -> np.ndarray:
+    """`out` (embeddings of `rows`, None: all committed rows) with rows re-embedded by a
+    backfill in `version`'s lineage substituted."""
+    return overlays.apply_embeddings(store, out, rows, version)
 
 
 def _raw_embeddings(store: "Store", rows: np.ndarray | None = None) -> np.ndarray:
-    ds = store.h5["items"]["embedding"]
     n = store.committed
     if rows is None:
         out = np.empty((n, store.dim), np.float32)
         for lo in range(0, n, READ_CHUNK):
-            out[lo : lo + READ_CHUNK] = ds[lo : min(n, lo + READ_CHUNK)]
+            out[lo : lo + READ_CHUNK] = column_range(store, "embedding", lo, min(n, lo + READ_CHUNK))
         return out
     rows = np.asarray(rows, dtype=np.int64)
     if rows.size and (rows.min() < 0 or rows.max() >= n):
@@ -123,40 +170,54 @@ def _raw_embeddings(store: "Store", rows: np.ndarray | None = None) -> np.ndarra
     # selection of the same rows (measured ~0.1 vs ~0.45 ms per row).
     uniq, inverse = np.unique(rows, return_inverse=True)
     out = np.empty((uniq.size, store.dim), np.float32)
-    for i, row in enumerate(uniq.tolist()):
-        out[i] = ds[row]
+    which = np.searchsorted(store._stops, uniq, side="right")
+    segs = store.manifest["segments"]
+    for i, (row, s) in enumerate(zip(uniq.tolist(), which.tolist())):
+        out[i] = store._files.read(segs[s]["file"], "embedding", row - segs[s]["start"])
     return out[inverse]
 
 
+def _deletions(store: "Store") -> tuple[np.ndarray, np.ndarray]:
+    """(rows, deleted_at) of every deletion file, each checked against its checksum."""
+    if "deletions" not in store._cache:
+        parts = [segments.read_array(store.dir, d, store.path) for d in store.manifest["deletions"]]
+        table = np.concatenate(parts) if parts else np.empty(0, segments.DELETION_DTYPE)
+        store._cache["deletions"] = (table["row"].astype(np.int64), table["at"].astype(np.float64))
+    return store._cache["deletions"]
+
+
+def deleted_at(store: "Store") -> np.ndarray:
+    rows, at = _deletions(store)
+    out = np.zeros(store.committed)
+    out[rows[rows < store.committed]] = at[rows < store.committed]
+    return out
+
+
 def snapshot(store: "Store") -> tuple[int, str, np.ndarray]:
-    """(committed rows, the chain checksum after them, their tombstones), read together once
-    and cached until the next write: the one view a reader's checksum, columns and index
-    catch-up all use, however far a concurrent writer has moved on meanwhile."""
+    """(committed rows, the chain checksum after them, their tombstones): all from the one
+    manifest this Store loaded, so a reader's checksum, columns and index catch-up agree."""
     if "snapshot" not in store._cache:
-        attrs = store.h5["items"].attrs
-        for _ in range(100):  # committed and chain are one commit: re-read if one landed between
-            n, chain = int(attrs["committed"]), attrs["chain"]
-            if int(attrs["committed"]) == n:
-                break
-        chain = chain.decode() if isinstance(chain, bytes) else str(chain)
-        store._cache["snapshot"] = (n, chain, store.h5["items"]["deleted"][:n].astype(bool))
+        n = store.committed
+        deleted = np.zeros(n, bool)
+        rows = _deletions(store)[0]
+        deleted[rows[rows < n]] = True
+        store._cache["snapshot"] = (n, store.chain, deleted)
     return store._cache["snapshot"]
 
 
 def content_checksum(store: "Store") -> str:
-    """Changes whenever the searchable content changes (an enrol or a removal)."""
+    """Changes whenever the searchable content changes (an enrol, a removal, a backfill
+    commit, a query-model switch over backfilled rows)."""
     digest = hashlib.sha256()
-    committed, chain, deleted = snapshot(store)  # 1 byte/row, not columns()
+    committed, chain, deleted = snapshot(store)
     digest.update(f"{committed}:{chain}:".encode())
     digest.update(np.packbits(deleted).tobytes())
-    if "rollout" in store.h5:  # a backfill or a query-model switch over backfilled rows
-        from gallery.rollout.overlay import checksum_part
-        digest.update(checksum_part(store).encode())
+    digest.update(overlays.checksum_part(store).encode())
     return digest.hexdigest()
 
 
 def batch_records(store: "Store") -> list[dict]:
-    return bytelog.read(store.h5["batches"])
+    return list(store.manifest["batches"])
 
 
 def decode(raw: np.ndarray) -> np.ndarray:

@@ -1,21 +1,23 @@
-"""The on-disk layout of a gallery store (one HDF5 file) and the model record.
+"""The on-disk layout of a gallery store (a directory) and the model record.
 
-Layout (schema version 2; migrations.py turns older files into it):
-  /                      attrs: format, schema_version, created, dim, dtype,
-                                active_model (version used for queries), aliases (JSON)
-  /models/<version>      one group per encoder version ("v1", "v2", ...); attrs are
-                         the fields of ModelInfo (dicts stored as JSON strings)
-  /items/<field>         one dataset per column, all the same length; only the first
-                         `committed` rows (attr on /items) are part of the gallery;
-                         rows past it are leftovers of an interrupted enrol
-  /items/id_hash         uint64 per row, id_hash(id): the duplicate-id check and remove-by-id
-                         read these 8 bytes/row, and the exact ids only of rows whose hash
-                         matches (schema v2; verify checks every hash against its id)
-  /items/embedding       (N, dim) L2-normalised, chunked and resizable
-  /batches               append-only JSON records (bytelog.py), one per committed enrol batch, with
-                         the batch's sha256 and the running chain checksum
-  /history               append-only JSON event log (init, enroll, remove, migrations,
-                         and whatever rollout records: upgrade, alias, rollback)
+Layout (schema version 3; `gallery migrate` converts the single-file v1/v2 stores):
+  STORE/MANIFEST         JSON, the commit point (manifest.py): format, schema_version, version
+                         (bumped by every commit), dim, dtype, created, active_model, aliases,
+                         models {version: ModelInfo fields}, parents (rollout lineage),
+                         segments [{file, start, rows, dim, bytes, sha256}], batches [{start, stop,
+                         sha256, chain, model}], committed, chain, deletions [{file, rows, bytes,
+                         sha256}], overlays {version: {files: [...], plan: {...} | null}},
+                         history [events], next_file
+  STORE/seg-NNNNNN.h5    rows of one commit (segments.py): SEGMENT_COLUMNS + embedding (rows, dim);
+                         each segment records its own dim (room for per-model-version dims)
+  STORE/del-NNNNNN.npy   tombstones of one removal: (row, deleted_at)
+  STORE/ovl-NNNNNN.h5    backfilled embeddings of one commit: row, embedding, content_hash
+  STORE/plan-NNNNNN.npy  the rows a backfill run visits (fixed when it starts)
+  STORE/LOCK             the writer's pid (informational; the lock is an flock on STORE itself)
+  STORE/index*           the faiss index sidecar (gallery/index/sidecar.py), bound to a content checksum
+
+Rows are numbered 0..committed-1 across the segments in manifest order; a row's number
+never changes (compaction merges files, not rows). Strings are fixed-width UTF-8 bytes.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import numpy as np
 from gallery.errors import BadInput
 
 FORMAT = "gallery.store"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DTYPES = ("float32", "float16")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -49,6 +51,10 @@ ITEM_COLUMNS: dict[str, str] = {
     "deleted_at": "float64",
     "id_hash": "uint64",     # id_hash(id), see below (schema v2)
 }
+
+
+# What a row segment stores per row (tombstones live in deletion files).
+SEGMENT_COLUMNS: dict[str, str] = {k: v for k, v in ITEM_COLUMNS.items() if k not in ("deleted", "deleted_at")}
 
 
 def id_hash(ids: Sequence[str]) -> np.ndarray:
