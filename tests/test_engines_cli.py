@@ -4,18 +4,17 @@ exit 2, with the store byte-identical."""
 
 from __future__ import annotations
 
-import hashlib
 
 import numpy as np
 import pytest
 
-from cli_helpers import ok, run
+from cli_helpers import ok, run, store_sha256
 from engine_helpers import KINDS, engine_uri, unit, upgrade, v1_store
 from gallery.store import ModelInfo, Store
 
 
 def _sha(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return store_sha256(path)
 
 
 @pytest.mark.parametrize("kind", KINDS)

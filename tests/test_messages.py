@@ -12,15 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_helpers import ok, run
-from gallery.fingerprint import file_sha256
+from cli_helpers import ok, run, store_sha256
 from gallery.store import ModelInfo, Store
 
 
 def test_info_on_a_directory_says_it_is_a_directory(tmp_path):
     result = run("info", tmp_path)
     assert result.exit_code == 2
-    assert result.stderr.strip() == f"error: {tmp_path} is a directory, not a store file (give the .h5 file inside it)"
+    assert result.stderr.strip() == f"error: {tmp_path} is a directory but not a gallery store (no MANIFEST)"
 
 
 def test_detect_help_shows_the_faces_extra():
@@ -51,11 +50,11 @@ def test_upgrade_refusal_names_the_given_file_not_a_placeholder(tmp_path):
     ok("init", store, "--model", tmp_path / "v1.onnx")
     ok("check-compat", "--old", tmp_path / "v1.onnx", "--new", tmp_path / "v3.onnx", "--data", tmp_path / "eval",
        "--json", tmp_path / "r.json", "--max-new-drop", "1", "--impostor-pairs", "200")
-    before = file_sha256(store)
+    before = store_sha256(store)
     result = run("upgrade", store, "--model", tmp_path / "v2.onnx", "--report", tmp_path / "r.json")
     assert result.exit_code == 2 and "pending" not in result.stderr
     assert f"is not the file given with --model {tmp_path / 'v2.onnx'}" in result.stderr
-    assert file_sha256(store) == before
+    assert store_sha256(store) == before
     # shadow's summary lines are sentences and tables, not Python dicts
     ok("check-compat", "--old", tmp_path / "v1.onnx", "--new", tmp_path / "v2.onnx", "--data", tmp_path / "eval",
        "--json", tmp_path / "r2.json", "--max-new-drop", "1", "--impostor-pairs", "200")

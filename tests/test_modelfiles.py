@@ -10,8 +10,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from cli_helpers import ok, run
-from gallery.fingerprint import file_sha256
+from cli_helpers import ok, run, store_sha256
 
 pytest.importorskip("torch")
 from tiny_models import make_onnx_encoder, write_digit_folder  # noqa: E402
@@ -59,14 +58,14 @@ def test_set_path_remembers_a_moved_file_and_refuses_another_model(models, tmp_p
     lost = run("search", store, "--image", models / "images" / "digit0", "-k", "1")
     assert lost.exit_code == 2 and "the file of model v1 is missing" in lost.stderr
     assert f"gallery model set-path {store} v1 PATH" in lost.stderr
-    before = file_sha256(store)
+    before = store_sha256(store)
     for args, message in ((("v1", models / "v2.onnx"), "is not model v1"),
                           (("v1", tmp_path / "nope.onnx"), "model file not found"),
                           (("v7", tmp_path / "elsewhere.onnx"), "unknown model version 'v7'")):
         refused = run("model", "set-path", store, *args)
         assert refused.exit_code == 2 and message in refused.stderr, refused.stderr
         assert refused.stderr.startswith("error:") and refused.stderr.count("\n") == 1
-    assert file_sha256(store) == before
+    assert store_sha256(store) == before
     done = ok("model", "set-path", store, "v1", tmp_path / "elsewhere.onnx", "--json")
     assert done["path"] == "elsewhere.onnx" and done["previous"] == str(tmp_path / "v1.onnx")
     ok("search", store, "--image", models / "images" / "digit0", "-k", "1")
@@ -87,11 +86,11 @@ def test_rollback_refuses_without_the_target_models_file(models, tmp_path, damag
         (tmp_path / "v1.onnx").unlink()
     else:
         shutil.copy(models / "v2.onnx", tmp_path / "v1.onnx")
-    before = file_sha256(store)
+    before = store_sha256(store)
     refused = run("rollback", store)
     assert refused.exit_code == 2 and refused.stderr.startswith("error:") and refused.stderr.count("\n") == 1
     assert ("is missing" if damage == "missing" else "changed") in refused.stderr
     assert "--allow-missing-model" in refused.stderr
-    assert file_sha256(store) == before
+    assert store_sha256(store) == before
     back = ok("rollback", store, "--allow-missing-model", "--json")
     assert back["to"] == "v1"

@@ -48,7 +48,7 @@ def test_search_gpu_matches_flat_search(shards):
 def test_export_serving_is_an_alias_of_sync(shards, tmp_path):
     _, paths, _ = shards
     store = tmp_path / "g.h5"
-    shutil.copy(paths[0], store)  # a sync records its cursor in the store
+    shutil.copytree(paths[0], store)  # a sync records its cursor in the store
     assert run("export-serving", store).exit_code == 2
     pytest.importorskip("pymilvus")
     out = ok("export-serving", store, "--milvus", tmp_path / "m.db", "--collection", "faces", "--json")

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_helpers import ok, run
+from cli_helpers import ok, run, store_sha256
 from gallery.encoder import embed_paths, load_encoder
-from gallery.fingerprint import file_sha256
 from gallery.preprocess import l2_normalize
 from gallery.store import Store
 
@@ -49,7 +48,7 @@ def base(tmp_path_factory):
 def work(base, tmp_path):
     root, store, report = base
     copy = tmp_path / "g.h5"
-    shutil.copy(store, copy)
+    shutil.copytree(store, copy)
     return root, copy, report
 
 
@@ -95,7 +94,7 @@ def test_calibrate_from_data_equals_the_check_compat_report(work):
 
 def test_calibrate_from_report_set_and_refusals_leave_the_store_identical(work, tmp_path):
     root, store, report = work
-    before = file_sha256(store)
+    before = store_sha256(store)
     (tmp_path / "junk.json").write_text("{}")
     for args, message in (
         (("calibrate", store), "give either --data"),
@@ -109,7 +108,7 @@ def test_calibrate_from_report_set_and_refusals_leave_the_store_identical(work, 
         result = run("threshold", *args)
         assert result.exit_code == 2 and message in result.stderr, (args, result.stderr)
         assert result.stderr.startswith("error:") and result.stderr.count("\n") == 1
-    assert file_sha256(store) == before
+    assert store_sha256(store) == before
     copied = ok("threshold", "calibrate", store, "--report", report, "--json")
     assert [(e["query"], e["rows"], e["threshold"]) for e in copied["calibrated"]] == [
         ("v1", "v1", _report_thresholds(report)[("v1", "v1")])]

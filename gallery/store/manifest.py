@@ -72,7 +72,7 @@ def load(directory: Path, display: Path | None = None) -> dict:
     try:
         data = (directory / NAME).read_bytes()
     except FileNotFoundError:
-        raise BadInput(f"{shown} is not a gallery store (no {NAME})") from None
+        raise BadInput(f"{shown} is a directory but not a gallery store (no {NAME})") from None
     except OSError as exc:
         raise BadInput(f"cannot read {shown}/{NAME}: {exc.strerror}") from None
     try:
