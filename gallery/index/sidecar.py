@@ -67,7 +67,7 @@ def sidecar_state(store: "Store", deep: bool = False) -> tuple[str, str]:
         recorded = meta["sha256"]
     except (ValueError, KeyError, OSError, TypeError) as exc:
         return "corrupt", f"{meta_path.name}: {exc.__class__.__name__}"
-    path = sidecar_path(store)
+    path = store.dir / Path(str(meta.get("file", "sidecar.index"))).name  # from this same read of the record
     if not path.exists():
         return "missing", f"{path.name} is gone (replaced by a concurrent save, or deleted)"
     try:
@@ -202,8 +202,8 @@ def _load(store: "Store") -> GalleryIndex:
     """The sidecar, only if its faiss file is the one its record names (sha256)."""
     import faiss
 
-    path = sidecar_path(store)
     meta = json.loads(_meta_path(store).read_text())
+    path = store.dir / Path(str(meta["file"])).name  # the file this record names, not a later one
     fd = os.open(path, os.O_RDONLY)
     try:  # hashed and read through one open file: a concurrent replace cannot slip in between
         if sha256_file(Path(f"/proc/self/fd/{fd}")) != meta.get("sha256"):
