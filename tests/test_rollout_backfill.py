@@ -5,7 +5,6 @@ v1->v2->v3, rows keep their own model over older backfills, --trust-images."""
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 
 import h5py
@@ -16,6 +15,7 @@ from gallery.encoder import embed_paths, load_encoder
 from gallery.preprocess import l2_normalize
 from gallery.store import Store
 from gallery.store.ranges import embeddings_between
+from gallery.store import manifest as store_manifest  # hand edits keep its checksum valid
 
 pytest.importorskip("torch")
 from cli_helpers import ok, report, run  # noqa: E402
@@ -50,13 +50,13 @@ def test_backfill_then_rollback_then_upgrade_again(rollout_work, tmp_path):
     assert status["ok"] and status["rows_per_model"] == {"v1": len(gone) + 1, "v2": int(expect_v2.sum())}
     damaged = tmp_path / "damaged.h5"
     shutil.copytree(store, damaged)
-    manifest = json.loads((damaged / "MANIFEST").read_text())
+    manifest = store_manifest.load(damaged)
     for record in manifest["overlays"]["v2"]["files"]:  # a NaN written through HDF5, checksums updated:
         path = damaged / record["file"]                   # only the value check can see it
         with h5py.File(path, "r+", locking=False) as h5:
             h5["embedding"][0] = np.full(h5["embedding"].shape[1], np.nan)
         record["bytes"], record["sha256"] = path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest()
-    (damaged / "MANIFEST").write_text(json.dumps(manifest))
+    store_manifest.commit(damaged, manifest, durable=False)
     bad = run("backfill", damaged, "--status", "--json")
     assert bad.exit_code == 1 and "not finite unit vectors" in bad.stdout
     assert run("verify", damaged).exit_code == 1  # `gallery verify` checks backfilled rows too

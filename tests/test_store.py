@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 
@@ -16,6 +15,7 @@ from gallery.errors import BadInput, GalleryError
 from gallery.preprocess import l2_normalize
 from gallery.store import ModelInfo, Store, schema
 from gallery.store.migrations import migrate_path
+from gallery.store import manifest as store_manifest  # hand edits keep its checksum valid
 
 DIM = 12
 
@@ -142,14 +142,14 @@ def test_verify_detects_tampering(store_path):
         assert store.verify(quick=True)["ok"]  # same size: --quick cannot see it
     assert not report["ok"] and report["problems"] == [f"segment file {segment.name} fails its checksum "
                                                        "(damaged on disk)"]
-    manifest = json.loads((store_path / "MANIFEST").read_text())
+    manifest = store_manifest.load(store_path)
     manifest["segments"][0]["sha256"] = hashlib.sha256(segment.read_bytes()).hexdigest()
-    (store_path / "MANIFEST").write_text(json.dumps(manifest))
+    store_manifest.commit(store_path, manifest, durable=False)
     with Store.open(store_path) as store:
         report = store.verify()
     assert not report["ok"] and f"checksum mismatch in rows 64..128 ({segment.name})" in report["problems"][0]
     manifest["committed"] = 290
-    (store_path / "MANIFEST").write_text(json.dumps(manifest))
+    store_manifest.commit(store_path, manifest, durable=False)
     with Store.open(store_path) as store:
         assert not store.verify()["ok"]
 
@@ -222,9 +222,9 @@ def test_schema_versions(store_path):
     and their conversion: test_store_migrate.py)."""
     assert migrate_path(store_path) == {"path": str(store_path), "schema_version": schema.SCHEMA_VERSION,
                                         "migrated": False}
-    manifest = json.loads((store_path / "MANIFEST").read_text())
+    manifest = store_manifest.load(store_path)
     manifest["schema_version"] = schema.SCHEMA_VERSION + 1
-    (store_path / "MANIFEST").write_text(json.dumps(manifest))
+    store_manifest.commit(store_path, manifest, durable=False)
     with pytest.raises(BadInput, match="newer than this gallery"):
         Store.open(store_path)
 

@@ -86,3 +86,17 @@ def test_flipped_bit_in_the_sidecar_is_rebuilt_never_searched(store, tmp_path):
     assert run("verify", store, "--json").exit_code == 1
     hits = run("search", store, "--embeddings", tmp_path / "q.npy", "-k", "5", "--json")
     assert [[h["item_id"] for h in q["hits"]] for q in json.loads(hits.stdout)] == reference
+
+
+def test_flipped_bit_in_the_manifest(store, tmp_path):
+    """A flip that still parses as JSON (one digit of the committed count): refused at open by
+    the manifest's own checksum, by every command, with one line; nothing is written."""
+    manifest = store / "MANIFEST"
+    text = manifest.read_text()
+    at = text.index('"committed": 300') + len('"committed": ')
+    manifest.write_text(text[:at] + "2" + text[at + 1:])  # 300 -> 200: valid JSON, wrong
+    for args in (("info", store), ("verify", store), ("search", store, "--embeddings", tmp_path / "q.npy"),
+                 ("remove", store, "r1")):
+        result = run(*args)
+        assert result.exit_code == 2 and "MANIFEST fails its checksum" in _one_error(result), args
+    assert manifest.read_text() != text and json.loads(manifest.read_text())["committed"] == 200

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from cli_helpers import ok, run
 from gallery.errors import BadInput
 from gallery.store import ModelInfo, Store, idindex, reads, schema
 from gallery.store.reads import column_range
+from gallery.store import manifest as store_manifest  # hand edits keep its checksum valid
 
 DIM = 8
 FIXTURE = Path(__file__).parent / "data" / "store_v1.h5.gz"  # made by tests/data/make_store_v1.py
@@ -135,7 +135,7 @@ def test_v1_store_migrated_with_a_tail_and_a_half_written_id_hash(v1_store, monk
 
 def test_verify_reports_a_corrupted_id_hash(tmp_path):
     path = _new_store(tmp_path / "g.h5", V1_IDS)
-    manifest = json.loads((path / "MANIFEST").read_text())
+    manifest = store_manifest.load(path)
     record = manifest["segments"][0]
     with h5py.File(path / record["file"], "r+", locking=False) as h5:
         h5["id_hash"][4] ^= np.uint64(1)
@@ -143,7 +143,7 @@ def test_verify_reports_a_corrupted_id_hash(tmp_path):
     # The same flip with the file's checksum updated (as a bug, not bit rot, would leave it):
     data = (path / record["file"]).read_bytes()
     record["bytes"], record["sha256"] = len(data), hashlib.sha256(data).hexdigest()
-    (path / "MANIFEST").write_text(json.dumps(manifest))
+    store_manifest.commit(path, manifest, durable=False)
     damaged = run("verify", path, "--json")
     assert damaged.exit_code == 1
     assert "id_hash does not match the id in 1 row(s), first row 4" in damaged.stdout

@@ -32,13 +32,9 @@ def start_plan(store: "Store", version: str, rows: np.ndarray, meta: dict) -> No
         store.commit()
 
 
-def _pending(store: "Store") -> dict:
-    return store.__dict__.setdefault("_backfill_pending", {})
-
-
 def pending_rows(store: "Store", version: str) -> int:
     """Rows re-embedded by this process since its last commit."""
-    return sum(len(r) for r, _, _ in _pending(store).get(version, []))
+    return sum(len(r) for r, _, _ in store._overlay_pending.get(version, [])[1:])
 
 
 def commit_batch(store: "Store", version: str, rows: np.ndarray, embedding: np.ndarray,
@@ -47,17 +43,17 @@ def commit_batch(store: "Store", version: str, rows: np.ndarray, embedding: np.n
     everything buffered since the last commit (rows and cursor together), otherwise the
     batch waits in memory (a kill loses it; the resumed run redoes it identically)."""
     store.require_writer()
-    queue = _pending(store).setdefault(version, [])
+    # [cursor, batch, batch, ...]: the cursor after the last buffered batch, then the batches
+    queue = store._overlay_pending.setdefault(version, [None])
+    queue[0] = int(cursor)
     queue.append((np.asarray(rows, np.int64), np.asarray(embedding), list(hashes)))
-    store.__dict__.setdefault("_backfill_cursor", {})[version] = int(cursor)
     if publish:
         flush(store, version)
 
 
 def flush(store: "Store", version: str) -> None:
     """Commit the buffered rows and the cursor of `version`'s run."""
-    queue = _pending(store).pop(version, [])
-    cursor = store.__dict__.get("_backfill_cursor", {}).pop(version, None)
+    cursor, *queue = store._overlay_pending.pop(version, [None])
     with store.transaction():
         if queue:
             rows = np.concatenate([r for r, _, _ in queue])

@@ -79,6 +79,8 @@ class Store(ModelRecords):
         self.durable = durable
         self._cache: dict[str, Any] = {}
         self._files = segments.Files(self.dir, path)
+        self._small: dict[str, bytes] = {}  # deletion and plan files' bytes, read when pinned
+        self._overlay_pending: dict[str, list] = {}  # a backfill's batches since its last commit
         self._tx_depth = 0
         self._tx_dirty = False
         self._base = int(manifest["version"])  # the manifest this handle's changes build on
@@ -176,11 +178,23 @@ class Store(ModelRecords):
             raise
 
     def _pin(self) -> None:
+        """Hold every listed file: HDF5 files open, small files read. A compaction may unlink
+        them once a newer manifest is committed; this snapshot keeps reading what it pinned."""
         for name in self.data_files(h5_only=True):
             try:
                 self._files.get(name)
             except segments.Damaged:
                 pass  # reported by verify; reads of it refuse
+        small = [d["file"] for d in self.manifest["deletions"]]
+        small += [o["plan"]["file"] for o in self.manifest["overlays"].values() if o.get("plan")]
+        for name in small:
+            if name not in self._small:
+                try:
+                    self._small[name] = (self.dir / name).read_bytes()
+                except FileNotFoundError:
+                    raise
+                except OSError:
+                    pass  # unreadable: read_array names it when used
 
     def close(self) -> None:
         try:

@@ -81,12 +81,20 @@ def load(directory: Path, display: Path | None = None) -> dict:
         raise BadInput(f"store {shown} is damaged: {NAME} is not valid JSON") from None
     if not isinstance(manifest, dict) or "version" not in manifest:
         raise BadInput(f"store {shown} is damaged: {NAME} has no version")
+    if manifest.pop("checksum", None) != _checksum(manifest):
+        raise BadInput(f"store {shown} is damaged: {NAME} fails its checksum (restore it from a backup)")
     return manifest
+
+
+def _checksum(manifest: dict) -> str:
+    """sha256 of the manifest's canonical JSON (without this field): a flipped bit that still
+    parses as JSON (a count, a file's recorded checksum) is caught at load."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def commit(directory: Path, manifest: dict, durable: bool = True) -> None:
     """Make `manifest` the store's state (steps 2-3 above; the files it lists are written)."""
-    data = json.dumps(manifest, sort_keys=True, default=str).encode()
+    data = json.dumps({**manifest, "checksum": _checksum(manifest)}, sort_keys=True, default=str).encode()
     # The new files' names first: a manifest must never be durable before the files it lists.
     fsync_path(directory, durable)
     tmp = directory / TMP

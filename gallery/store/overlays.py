@@ -252,7 +252,8 @@ def plan(store: "Store", version: str) -> tuple[np.ndarray, int, dict] | None:
     if over is None or not over.get("plan"):
         return None
     p = over["plan"]
-    return segments.read_array(store.dir, p, store.path), int(p["cursor"]), dict(p["meta"])
+    return segments.read_array(store.dir, p, store.path, store._small.get(p["file"])), int(p["cursor"]), \
+        dict(p["meta"])
 
 
 def drop(store: "Store", version: str) -> int:

@@ -180,7 +180,8 @@ def _raw_embeddings(store: "Store", rows: np.ndarray | None = None) -> np.ndarra
 def _deletions(store: "Store") -> tuple[np.ndarray, np.ndarray]:
     """(rows, deleted_at) of every deletion file, each checked against its checksum."""
     if "deletions" not in store._cache:
-        parts = [segments.read_array(store.dir, d, store.path) for d in store.manifest["deletions"]]
+        parts = [segments.read_array(store.dir, d, store.path, store._small.get(d["file"]))
+                 for d in store.manifest["deletions"]]
         table = np.concatenate(parts) if parts else np.empty(0, segments.DELETION_DTYPE)
         store._cache["deletions"] = (table["row"].astype(np.int64), table["at"].astype(np.float64))
     return store._cache["deletions"]

@@ -20,8 +20,6 @@ import io
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import h5py
 import numpy as np
 
@@ -29,9 +27,6 @@ from gallery.errors import BadInput, GalleryError
 from gallery.h5safe import refuse_pointers
 from gallery.store import manifest as mf
 from gallery.store.schema import SEGMENT_COLUMNS
-
-if TYPE_CHECKING:
-    pass
 
 DELETION_DTYPE = np.dtype([("row", "<i8"), ("at", "<f8")])
 CHUNK_ROWS = 4096
@@ -110,11 +105,12 @@ def write_array(directory: Path, name: str, array: np.ndarray, durable: bool = T
     return _finish(directory, name, buffer.getvalue(), durable)
 
 
-def read_array(directory: Path, record: dict, display: Path | None = None) -> np.ndarray:
-    """A small file (deletions, plan), checked against its manifest record before use."""
+def read_array(directory: Path, record: dict, display: Path | None = None, data: bytes | None = None) -> np.ndarray:
+    """A small file (deletions, plan), checked against its manifest record before use
+    (`data`: its bytes, read earlier)."""
     path = (display or directory) / record["file"]
     try:
-        data = (directory / record["file"]).read_bytes()
+        data = (directory / record["file"]).read_bytes() if data is None else data
     except OSError as exc:
         raise Damaged(f"store file {path} is unreadable ({exc.strerror}); run `gallery verify`") from None
     import hashlib
