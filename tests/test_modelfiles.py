@@ -7,18 +7,17 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import h5py
 import pytest
 
 from cli_helpers import ok, run, store_sha256
+from gallery.store import manifest as store_manifest
 
 pytest.importorskip("torch")
 from tiny_models import make_onnx_encoder, write_digit_folder  # noqa: E402
 
 
 def _stored_path(store: Path, version: str) -> str:
-    with h5py.File(store, "r", locking=False) as h5:
-        return str(h5["models"][version].attrs["path"])
+    return str(store_manifest.load(store)["models"][version]["path"])  # as recorded, not resolved
 
 
 @pytest.fixture(scope="module")
