@@ -8,8 +8,7 @@ import shutil
 
 import pytest
 
-from cli_helpers import ok, run
-from gallery.fingerprint import file_sha256
+from cli_helpers import ok, run, store_sha256
 from gallery.store import Store
 
 pytest.importorskip("torch")
@@ -34,12 +33,12 @@ def test_skip_existing_enrols_only_new_items_and_checks_before_encoding(setup):
     write_digit_folder(root / "extra", n_per_class=1, seed=5)
     shutil.copy(sorted((root / "extra" / "digit3").iterdir())[0], new)
     shutil.copy(root / "same.png", root / "photos" / "digit3" / "copy-of-first.png")  # same bytes, new id
-    before = file_sha256(store)
+    before = store_sha256(store)
     # without --skip-existing: refused before the model is even loaded (its file is gone: no error about it)
     (root / "enc.onnx").rename(root / "moved.onnx")
     refused = run("enroll", store, "--images", root / "photos")
     assert refused.exit_code == 2 and "ids already in store" in refused.stderr and "--skip-existing" in refused.stderr
-    assert file_sha256(store) == before
+    assert store_sha256(store) == before
     report = ok("enroll", store, "--images", root / "photos", "--skip-existing", "--model", root / "moved.onnx",
                 "--json")
     assert report["rows"] == 1 and report["errors"] == []
@@ -55,10 +54,10 @@ def test_on_error_skip_reports_each_bad_item_fail_writes_nothing(setup):
     root, store = setup
     (root / "photos" / "digit1" / "broken.png").write_text("not a png")
     (root / "photos" / "digit2" / "empty.jpg").write_bytes(b"")
-    before = file_sha256(store)
+    before = store_sha256(store)
     failed = run("enroll", store, "--images", root / "photos")  # default --on-error fail
     assert failed.exit_code == 2 and "not a readable image" in failed.stderr
-    assert file_sha256(store) == before
+    assert store_sha256(store) == before
     report = ok("enroll", store, "--images", root / "photos", "--on-error", "skip", "--json")
     assert report["rows"] == 20
     assert sorted(e["item"] for e in report["errors"]) == ["digit1/broken.png", "digit2/empty.jpg"]
