@@ -28,7 +28,7 @@ app = typer.Typer(
 # `gallery --help` groups commands in these panels, in this order; every registered command
 # must name one (tests/test_cli_vocabulary.py), so a new command is placed on purpose.
 PANELS: dict[str, tuple[str, ...]] = {
-    "Store": ("init", "enroll", "remove", "search", "info", "verify", "migrate", "reindex", "export",
+    "Store": ("init", "enroll", "remove", "search", "info", "verify", "migrate", "compact", "reindex", "export",
               "export-store", "model"),
     "Train": ("data", "train", "train-compatible", "train-adapter", "export-model"),
     "Check": ("check-compat", "threshold"),
