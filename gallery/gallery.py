@@ -34,8 +34,8 @@ from gallery.model_identity import model_sha256
 from gallery.modelfiles import to_stored
 from gallery.rollout.backfill import status as backfill_status
 from gallery.rollout import state as rollout_state
-from gallery.store import ModelInfo, Store
-from gallery.store import sources
+from gallery.store import ModelInfo, Store, sources
+from gallery.store.migrations import migrate_path
 
 Progress = Callable[[int], None] | None
 PathLike = str | Path
@@ -279,8 +279,6 @@ class Gallery:
     def migrate(self) -> dict:
         """The store's schema (a single-file v1/v2 store is converted by
         gallery.store.migrations.migrate_path before any Gallery can open it)."""
-        from gallery.store.migrations import migrate_path
-
         with self._lock:
             self.refresh()
             return migrate_path(self.path)

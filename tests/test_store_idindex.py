@@ -15,7 +15,7 @@ import pytest
 
 from cli_helpers import ok, run
 from gallery.errors import BadInput
-from gallery.store import ModelInfo, Store, idindex, reads, schema
+from gallery.store import ModelInfo, Store, columns, idindex, reads, schema
 from gallery.store.reads import column_range
 from gallery.store import manifest as store_manifest  # hand edits keep its checksum valid
 
@@ -89,8 +89,8 @@ def test_matcher_and_read_rows_against_numpy(tmp_path, monkeypatch):
                                            rng.integers(0, 2**64 - 1, size=40, dtype=np.uint64)]))
         np.testing.assert_array_equal(idindex.matcher(wanted)(values), np.flatnonzero(np.isin(values, wanted)))
     # Rows read across segments (enrolled in 3 calls), in runs: the same as reading everything.
-    monkeypatch.setattr(reads, "RUN_BLOCK", 16)
-    monkeypatch.setattr(reads, "RUN_GAP", 3)
+    monkeypatch.setattr(columns, "RUN_BLOCK", 16)
+    monkeypatch.setattr(columns, "RUN_GAP", 3)
     path = _new_store(tmp_path / "r.h5", [f"r{i}" for i in range(40)])
     with Store.open(path, "a") as store:
         store.enroll(_rows(35, 1), [f"r{i}" for i in range(40, 75)])

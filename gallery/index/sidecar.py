@@ -26,6 +26,7 @@ from gallery.index.core import GalleryIndex, IndexParams, default_kind
 from gallery.index.streaming import build_over_store
 from gallery.store.manifest import sha256_file
 from gallery.store.reads import batch_records, snapshot
+from gallery.store.schema import EMPTY_CHAIN
 from gallery.store.ranges import live_blocks
 
 if TYPE_CHECKING:
@@ -175,8 +176,6 @@ def _extend(store: "Store", index: GalleryIndex, checksum: str) -> GalleryIndex 
 
 def _chain_at(store: "Store", rows: int) -> str | None:
     """The batch chain checksum after the batch ending at `rows` (None: no batch ends there)."""
-    from gallery.store.core import EMPTY_CHAIN
-
     if rows == 0:
         return EMPTY_CHAIN
     return next((r["chain"] for r in batch_records(store) if r["stop"] == rows), None)

@@ -26,6 +26,7 @@ from gallery.preprocess import l2_normalize
 from gallery.rollout import overlay, state
 from gallery.search import SearchResult
 from gallery.store import Store
+from gallery.store.reads import embeddings, stored_models
 from gallery.store.sources import expand_image_args
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,6 @@ def list_queries(root: Path) -> tuple[list[Path], list[str] | None]:
 
 def gallery_view(store: Store, version: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(live row numbers, their embeddings, their model versions) as `version`'s queries see them."""
-    from gallery.store.reads import embeddings, stored_models
-
     n = store.committed
     emb = embeddings(store, None, version)  # the store's one "vectors as `version` sees them"
     names, codes = stored_models(store, n)

@@ -30,12 +30,11 @@ from gallery.store import manifest as mf
 from gallery.store import schema, segments
 from gallery.store.locking import WriterLock
 from gallery.store.models import ModelRecords, with_stored_path
-from gallery.store.schema import ModelInfo
+from gallery.store.schema import EMPTY_CHAIN, ModelInfo  # noqa: F401  (EMPTY_CHAIN: older callers)
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None] | None
-EMPTY_CHAIN = "0" * 64
 PIN_RETRIES = 20
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from gallery.errors import BadInput
 from gallery.store import manifest as mf
 from gallery.store import segments
+from gallery.store.columns import stored_models
 
 if TYPE_CHECKING:
     from gallery.store.core import Store
@@ -86,8 +87,6 @@ def embeddings_of(store: "Store", version: str) -> np.ndarray:
 def _pick(store: "Store", version: str | None):
     """view()'s rows (ascending), versions, and positions into the lineage overlays'
     concatenated embeddings; or None."""
-    from gallery.store.reads import stored_models
-
     present = [v for v in versions(store) if count(store, v)]
     chain = lineage(store, version)
     if not present or not set(present) & set(chain):

@@ -34,6 +34,7 @@ import numpy as np
 from gallery.errors import BadInput
 
 FORMAT = "gallery.store"
+EMPTY_CHAIN = "0" * 64  # the batch chain checksum of a store with no rows
 SCHEMA_VERSION = 3
 DTYPES = ("float32", "float16")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -16,6 +16,8 @@ import numpy as np
 
 from gallery.store import idindex, overlays, reads, segments
 from gallery.store import manifest as mf
+from gallery.store.items import batch_sha256, chain
+from gallery.store.schema import EMPTY_CHAIN
 
 if TYPE_CHECKING:
     from gallery.store.core import Store
@@ -75,9 +77,6 @@ def _check_files(store: "Store", quick: bool, problems: list[str]) -> bool:
 
 def _check_batches(store: "Store", n: int, problems: list[str]) -> None:
     """Recompute every committed batch's checksum and the running chain."""
-    from gallery.store.core import EMPTY_CHAIN
-    from gallery.store.items import batch_sha256, chain
-
     value = EMPTY_CHAIN
     expected_start = 0
     for record in store.manifest["batches"]:
