@@ -42,7 +42,7 @@ def rollout_base(tmp_path_factory):
 def rollout_work(rollout_base, tmp_path):
     root, store, passing, failing = rollout_base
     copy = tmp_path / "g.h5"
-    shutil.copy(store, copy)
+    shutil.copytree(store, copy)
     return root, copy, passing, failing
 
 

@@ -23,7 +23,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 from onnx.external_data_helper import _get_all_tensors, uses_external_data  # noqa: E402
 
-from cli_helpers import run  # noqa: E402
+from cli_helpers import run, store_sha256  # noqa: E402
 from tiny_models import make_onnx_encoder, write_digit_folder  # noqa: E402
 
 
@@ -112,7 +112,7 @@ def test_swapped_external_weights_are_refused_by_the_store(tmp_path):
     onnx_bytes = file_sha256(path)
     (path.parent / "w.bin").write_bytes((other.parent / "w.bin").read_bytes())  # same sizes, other weights
     assert file_sha256(path) == onnx_bytes  # the .onnx itself is untouched
-    before = file_sha256(store)
+    before = store_sha256(store)
     write_digit_folder(tmp_path / "more", n_per_class=1, seed=5)
     for folder in sorted((tmp_path / "more").iterdir()):  # new ids: the identity check must refuse
         folder.rename(folder.with_name("new-" + folder.name))
@@ -120,7 +120,7 @@ def test_swapped_external_weights_are_refused_by_the_store(tmp_path):
     assert result.exit_code == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "is not model v1" in lines[0]
-    assert file_sha256(store) == before
+    assert store_sha256(store) == before
     result = run("search", store, "--image", tmp_path / "imgs" / "digit0")
     assert result.exit_code == 2 and "is not model v1" in result.stderr
 

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import ok, run
+from cli_helpers import ok, run, store_sha256
 from gallery.compat import signing
 from gallery.compat.verdicts import check_report
 from gallery.errors import BadInput
-from gallery.fingerprint import file_sha256
 from gallery.model_identity import model_sha256
 from gallery.store import Store
 
@@ -47,7 +46,7 @@ def base(tmp_path_factory):
 @pytest.fixture
 def work(base, tmp_path):
     root, store = base
-    shutil.copy(store, tmp_path / "g.h5")
+    shutil.copytree(store, tmp_path / "g.h5")
     return root, tmp_path / "g.h5"
 
 
@@ -59,12 +58,12 @@ def _edit(root: Path, name: str, out: Path, change) -> Path:
 
 
 def _refused(store: Path, args: list, code: int, needle: str) -> None:
-    before = file_sha256(store)
+    before = store_sha256(store)
     result = run("upgrade", store, *args)
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == code, result.stdout + result.stderr
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.stderr
-    assert file_sha256(store) == before
+    assert store_sha256(store) == before
 
 
 def test_report_records_model_hashes_data_fingerprint_and_tool_version(base):

@@ -86,6 +86,8 @@ def migrate_path(path: str | Path, durable: bool | None = None) -> dict:
 def _open_legacy(path: Path) -> tuple[h5py.File, int]:
     """(the open single-file store, its schema version); BadInput naming what is wrong."""
     try:
+        if not h5py.is_hdf5(path):
+            raise OSError("no HDF5 signature (")
         h5 = h5py.File(path, "r", locking=False)
     except (OSError, ValueError) as exc:
         reason = str(exc).split("(")[0].strip() or type(exc).__name__

@@ -136,10 +136,8 @@ class Files:
             try:
                 # A store file holds its own data: one pointing outside itself is refused (h5safe).
                 h5 = refuse_pointers(h5py.File(path, "r", locking=False), self.display / name)
-            except FileNotFoundError:
+            except (FileNotFoundError, BadInput):  # BadInput: points outside itself, refused at open
                 raise
-            except BadInput as exc:
-                raise Damaged(f"store file {exc}") from None
             except (OSError, ValueError) as exc:
                 raise Damaged(f"store file {self.display / name} is damaged ({str(exc).split('(')[0].strip()}); "
                               "run `gallery verify`") from None
