@@ -160,7 +160,7 @@ CASES: list[tuple[str, str, Callable[[Ctx], list], int, str]] = [
      lambda c: ["enroll", c.store, "--embeddings", _h5_embeddings(c)], 2, r"cannot read embeddings"),
     ("store-truncated", "a store whose segment file is cut in half",
      lambda c: ["search", c.truncated_segment("half.h5"), "--embeddings", c.npy("q.npy", c.good(1))],
-     1, r"store file .*half.h5/seg-\d+\.h5 is damaged .*run `gallery verify`"),
+     2, r"store file .*half.h5/seg-\d+\.h5 is damaged .*run `gallery verify`"),
     ("store-truncated-verify", "`verify` of a single-file (v1/v2) store cut in half",
      lambda c: ["verify", c.truncated(c.legacy("old.h5"), "half.h5")], 2, r"not a readable HDF5 file"),
     ("store-single-file", "a single-file (v1/v2) store, before `gallery migrate`",

@@ -51,7 +51,7 @@ def test_flipped_bit_in_segment_data(store, tmp_path):
     assert verify.exit_code == 1 and f"segment file {segment.name} fails its checksum" in verify.stdout
     assert run("verify", store, "--quick", "--json").exit_code == 0  # sizes only: --quick cannot see a flip
     search = run("search", store, "--embeddings", tmp_path / "q.npy", "--index", "flat")
-    assert search.exit_code == 1 and f"{segment.name} is damaged" in _one_error(search)
+    assert search.exit_code == 2 and f"{segment.name} is damaged" in _one_error(search)
 
 
 def test_flipped_bit_in_a_deletion_file(store, tmp_path):
@@ -60,7 +60,7 @@ def test_flipped_bit_in_a_deletion_file(store, tmp_path):
     verify = run("verify", store, "--json")
     assert verify.exit_code == 1 and f"deletions file {deletions.name} fails its checksum" in verify.stdout
     search = run("search", store, "--embeddings", tmp_path / "q.npy")
-    assert search.exit_code == 1 and f"{deletions.name} is damaged" in _one_error(search)
+    assert search.exit_code == 2 and f"{deletions.name} is damaged" in _one_error(search)
 
 
 def test_flipped_bit_in_the_sidecar_is_rebuilt_never_searched(store, tmp_path):

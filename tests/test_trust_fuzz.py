@@ -37,11 +37,11 @@ sys.path.insert(0, str(HERE))
 
 DIM = 16
 GATES = {"check-compat", "upgrade", "verify", "backfill"}  # may exit 1 (gate failed / damage found)
-WRITERS = {"enroll", "remove", "migrate", "reindex", "rollback", "upgrade", "backfill", "prune", "alias set",
+WRITERS = {"enroll", "remove", "migrate", "compact", "reindex", "rollback", "upgrade", "backfill", "prune", "alias set",
            "model set-path", "threshold calibrate", "threshold set", "sync"}
 # writers whose template must take the lock (reindex writes only the sidecar; prune --dry-run
 # and backfill --status only read): these get a "locked by another writer" case
-LOCKING = {"enroll", "enroll h5", "enroll images", "remove", "migrate", "rollback", "upgrade", "alias set",
+LOCKING = {"enroll", "enroll h5", "enroll images", "remove", "migrate", "compact", "rollback", "upgrade", "alias set",
            "model set-path", "threshold calibrate", "threshold set"}
 GROUPS = {"alias", "data", "model", "threshold"}  # commands with sub-commands
 HUGE = ["99999999999999999999999", "-1", "0", "nan", "inf", "1e400", "abc"]
@@ -90,6 +90,7 @@ COMMANDS: list[tuple[str, list[str]]] = [
     ("verify", ["verify", "{emb.h5}"]),
     ("history", ["history", "{emb.h5}"]),
     ("migrate", ["migrate", "{emb.h5}"]),
+    ("compact", ["compact", "{emb.h5}"]),
     ("reindex", ["reindex", "{emb.h5}", "--index", "flat", "--nlist", "#4"]),
     ("remove", ["remove", "{emb.h5}", "s1"]),
     ("prune", ["prune", "{img.h5}", "--dry-run"]),
@@ -152,6 +153,10 @@ def _mutate_file(src: Path, dst: Path, kind: str, rng: random.Random) -> Path:
     if kind == "through-file":
         (dst.parent / "plain").write_text("x")
         return dst.parent / "plain" / dst.name
+    if (src / "MANIFEST").is_file():  # a store (a directory): mutate its first row segment in a copy
+        shutil.copytree(src, dst)
+        _mutate_file(sorted(dst.glob("seg-*.h5"))[0], sorted(dst.glob("seg-*.h5"))[0], kind, rng)
+        return dst
     if src.is_dir():  # image folders: mutate one image inside a copy
         shutil.copytree(src, dst)
         image = sorted(dst.rglob("*.png"))[0]
@@ -204,6 +209,9 @@ def build_cases(world: dict[str, Path], root: Path) -> list[dict]:
                 dst = folder / slot
                 if slot == mutate:
                     args.append(str(how(world[slot], dst)))
+                elif (world[slot] / "MANIFEST").is_file():  # a store: every case writes its own copy
+                    shutil.copytree(world[slot], dst)
+                    args.append(str(dst))
                 elif world[slot].is_dir():
                     args.append(str(world[slot]))  # read-only inputs are shared, not copied
                 else:
@@ -255,12 +263,14 @@ def readonly_ok() -> bool:
 
 # ---------------------------------------------------------------------------- the worker
 def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    from cli_helpers import store_sha256
+
+    return store_sha256(path) if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _stores(case: dict) -> dict[str, str]:
     folder = Path(case["folder"])
-    return {str(p): _sha(p) for p in folder.rglob("*.h5") if p.is_file()}
+    return {str(p): _sha(p) for p in folder.rglob("*.h5") if p.is_file() or (p / "MANIFEST").is_file()}
 
 
 class _Hang(Exception):
@@ -287,7 +297,7 @@ def worker(cases_path: str, out_path: str, start: int) -> None:
             before = _stores(case)
             lock = None
             if case["lock"]:
-                store = next(a for a in case["args"] if a.endswith((".h5",)) and Path(a).is_file())
+                store = next(a for a in case["args"] if a.endswith((".h5",)) and Path(a).exists())
                 lock = WriterLock(Path(store)).acquire()
             logging.root.handlers.clear()  # the CLI's basicConfig binds the stderr of this run
             began = time.monotonic()
@@ -420,7 +430,7 @@ def test_edited_sidecar_record_is_rebuilt_not_trusted(tmp_path, key, value):
     from gallery.store import Store
 
     store = _sidecar_store(tmp_path, 20)
-    meta_path = Path(str(store) + ".index.json")
+    meta_path = store / "sidecar.index.json"
     meta = json.loads(meta_path.read_text())
     meta[key] = value
     meta_path.write_text(json.dumps(meta))
@@ -442,10 +452,10 @@ def test_sidecar_of_a_bigger_store_never_returns_rows_past_the_store(tmp_path):
     from cli_helpers import run
 
     small, big = _sidecar_store(tmp_path, 20), _sidecar_store(tmp_path, 40)
-    small_meta = json.loads(Path(str(small) + ".index.json").read_text())
-    big_meta = json.loads(Path(str(big) + ".index.json").read_text())
-    shutil.copy(str(big) + ".index", str(small) + ".index")
-    Path(str(small) + ".index.json").write_text(json.dumps({**big_meta, **{k: small_meta[k] for k in (
+    small_meta = json.loads((small / "sidecar.index.json").read_text())
+    big_meta = json.loads((big / "sidecar.index.json").read_text())
+    shutil.copy(big / big_meta["file"], small / big_meta["file"])  # the record names it, checksum and all
+    (small / "sidecar.index.json").write_text(json.dumps({**big_meta, **{k: small_meta[k] for k in (
         "checksum", "rows", "chain", "excluded") if k in small_meta}}))
     np.save(tmp_path / "q.npy", np.random.default_rng(2).normal(size=(4, DIM)).astype(np.float32))
     result = run("search", small, "--embeddings", tmp_path / "q.npy", "-k", "30", "--json")

@@ -53,7 +53,11 @@ def migrate_path(path: str | Path, durable: bool | None = None) -> dict:
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         if (path / mf.NAME).is_file():
-            manifest = mf.load(path)
+            lock = WriterLock(path).acquire()  # a writer command even when there is nothing to do
+            try:
+                manifest = mf.load(path)
+            finally:
+                lock.release()
             return {"path": str(path), "schema_version": int(manifest["schema_version"]), "migrated": False}
         raise BadInput(f"{path} is a folder but not a gallery store")
     if not path.exists() and backup.is_file() and (work / mf.NAME).is_file():

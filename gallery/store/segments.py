@@ -23,7 +23,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from gallery.errors import BadInput, GalleryError
+from gallery.errors import BadInput
 from gallery.h5safe import refuse_pointers
 from gallery.store import manifest as mf
 from gallery.store.schema import SEGMENT_COLUMNS
@@ -32,8 +32,9 @@ DELETION_DTYPE = np.dtype([("row", "<i8"), ("at", "<f8")])
 CHUNK_ROWS = 4096
 
 
-class Damaged(GalleryError):
-    """A store file is missing, truncated or fails its checksum."""
+class Damaged(BadInput):
+    """A store file is missing, truncated or fails its checksum: the store cannot serve that
+    read (exit 2 like any unreadable input; `verify` reports damage with exit 1)."""
 
 
 def file_name(kind: str, number: int) -> str:
