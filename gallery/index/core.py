@@ -171,14 +171,14 @@ class GalleryIndex:
     @classmethod
     def load(cls, path: Path) -> "GalleryIndex":
         faiss = faiss_module()
-        meta = _checked_meta(json.loads(Path(str(path) + ".json").read_text()))
+        meta = checked_record(json.loads(Path(str(path) + ".json").read_text()))
         index = faiss.read_index(str(path))
         if index.ntotal != meta["count"]:
             raise ValueError(f"index holds {index.ntotal} vectors, its record says {meta['count']}")
         return cls(index, meta)
 
 
-def _checked_meta(meta: Any) -> dict:
+def checked_record(meta: Any) -> dict:
     """A sidecar record is a file next to the store, so anyone may have edited it: the
     numbers a search uses must be what they claim (ValueError -> the caller rebuilds)."""
     if not isinstance(meta, dict):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gallery.index.core import GalleryIndex, IndexParams, default_kind
+from gallery.index.core import GalleryIndex, IndexParams, checked_record, default_kind
 from gallery.index.streaming import build_over_store
 from gallery.store.manifest import sha256_file
 from gallery.store.reads import batch_records, snapshot
@@ -63,7 +63,7 @@ def sidecar_state(store: "Store", deep: bool = False) -> tuple[str, str]:
     if not meta_path.exists():
         return "missing", "no index built yet"
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = checked_record(json.loads(meta_path.read_text()))
         built_from = (meta["checksum"], meta["rows"])
         recorded = meta["sha256"]
     except (ValueError, KeyError, OSError, TypeError) as exc:
@@ -201,7 +201,7 @@ def _load(store: "Store") -> GalleryIndex:
     """The sidecar, only if its faiss file is the one its record names (sha256)."""
     import faiss
 
-    meta = json.loads(_meta_path(store).read_text())
+    meta = checked_record(json.loads(_meta_path(store).read_text()))
     path = store.dir / Path(str(meta["file"])).name  # the file this record names, not a later one
     fd = os.open(path, os.O_RDONLY)
     try:  # hashed and read through one open file: a concurrent replace cannot slip in between

@@ -141,12 +141,17 @@ class Store(ModelRecords):
         lock = WriterLock(path).acquire() if mode == "a" else None
         try:
             store = cls._pinned(path, lock, durable)
-            if lock is not None:
-                store._collect_garbage()
         except BaseException:
             if lock is not None:
                 lock.release()
             raise
+        if lock is not None:
+            try:
+                store._refuse_damaged()
+                store._collect_garbage()
+            except BaseException:
+                store.close()  # releases the lock too
+                raise
         return store
 
     @classmethod
@@ -179,11 +184,12 @@ class Store(ModelRecords):
     def _pin(self) -> None:
         """Hold every listed file: HDF5 files open, small files read. A compaction may unlink
         them once a newer manifest is committed; this snapshot keeps reading what it pinned."""
+        self._damaged: list[str] = []
         for name in self.data_files(h5_only=True):
             try:
                 self._files.get(name)
             except segments.Damaged:
-                pass  # reported by verify; reads of it refuse
+                self._damaged.append(name)  # reported by verify; reads of it refuse
         small = [d["file"] for d in self.manifest["deletions"]]
         small += [o["plan"]["file"] for o in self.manifest["overlays"].values() if o.get("plan")]
         for name in small:
@@ -194,6 +200,24 @@ class Store(ModelRecords):
                     raise
                 except OSError:
                     pass  # unreadable: read_array names it when used
+
+    def _refuse_damaged(self) -> None:
+        """A writer never commits on top of a damaged store: the next commit would be
+        acknowledged, then the command would fail on the damage it reads (or a later one
+        would), and a failed command must leave the store as it was. Sizes and HDF5 headers
+        only (cheap); `verify` does the full checksums."""
+        sizes: list[str] = []
+        for _kind, record in self.file_records():
+            try:
+                if (self.dir / record["file"]).stat().st_size != record["bytes"]:
+                    sizes.append(record["file"])
+            except FileNotFoundError:
+                sizes.append(record["file"])
+        damaged = sorted(set(self._damaged) | set(sizes))
+        if damaged:
+            raise segments.Damaged(f"store file {self.path / damaged[0]} is damaged"
+                                   + (f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else "")
+                                   + "; nothing was changed; run `gallery verify`")
 
     def close(self) -> None:
         try:
