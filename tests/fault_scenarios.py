@@ -70,7 +70,7 @@ def _threshold_child(root: Path, store: Path) -> list[str]:
 
 def _onnx_store(root: Path, upgraded: bool) -> None:
     """v1 ONNX encoder, digit images enrolled, a passing check-compat report for v2."""
-    from test_encoder import make_onnx_encoder, write_digit_folder
+    from tiny_models import make_onnx_encoder, write_digit_folder  # needs torch: only the ONNX scenarios
 
     make_onnx_encoder(root / "v1.onnx", seed=0)
     make_onnx_encoder(root / "v2.onnx", seed=1)

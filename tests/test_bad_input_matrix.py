@@ -10,67 +10,18 @@ observed messages as the markdown rows of RELIABILITY.md.
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import h5py
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from cli.main import app
-from cli_helpers import store_sha256
-from gallery.store import ModelInfo, Store
+from gallery.store import Store
 from gallery.store import manifest as store_manifest  # hand edits keep its checksum valid
-
-DIM = 16
-
-
-@dataclass
-class Ctx:
-    tmp: Path
-    store: Path                      # embedding-only store, 20 rows, dim 16
-    models: Callable[[], Path]       # folder with a model store + ONNX files (needs torch)
-
-    def npy(self, name: str, array) -> Path:
-        np.save(self.tmp / name, np.asarray(array))
-        return self.tmp / name
-
-    def ids(self, name: str, ids: list[str]) -> Path:
-        (self.tmp / name).write_text("".join(f"{i}\n" for i in ids))
-        return self.tmp / name
-
-    def good(self, rows: int = 2) -> np.ndarray:
-        return np.random.default_rng(9).normal(size=(rows, DIM)).astype(np.float32)
-
-    def truncated(self, src: Path, name: str) -> Path:
-        data = src.read_bytes()
-        (self.tmp / name).write_bytes(data[: len(data) // 2])
-        return self.tmp / name
-
-    def truncated_segment(self, name: str) -> Path:
-        """A copy of the store with its first segment file cut in half."""
-        shutil.copytree(self.store, self.tmp / name)
-        segment = sorted((self.tmp / name).glob("seg-*.h5"))[0]
-        os.truncate(segment, segment.stat().st_size // 2)
-        return self.tmp / name
-
-    def legacy(self, name: str) -> Path:
-        """A single-file (schema v1) store, as the old code wrote it."""
-        import gzip
-
-        with gzip.open(Path(__file__).parent / "data" / "store_v1.h5.gz") as src:
-            (self.tmp / name).write_bytes(src.read())
-        return self.tmp / name
-
-
-def _enrol(ctx: Ctx, emb, ids) -> list:
-    return ["enroll", ctx.store, "--embeddings", ctx.npy("e.npy", emb), "--ids", ctx.ids("ids.txt", ids)]
+from matrix_helpers import (DIM, Ctx, base_store, check_case, enrol_args, model_store, print_rows, run_case,
+                            undocumented)
 
 
 def _nan(ctx: Ctx, value: float) -> np.ndarray:
@@ -108,7 +59,7 @@ def _newer_schema(ctx: Ctx) -> Path:
 def _removed_then_reused(ctx: Ctx) -> list:
     with Store.open(ctx.store, "a") as st:
         st.remove(["s3"])
-    return _enrol(ctx, ctx.good(1), ["s3"])
+    return enrol_args(ctx, ctx.good(1), ["s3"])
 
 
 def _images_with(ctx: Ctx, name: str, content: bytes) -> Path:
@@ -122,33 +73,29 @@ def _truncated_png(ctx: Ctx) -> bytes:
     return next((ctx.models() / "digits" / "digit1").glob("*.png")).read_bytes()[:60]
 
 
-def _model_store(ctx: Ctx) -> Path:
-    return ctx.models() / "m.h5"
-
-
 # name, what is wrong, the command (built in ctx), exit code, what the one line must say
 CASES: list[tuple[str, str, Callable[[Ctx], list], int, str]] = [
     ("enrol-wrong-dim", "embeddings of dimension 20 into a dim-16 store",
-     lambda c: _enrol(c, np.ones((2, 20)), ["a", "b"]), 2, r"dimension 20, store .* has 16"),
+     lambda c: enrol_args(c, np.ones((2, 20)), ["a", "b"]), 2, r"dimension 20, store .* has 16"),
     ("search-wrong-dim", "query embeddings of dimension 20",
      lambda c: ["search", c.store, "--embeddings", c.npy("q.npy", np.ones((1, 20)))], 2, r"dimension 20, store has 16"),
-    ("enrol-nan", "a NaN in the embeddings", lambda c: _enrol(c, _nan(c, np.nan), ["a", "b"]),
+    ("enrol-nan", "a NaN in the embeddings", lambda c: enrol_args(c, _nan(c, np.nan), ["a", "b"]),
      2, r"NaN or inf in 1 row"),
-    ("enrol-inf", "an inf in the embeddings", lambda c: _enrol(c, _nan(c, np.inf), ["a", "b"]), 2, r"NaN or inf"),
+    ("enrol-inf", "an inf in the embeddings", lambda c: enrol_args(c, _nan(c, np.inf), ["a", "b"]), 2, r"NaN or inf"),
     ("enrol-overflow", "float64 1e39 (inf once stored as float32)",
-     lambda c: _enrol(c, _overflow(c), ["a", "b"]), 2, r"NaN or inf"),
+     lambda c: enrol_args(c, _overflow(c), ["a", "b"]), 2, r"NaN or inf"),
     ("enrol-zero-vector", "an all-zero embedding (no direction)",
-     lambda c: _enrol(c, np.zeros((2, DIM)), ["a", "b"]), 2, r"all-zero row"),
+     lambda c: enrol_args(c, np.zeros((2, DIM)), ["a", "b"]), 2, r"all-zero row"),
     ("search-nan", "a NaN in the query", lambda c: ["search", c.store, "--embeddings", c.npy("q.npy", _nan(c, np.nan))],
      2, r"queries contain NaN or inf"),
     ("enrol-duplicate-ids", "the same id twice in one input",
-     lambda c: _enrol(c, c.good(), ["same", "same"]), 2, r"duplicate ids in input: same"),
-    ("enrol-id-in-store", "an id the store already holds", lambda c: _enrol(c, c.good(), ["s0", "new"]),
+     lambda c: enrol_args(c, c.good(), ["same", "same"]), 2, r"duplicate ids in input: same"),
+    ("enrol-id-in-store", "an id the store already holds", lambda c: enrol_args(c, c.good(), ["s0", "new"]),
      2, r"ids already in store .*: s0"),
     ("enrol-removed-id", "reusing the id of a removed item", _removed_then_reused, 2, r"never reused\): s3"),
-    ("enrol-count-mismatch", "3 embeddings, 2 ids", lambda c: _enrol(c, c.good(3), ["a", "b"]),
+    ("enrol-count-mismatch", "3 embeddings, 2 ids", lambda c: enrol_args(c, c.good(3), ["a", "b"]),
      2, r"do not match 2 ids"),
-    ("enrol-long-id", "an id longer than 128 bytes", lambda c: _enrol(c, c.good(1), ["x" * 200]),
+    ("enrol-long-id", "an id longer than 128 bytes", lambda c: enrol_args(c, c.good(1), ["x" * 200]),
      2, r"id longer than 128 bytes"),
     ("enrol-pickled-npy", "an object (pickled) .npy: never unpickled",
      lambda c: ["enroll", c.store, "--embeddings", c.npy("p.npy", np.array([{"a": 1}, None], dtype=object)),
@@ -176,7 +123,7 @@ CASES: list[tuple[str, str, Callable[[Ctx], list], int, str]] = [
     ("init-existing", "`init` over an existing store",
      lambda c: ["init", c.store, "--dim", "8", "--model-id", "x"], 2, r"store already exists"),
     ("enrol-unknown-version", "--model-version naming no model",
-     lambda c: [*_enrol(c, c.good(), ["a", "b"]), "--model-version", "v9"],
+     lambda c: [*enrol_args(c, c.good(), ["a", "b"]), "--model-version", "v9"],
      2, r"unknown model version 'v9'.*valid: v1"),
     ("search-unknown-version", "--query-model naming no model",
      lambda c: ["search", c.store, "--embeddings", c.npy("q.npy", c.good(1)), "--query-model", "v2"],
@@ -198,86 +145,38 @@ CASES: list[tuple[str, str, Callable[[Ctx], list], int, str]] = [
     ("model-unknown-format", "a model file with an unknown suffix",
      lambda c: ["init", c.tmp / "new.h5", "--model", c.ids("x.bin", ["hello"])], 2, r"\.onnx"),
     ("model-wrong-file", "--model pointing at a different encoder than the store's",
-     lambda c: ["enroll", _model_store(c), "--images", c.models() / "digits", "--model", c.models() / "other.onnx"],
+     lambda c: ["enroll", model_store(c), "--images", c.models() / "digits", "--model", c.models() / "other.onnx"],
      2, r"is not model v1"),
     ("images-non-image", "a text file named .png among the images",
-     lambda c: ["enroll", _model_store(c), "--images", _images_with(c, "bad.png", b"not an image")],
+     lambda c: ["enroll", model_store(c), "--images", _images_with(c, "bad.png", b"not an image")],
      2, r"not a readable image: .*bad\.png"),
     ("images-truncated-png", "a PNG cut after 60 bytes",
-     lambda c: ["enroll", _model_store(c), "--images", _images_with(c, "cut.png", _truncated_png(c))],
+     lambda c: ["enroll", model_store(c), "--images", _images_with(c, "cut.png", _truncated_png(c))],
      2, r"not a readable image: .*cut\.png"),
     ("query-non-image", "a text file as the query image",
-     lambda c: ["search", _model_store(c), "--image", c.ids("q.jpg", ["text"]), "--on-error", "fail"], 2,
+     lambda c: ["search", model_store(c), "--image", c.ids("q.jpg", ["text"]), "--on-error", "fail"], 2,
      r"not a readable image"),  # the default (skip) reports it as the query's error record, exit 0
     ("images-empty-folder", "an image folder with no images",
-     lambda c: ["enroll", _model_store(c), "--images", (c.tmp / "empty").mkdir() or c.tmp / "empty"],
+     lambda c: ["enroll", model_store(c), "--images", (c.tmp / "empty").mkdir() or c.tmp / "empty"],
      2, r"no images"),
 ]
 
 
-def _base_store(path: Path) -> Path:
-    with Store.create(path, ModelInfo(version="v1", dim=DIM, model_id="synthetic")) as st:
-        st.enroll(np.random.default_rng(0).normal(size=(20, DIM)).astype(np.float32), [f"s{i}" for i in range(20)])
-    return path
-
-
-def _build_models(root: Path) -> Path:
-    """Two tiny ONNX encoders, a store made with the first, real digit images."""
-    pytest.importorskip("torch")
-    sys.path.insert(0, str(Path(__file__).parent))
-    from tiny_models import make_onnx_encoder, write_digit_folder
-
-    root.mkdir(exist_ok=True)
-    if not (root / "m.h5").exists():
-        make_onnx_encoder(root / "enc.onnx", seed=0)
-        make_onnx_encoder(root / "other.onnx", seed=1)
-        write_digit_folder(root / "digits", n_per_class=1)
-        assert CliRunner().invoke(app, ["init", str(root / "m.h5"), "--model", str(root / "enc.onnx")]).exit_code == 0
-    return root
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    return _base_store(tmp_path_factory.mktemp("matrix") / "base.h5")
-
-
-def run_case(case, tmp: Path, base_store: Path, models_root: Path):
-    """Run one case; returns (exit code, stderr, store files unchanged?)."""
-    store = tmp / "g.h5"
-    shutil.copytree(base_store, store)
-    ctx = Ctx(tmp=tmp, store=store, models=lambda: _build_models(models_root))
-    args = [str(a) for a in case[2](ctx)]
-    watched = [Path(a) for a in args if a.endswith(".h5") and Path(a).exists()]
-    before = {p: store_sha256(p) for p in watched}
-    result = CliRunner().invoke(app, args)
-    return result, {p: store_sha256(p) for p in watched} == before, args
+    return base_store(tmp_path_factory.mktemp("matrix") / "base.h5")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(case, tmp_path, base, tmp_path_factory):
-    name, _, _, code, pattern = case
     result, unchanged, _ = run_case(case, tmp_path, base, tmp_path_factory.getbasetemp() / "models")
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == code, result.stdout + result.stderr + repr(result.exception)
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert re.search(pattern, lines[0]), lines[0]
-    assert unchanged, f"{name}: a store file changed"
+    check_case(case, result, unchanged)
 
 
 def test_every_case_is_documented():
-    doc = (Path(__file__).resolve().parents[1] / "RELIABILITY.md").read_text()
-    missing = [c[0] for c in CASES if f"`{c[0]}`" not in doc]
+    missing = undocumented(CASES)
     assert not missing, f"RELIABILITY.md lacks rows for {missing}"
 
 
 if __name__ == "__main__":  # print the RELIABILITY.md rows from what is observed now
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        base_store = _base_store(Path(tmp) / "base.h5")
-        for i, case in enumerate(CASES):
-            (Path(tmp) / str(i)).mkdir()
-            result, unchanged, args = run_case(case, Path(tmp) / str(i), base_store, Path(tmp) / "models")
-            message = " ".join(result.stderr.split()).replace(tmp, "…").replace("|", "\\|")
-            print(f"| `{case[0]}` | {case[1]} | `gallery {args[0]}` | {result.exit_code} | "
-                  f"{message} | {'yes' if unchanged else 'NO'} |")
+    print_rows(CASES)

@@ -195,3 +195,16 @@ def test_the_checks_see_function_level_imports_and_packages(tmp_path):
     assert cycles(edges) == [["gallery.index", "gallery.index.core", "gallery.store.items"]]
     assert store_upward(edges) == {("gallery.store.items", "gallery.index")}
     assert [(p.name, line, commented) for p, line, commented in inner] == [("items.py", 2, False)]
+
+
+def test_no_test_module_imports_another():
+    """Helpers shared by tests live in helper modules (tests/*_helpers.py, tiny_models.py,
+    conftest.py), never in a test module: importing one runs its module-level setup and
+    collects its tests twice under another name."""
+    found = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            found += [f"{path.name}:{node.lineno} imports {n}" for n in names if n.split(".")[0].startswith("test_")]
+    assert not found, "; ".join(found)

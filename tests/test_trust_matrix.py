@@ -10,8 +10,6 @@ fuzzing of every command in tests/test_trust_fuzz.py.
 
 from __future__ import annotations
 
-import re
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -19,8 +17,8 @@ import h5py
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_bad_input_matrix import DIM, Ctx, _base_store, _enrol, _model_store, run_case  # noqa: E402
+from matrix_helpers import (DIM, Ctx, base_store, check_case, enrol_args, model_store, print_rows, run_case,
+                            undocumented)
 
 
 def _secret(ctx: Ctx) -> Path:
@@ -158,21 +156,21 @@ CASES: list[tuple[str, str, Callable[[Ctx], list], int, str]] = [
      lambda c: ["search", c.store, "--embeddings", _q(c, c.good(1)), "-k", "100000000"], 2,
      r"k 100,000,000 is above the limit 10,000.*GALLERY_MAX_K"),
     ("enrol-tiny-norm", "a row of 1e-19 values (no usable direction)",
-     lambda c: _enrol(c, _scaled(c, 1e-19), ["a", "b"]), 2, r"L2 norm below 1e-06 \(first row 1"),
+     lambda c: enrol_args(c, _scaled(c, 1e-19), ["a", "b"]), 2, r"L2 norm below 1e-06 \(first row 1"),
     ("enrol-huge-norm", "a row of 1e19 values (float32's sum of squares overflows)",
-     lambda c: _enrol(c, _scaled(c, 1e19), ["a", "b"]), 2, r"L2 norm above 1e\+12 \(first row 1"),
+     lambda c: enrol_args(c, _scaled(c, 1e19), ["a", "b"]), 2, r"L2 norm above 1e\+12 \(first row 1"),
     ("search-tiny-norm", "a query of 1e-19 values",
      lambda c: ["search", c.store, "--embeddings", _q(c, _scaled(c, 1e-19))], 2, r"queries have 1 row\(s\) with L2 norm below"),
     ("enrol-complex", "a complex .npy (the imaginary part was silently dropped)",
-     lambda c: _enrol(c, c.good().astype(np.complex64), ["a", "b"]), 2, r"real integer or float array, got dtype complex64"),
+     lambda c: enrol_args(c, c.good().astype(np.complex64), ["a", "b"]), 2, r"real integer or float array, got dtype complex64"),
     ("search-complex", "a complex query .npy",
      lambda c: ["search", c.store, "--embeddings", _q(c, c.good(1).astype(np.complex128))], 2, r"got dtype complex128"),
     ("enrol-nul-id", "an id with a trailing NUL (could never be removed)",
-     lambda c: _enrol(c, c.good(), ["a\x00", "b"]), 2, r"U\+0000"),
+     lambda c: enrol_args(c, c.good(), ["a\x00", "b"]), 2, r"U\+0000"),
     ("enrol-newline-id", "an id with a newline", lambda c: ["enroll", c.store, "--embeddings", _h5_ids(c, ["a\nb", "c"])],
      2, r"U\+000A"),
     ("enrol-bidi-id", "an id with U+202E (right-to-left override)",
-     lambda c: _enrol(c, c.good(), ["abc\u202edcb", "b"]), 2, r"U\+202E \(RIGHT-TO-LEFT OVERRIDE\)"),
+     lambda c: enrol_args(c, c.good(), ["abc\u202edcb", "b"]), 2, r"U\+202E \(RIGHT-TO-LEFT OVERRIDE\)"),
     ("init-huge-dim", "init --dim 4000000000", lambda c: ["init", c.tmp / "n.h5", "--dim", "4000000000", "--model-id", "x"],
      2, r"embedding dimension 4,000,000,000 is above the limit 65,536"),
     ("init-dim-not-int", "init --dim 4e9 (not an integer)",
@@ -184,7 +182,7 @@ CASES: list[tuple[str, str, Callable[[Ctx], list], int, str]] = [
     ("pt-string-dim", "a .pt whose arch.dim is a string",
      lambda c: ["init", c.tmp / "n.h5", "--model", _pt_with_arch(c, "abc")], 2, r"embedding dimension must be an integer"),
     ("image-bomb", "a 20000x20000 PNG among the images (DecompressionBombError traceback before)",
-     lambda c: ["enroll", _model_store(c), "--images", _bomb(c)], 2,
+     lambda c: ["enroll", model_store(c), "--images", _bomb(c)], 2,
      r"400,000,000 pixels, above the limit 89,478,485.*GALLERY_MAX_IMAGE_PIXELS"),
     ("enrol-empty-npy", "an empty .npy (click printed a bare 'Aborted.' before)",
      lambda c: ["enroll", c.store, "--embeddings", _npy_bytes(c, "e0.npy", lambda b: b""), "--ids",
@@ -196,7 +194,7 @@ CASES: list[tuple[str, str, Callable[[Ctx], list], int, str]] = [
      lambda c: ["enroll", c.store, "--embeddings", _npy_bytes(c, "e2.npy", _huge_shape), "--ids",
                 c.ids("i.txt", ["a", "b"])], 2, r"cannot read embeddings from .*e2\.npy \(ValueError\)"),
     ("ids-not-utf8", "an ids file that is not UTF-8 (a UnicodeDecodeError traceback before)",
-     lambda c: _enrol(c, c.good(), ["a", "b"])[:4] + ["--ids", c.ids("ids.txt", ["a", "b"]).write_bytes(b"a\n\xff\n")
+     lambda c: enrol_args(c, c.good(), ["a", "b"])[:4] + ["--ids", c.ids("ids.txt", ["a", "b"]).write_bytes(b"a\n\xff\n")
                                                       and c.tmp / "ids.txt"],
      2, r"not a UTF-8 CSV text file"),
     ("writer-empty-store", "an empty file given to a writer (HDF5 wrote a superblock into it before)",
@@ -207,24 +205,18 @@ CASES: list[tuple[str, str, Callable[[Ctx], list], int, str]] = [
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    return _base_store(tmp_path_factory.mktemp("trust") / "base.h5")
+    return base_store(tmp_path_factory.mktemp("trust") / "base.h5")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_trust_case(case, tmp_path, base, tmp_path_factory):
-    name, _, _, code, pattern = case
     result, unchanged, _ = run_case(case, tmp_path, base, tmp_path_factory.getbasetemp() / "models")
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == code, result.stdout + result.stderr + repr(result.exception)
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert re.search(pattern, lines[0]), lines[0]
-    assert unchanged, f"{name}: a store file changed"
+    check_case(case, result, unchanged)
     assert "root:x:0" not in result.stdout + result.stderr  # the pointed-at file is never read back
 
 
 def test_every_case_is_documented():
-    doc = (Path(__file__).resolve().parents[1] / "RELIABILITY.md").read_text()
-    missing = [c[0] for c in CASES if f"`{c[0]}`" not in doc]
+    missing = undocumented(CASES)
     assert not missing, f"RELIABILITY.md lacks rows for {missing}"
 
 
@@ -280,19 +272,6 @@ def test_batch_memory_is_bounded(monkeypatch):
     assert limits.batch_rows(64, 10 ** 12) == 1
 
 
-if __name__ == "__main__":  # print the RELIABILITY.md rows from what is observed now
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        base_store = _base_store(Path(tmp) / "base.h5")
-        for i, case in enumerate(CASES):
-            (Path(tmp) / str(i)).mkdir()
-            result, unchanged, args = run_case(case, Path(tmp) / str(i), base_store, Path(tmp) / "models")
-            message = " ".join(result.stderr.split()).replace(tmp, "…").replace("|", "\\|")
-            print(f"| `{case[0]}` | {case[1]} | `gallery {args[0]}` | {result.exit_code} | "
-                  f"{message} | {'yes' if unchanged else 'NO'} |")
-
-
 def test_invalid_utf8_in_a_stored_id_is_damage_that_verify_reports(base, tmp_path):
     """A flipped byte in the id column gave a UnicodeDecodeError traceback in verify (and in
     every reader): now readers decode it as U+FFFD and verify reports the damage, exit 1."""
@@ -318,3 +297,7 @@ def test_invalid_utf8_in_a_stored_id_is_damage_that_verify_reports(base, tmp_pat
 def _q_file(tmp_path: Path) -> Path:
     np.save(tmp_path / "q.npy", np.random.default_rng(7).normal(size=(2, DIM)).astype(np.float32))
     return tmp_path / "q.npy"
+
+
+if __name__ == "__main__":  # print the RELIABILITY.md rows from what is observed now
+    print_rows(CASES)
