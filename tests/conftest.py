@@ -46,14 +46,16 @@ def rollout_work(rollout_base, tmp_path):
     return root, copy, passing, failing
 
 
-# The slow lane: tests that take more than a few seconds on a 2-core CPU (training a model,
-# SIGKILL loops, multi-process runs, 20k-row recall). `pytest -m "not slow"` leaves them out;
-# `pytest` runs everything (CI). A module name marks every test in it.
+# The slow lane: tests that take more than a few seconds on a 2-core CPU, or that start
+# Python processes (about a second each of imports), left to the full run.
+# `pytest -m "not slow"` leaves them out; `pytest` runs everything (CI). A module name marks
+# every test in it; a test name every parameter; a parameter that one case. Where a test
+# has a cheaper twin that stays in the fast lane, the comment names it.
 SLOW = (
-    "test_adapter.py",
-    "test_cli_store.py::test_cli_export_model_and_init_from_pt",
+    "test_adapter.py",                                             # trains adapters
+    "test_cli_store.py::test_cli_export_model_and_init_from_pt",   # trains a model
     "test_compat_cli.py",
-    "test_concurrency.py::test_one_writer_four_readers",
+    "test_concurrency.py::test_one_writer_four_readers",           # five processes
     "test_datasets_fashion.py::test_open_data_and_open_class_layouts",
     "test_datasets_glyphs.py",
     "test_engines.py",
@@ -61,12 +63,18 @@ SLOW = (
     "test_engines_kill.py",
     "test_faces_example.py",
     "test_faces_real.py",
-    "test_fault_injection.py",
+    "test_fault_injection.py",                                     # SIGKILL loops
     "test_front_door.py::test_load_pt_encoder_from_plain_python",
     "test_front_door.py::test_open_and_search_demo_store_from_plain_python",
+    # a fresh interpreter; the plugin path itself: test_third_party_format_through_the_entry_point
+    "test_front_door.py::test_plugin_with_missing_dependency_says_what_is_missing",
     "test_index.py::test_ivf_and_hnsw_recall_at_10_on_20k",
     "test_index_streaming.py::test_memory_estimate_matches_the_serialised_index",
     "test_index_streaming.py::test_store_build_matches_in_memory_build",
+    # a reader and a writer process; in one process: test_a_gallery_without_live_keeps_its_snapshot_until_refresh
+    "test_live.py::test_a_reader_process_follows_rollback_and_upgrade_of_a_writer_process",
+    # unibct's resume (memory bank); nccl's stays
+    "test_methods_resume.py::test_resume_equals_uninterrupted[unibct]",
     "test_reliability_cli.py::test_export_serving_is_an_alias_of_sync",
     "test_reliability_env.py",
     "test_rollout_e2e.py",
@@ -77,14 +85,28 @@ SLOW = (
     "test_fault_syscalls.py",
     "test_store_upgrade_readers.py",
     "test_store_kill.py",
+    # a second writer process per path; the symlink case stays
+    "test_store_lock.py::test_second_writer_is_refused_whatever_the_path[bind-mount]",
+    "test_store_lock.py::test_second_writer_is_refused_whatever_the_path[info-file-deleted]",
+    "test_store_lock.py::test_second_writer_is_refused_whatever_the_path[renamed]",
     "test_store_lock.py::test_fault_shim_counts_and_kills_where_it_says",
+    # every other method through `train-compat`; mixbct's run stays (every method trains in test_methods.py)
+    "test_train_compat.py::test_every_method_trains_and_records_compatibility[bct]",
+    "test_train_compat.py::test_every_method_trains_and_records_compatibility[independent]",
+    "test_train_compat.py::test_every_method_trains_and_records_compatibility[l2]",
+    "test_train_compat.py::test_every_method_trains_and_records_compatibility[nccl]",
+    "test_train_compat.py::test_every_method_trains_and_records_compatibility[unibct]",
     "test_train_auto.py",
     "test_train_projection.py",
     "test_trainer_ddp.py",
     "test_trainer_ddp_equal.py",
     "test_trainer_fit.py",
+    # 24M-65M-parameter nets; their parameter counts: test_iresnet_parameter_counts_match_insightface
     "test_trainer_models.py::test_backbone_shapes_gradients_and_rebuild[iresnet100]",
+    "test_trainer_models.py::test_backbone_shapes_gradients_and_rebuild[iresnet18]",
+    "test_trainer_models.py::test_backbone_shapes_gradients_and_rebuild[iresnet34]",
     "test_trainer_models.py::test_backbone_shapes_gradients_and_rebuild[iresnet50]",
+    "test_trust_fuzz.py::test_fuzz_every_command",                 # ~600 cases in worker processes
 )
 
 
