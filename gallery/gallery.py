@@ -10,7 +10,10 @@ encoders stay loaded between searches) and what was said about where model files
 live now. Writes (enrol, remove, upgrade, rollback, backfill, ...) close the read
 handle, take the store's writer lock for the one operation and release it; the next
 read opens a fresh handle that sees them. Another process's commits are seen after
-`refresh()`. Every failure raises a `gallery.errors` type (BadInput, GateFailed,
+`refresh()`, or, with `gallery.open(path, live=True)` (a long-lived reader, e.g. a
+service), before every read: one os.stat of the manifest, and a new handle when another
+process committed (an upgrade, a rollback, thresholds, enrolments), so the query model,
+its thresholds, the index and the rows are re-read together. Every failure raises a `gallery.errors` type (BadInput, GateFailed,
 StoreLocked), the ones the CLI maps to exit codes.
 """
 
@@ -35,6 +38,7 @@ from gallery.modelfiles import to_stored
 from gallery.rollout.backfill import status as backfill_status
 from gallery.rollout import state as rollout_state
 from gallery.store import ModelInfo, Store, sources
+from gallery.store.generation import current, stamp
 from gallery.store.migrations import migrate_path
 
 Progress = Callable[[int], None] | None
@@ -46,11 +50,16 @@ class Gallery:
 
     `model` is where the query model's file is now, when it moved since it was
     registered (checked by sha256); `providers` / `require_gpu` choose onnxruntime's
-    execution providers for encoders loaded here."""
+    execution providers for encoders loaded here. `live`: every read first checks whether
+    another process committed, and reads the new state if so (see the module docstring)."""
 
     def __init__(self, path: PathLike, model: PathLike | None = None,
-                 providers: Sequence[str] | None = None, require_gpu: bool = False) -> None:
+                 providers: Sequence[str] | None = None, require_gpu: bool = False, live: bool = False) -> None:
         self.path = Path(path)
+        self.live = live
+        self.generation: str | None = None  # of the read handle (gallery.store.generation)
+        self.reloads = 0                    # read handles opened on a newer generation than the last
+        self._stamp: tuple | None = None
         self.model_path = None if model is None else Path(model)
         self._load_kwargs: dict[str, Any] = {"providers": list(providers) if providers else None,
                                              "require_gpu": require_gpu}
@@ -65,8 +74,15 @@ class Gallery:
     @contextmanager
     def _reader(self) -> Iterator[Store]:
         with self._lock:
+            if self.live and self._store is not None and stamp(self.path) != self._stamp:
+                self.refresh()
             if self._store is None:
+                # stamped before opening: a commit in between makes the next check reopen
+                seen = stamp(self.path) if self.live else None
                 self._store = Store.open(self.path, "r")
+                self._stamp, previous = seen, self.generation
+                self.generation = current(self._store)
+                self.reloads += previous is not None and previous != self.generation
             yield self._store
 
     @contextmanager
@@ -79,7 +95,9 @@ class Gallery:
                 yield st
 
     def refresh(self) -> None:
-        """Drop the read handle (and its cached index): the next read sees every commit."""
+        """Drop the read handle (and its cached index): the next read sees every commit.
+        HDF5 shares one open file between the handles of a process, so the old handle is
+        closed before a new one can see another process's commit."""
         with self._lock:
             if self._store is not None:
                 self._store.close()
@@ -130,6 +148,13 @@ class Gallery:
         """`query->rows` model pairs a search can meet that have no calibrated threshold."""
         with self._reader() as st:
             return thresholds.uncalibrated(st)
+
+    def thresholds(self) -> dict:
+        """The query model, every served (query model, row model) pair with its threshold
+        (None: uncalibrated; search never accepts such a pair's hits) and the uncalibrated
+        pairs by name."""
+        with self._reader() as st:
+            return thresholds.show(st)
 
     @property
     def aliases(self) -> dict[str, str]:
@@ -191,7 +216,7 @@ class Gallery:
         with self._reader() as st:
             info = st.model(version)
         model = model or self.model_path
-        key = (info.version, str(model or ""))
+        key = (info.version, info.sha256, str(model or ""))  # a pruned version's name can come back
         if key not in self._encoders:
             self._encoders[key] = load_registered(info, self.path, model, **self._load_kwargs)
         return self._encoders[key]
@@ -283,6 +308,24 @@ class Gallery:
             self.refresh()
             return migrate_path(self.path)
 
+    def calibrate(self, data: PathLike | None = None, report: PathLike | None = None, target_far: float = 1e-4,
+                  impostor_pairs: int = 100_000, seed: int = 0, batch_size: int = 64,
+                  progress: Progress = None) -> dict:
+        """Calibrate every served pair's threshold at `target_far` on labelled images `data`
+        (ROOT/<identity>/<image>, check-compat's protocol), or copy them from a check-compat
+        `report` about the store's models. Nothing is written when it is refused."""
+        with self._lock:
+            self.refresh()
+            return thresholds.calibrate(self.path, data=data, report=report, target_far=target_far,
+                                        batch_size=batch_size, progress=progress, seed=seed,
+                                        impostor_pairs=impostor_pairs)
+
+    def set_threshold(self, query: str, rows: str, value: float) -> dict:
+        """Set the threshold (a cosine in [-1, 1]) of queries of model `query` against rows of
+        model `rows` (versions or aliases) by hand."""
+        with self._writer() as st:
+            return thresholds.set_threshold(st, query, rows, value)
+
     def compact(self, dry_run: bool = False) -> dict:
         """Merge small segment, deletion and overlay files in one commit (`dry_run`: say what)."""
         if dry_run:
@@ -358,9 +401,10 @@ def _opt_str(path: PathLike | None) -> str | None:
 
 
 def open(path: PathLike, model: PathLike | None = None, providers: Sequence[str] | None = None,
-         require_gpu: bool = False) -> Gallery:
-    """Open an existing gallery store (BadInput if missing or not a store)."""
-    return Gallery(path, model=model, providers=providers, require_gpu=require_gpu)
+         require_gpu: bool = False, live: bool = False) -> Gallery:
+    """Open an existing gallery store (BadInput if missing or not a store). `live`: follow
+    other processes' commits before every read (a long-lived reader)."""
+    return Gallery(path, model=model, providers=providers, require_gpu=require_gpu, live=live)
 
 
 def create(path: PathLike, model: PathLike | None = None, *, dim: int | None = None,

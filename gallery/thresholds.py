@@ -67,20 +67,20 @@ def table(store: Store) -> list[dict]:
     return out
 
 
-def show(store_path: str | Path) -> dict:
-    with Store.open(store_path, "r") as st:
-        return {"store": str(store_path), "active_model": st.active_model, "pairs": table(st),
-                "uncalibrated": uncalibrated(st)}
+def show(store: Store) -> dict:
+    """The query model, every served pair with its threshold (None: uncalibrated) and the
+    uncalibrated ones by name."""
+    return {"store": str(store.path), "active_model": store.active_model, "pairs": table(store),
+            "uncalibrated": uncalibrated(store)}
 
 
-def set_threshold(store_path: str | Path, query: str, rows: str, value: float) -> dict:
-    """Set one pair's threshold by hand (recorded in history)."""
+def set_threshold(store: Store, query: str, rows: str, value: float) -> dict:
+    """Set one pair's threshold by hand on a writer handle (recorded in history)."""
     if not math.isfinite(value) or not -1.0 <= value <= 1.0:
         raise BadInput(f"threshold must be a cosine score in [-1, 1], got {value}")
-    with Store.open(store_path, "a") as st:
-        st.set_threshold(query, rows, value)
-        q, r = st.resolve_version(query), st.resolve_version(rows)
-        return {"query": q, "rows": r, "threshold": float(value), "uncalibrated": uncalibrated(st)}
+    store.set_threshold(query, rows, value)
+    q, r = store.resolve_version(query), store.resolve_version(rows)
+    return {"query": q, "rows": r, "threshold": float(value), "uncalibrated": uncalibrated(store)}
 
 
 def _from_report(store: Store, report_path: str | Path) -> list[dict]:

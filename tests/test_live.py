@@ -1,7 +1,8 @@
-"""Long-lived readers follow the store (issue 16, item 6): a reader process holding a
-gallery.live.LiveStore searches while a writer process rolls the store back and upgrades it
-again; the reader answers with each new query model (and its thresholds) without reopening,
-and every answer equals a fresh handle's."""
+"""Long-lived readers follow the store (issue 16, item 6): a reader process holding one
+`gallery.open(path, live=True)` searches while a writer process rolls the store back and
+upgrades it again; the reader answers with each new query model (and its thresholds) without
+being reopened, and every answer equals a fresh reader's. A Gallery opened without `live`
+keeps its snapshot until `refresh()`."""
 
 from __future__ import annotations
 
@@ -24,12 +25,11 @@ READER = r"""
 import json, sys, time
 from pathlib import Path
 import numpy as np
-from gallery.live import LiveStore
-from gallery.store import Store
+import gallery
 
 path, sync = sys.argv[1], Path(sys.argv[2])
 queries = np.load(sync / "q.npy")
-live = LiveStore(path)
+live = gallery.open(path, live=True)
 seen, checks = [], []
 (sync / "ready").touch()
 for want in ("v1", "v2"):  # the writer rolls back to v1, then upgrades to v2 again
@@ -38,7 +38,7 @@ for want in ("v1", "v2"):  # the writer rolls back to v1, then upgrades to v2 ag
         result = live.search(queries, k=3)
         seen.append(result.query_model)
         if result.query_model == want:
-            with Store.open(path) as fresh:  # what a new reader sees now
+            with gallery.open(path) as fresh:  # what a new reader sees now
                 ref = fresh.search(queries, k=3)
             checks.append({"model": want, "rows": result.rows.tolist() == ref.rows.tolist(),
                            "thresholds": np.array_equal(result.thresholds, ref.thresholds, equal_nan=True),
@@ -91,3 +91,23 @@ def test_a_reader_process_follows_rollback_and_upgrade_of_a_writer_process(tmp_p
     assert [c["model"] for c in result["checks"]] == ["v1", "v2"]
     assert all(c["rows"] and c["thresholds"] and c["match"] for c in result["checks"]), result
     assert result["reloads"] >= 2  # one new generation per switch, the same handle object throughout
+
+
+def test_a_gallery_without_live_keeps_its_snapshot_until_refresh(tmp_path):
+    """The other half of the promise, in one process: a second Gallery's commit is seen by a
+    live Gallery at its next read, by a plain one only after refresh()."""
+    import gallery
+
+    rng = np.random.default_rng(3)
+    writer = gallery.create(tmp_path / "g.h5", dim=8, model_id="random")
+    writer.enroll(rng.normal(size=(4, 8)).astype(np.float32), ["a", "b", "c", "d"])
+    live, plain = gallery.open(tmp_path / "g.h5", live=True), gallery.open(tmp_path / "g.h5")
+    assert live.info()["live"] == plain.info()["live"] == 4 and live.reloads == 0
+    before = live.generation
+    writer.remove(["a"])
+    writer.set_threshold("v1", "v1", 0.5)  # two commits between two reads
+    assert live.info()["live"] == 3 and live.thresholds()["pairs"][0]["threshold"] == 0.5
+    assert live.reloads == 1 and live.generation != before
+    assert plain.info()["live"] == 4 and plain.thresholds()["pairs"][0]["threshold"] is None
+    plain.refresh()
+    assert plain.info()["live"] == 3 and plain.generation == live.generation

@@ -117,6 +117,33 @@ def test_calibrate_from_report_set_and_refusals_leave_the_store_identical(work, 
         assert st.thresholds("v1") == {"v1": 0.25}
 
 
+
+def test_the_gallery_object_shows_calibrates_and_sets(work):
+    """The Python API the `threshold` commands call: refusals raise BadInput and change nothing,
+    the copied value is the report's, and the same Gallery reads back its own writes."""
+    import gallery
+    from gallery.errors import BadInput
+
+    root, store, report = work
+    g = gallery.open(store)
+    assert g.thresholds()["uncalibrated"] == ["v1->v1"]
+    before = store_sha256(store)
+    for call, message in ((lambda: g.set_threshold("v1", "v1", float("nan")), r"\[-1, 1\]"),
+                          (lambda: g.set_threshold("v1", "v9", 0.1), "unknown model version 'v9'"),
+                          (lambda: g.calibrate(), "give either"),
+                          (lambda: g.calibrate(data=root / "eval", target_far=3.0), "--target-far")):
+        with pytest.raises(BadInput, match=message):
+            call()
+    assert store_sha256(store) == before
+    copied = g.calibrate(report=report)
+    expected = _report_thresholds(report)[("v1", "v1")]
+    assert [(e["query"], e["rows"], e["threshold"]) for e in copied["calibrated"]] == [("v1", "v1", expected)]
+    assert g.thresholds()["pairs"] == [{"query": "v1", "rows": "v1", "threshold": expected, "served": True}]
+    assert g.set_threshold("v1", "v1", 0.25)["uncalibrated"] == []
+    assert g.thresholds()["pairs"][0]["threshold"] == 0.25
+    with Store.open(store) as st:
+        assert st.thresholds("v1") == {"v1": 0.25} and st.history()[-1]["event"] == "threshold"
+
 # ---- the open-set decision through upgrade, rollback, re-upgrade ----------------------------------
 
 def _naive(st: Store, queries: np.ndarray, k: int) -> list[str | None]:

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+import gallery
 from cli.common import JSON_FLAG, STORE_ARG, console, emit_json, err_console, handle_errors, progress_bar, render_table
 
 JSON = JSON_FLAG
@@ -40,11 +41,9 @@ def calibrate_cmd(
     as_json: bool = JSON,
 ) -> None:
     """Calibrate every (query model, row model) pair the store serves."""
-    from gallery.thresholds import calibrate
-
-    with progress_bar("embedding evaluation images", as_json) as (_, advance):
-        result = calibrate(store, data=data, report=report, target_far=target_far,
-                           batch_size=batch_size, progress=advance, seed=seed, impostor_pairs=impostor_pairs)
+    with gallery.open(store) as g, progress_bar("embedding evaluation images", as_json) as (_, advance):
+        result = g.calibrate(data=data, report=report, target_far=target_far, impostor_pairs=impostor_pairs,
+                             seed=seed, batch_size=batch_size, progress=advance)
     if as_json:
         emit_json(result)
         return
@@ -60,9 +59,8 @@ def calibrate_cmd(
 @handle_errors
 def show_cmd(store: Path = STORE, as_json: bool = JSON) -> None:
     """Every served pair and its threshold (uncalibrated ones too)."""
-    from gallery.thresholds import show
-
-    result = show(store)
+    with gallery.open(store) as g:
+        result = g.thresholds()
     if as_json:
         emit_json(result)
         return
@@ -83,9 +81,8 @@ def set_cmd(
     as_json: bool = JSON,
 ) -> None:
     """Set the threshold of one (query model, row model) pair by hand."""
-    from gallery.thresholds import set_threshold
-
-    result = set_threshold(store, query, rows, value)
+    with gallery.open(store) as g:
+        result = g.set_threshold(query, rows, value)
     if as_json:
         emit_json(result)
         return
