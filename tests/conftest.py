@@ -66,6 +66,7 @@ SLOW = (
     "test_fault_injection.py",                                     # SIGKILL loops
     "test_front_door.py::test_load_pt_encoder_from_plain_python",
     "test_front_door.py::test_open_and_search_demo_store_from_plain_python",
+    "test_front_door.py::test_the_readme_python_example_runs_as_written",  # trains two models
     # a fresh interpreter; the plugin path itself: test_third_party_format_through_the_entry_point
     "test_front_door.py::test_plugin_with_missing_dependency_says_what_is_missing",
     "test_index.py::test_ivf_and_hnsw_recall_at_10_on_20k",

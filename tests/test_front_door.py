@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -79,6 +80,37 @@ def test_load_pt_encoder_from_plain_python(demo):
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["pt", "32"]
+
+
+
+def test_the_readme_python_example_runs_as_written(demo, tmp_path):
+    """README's "From Python" block, unchanged, in a fresh interpreter, in a folder laid out
+    like the demo's outputs (the small demo's store and v1, a second model as v2)."""
+    from trainer import train
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("## From Python", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    runs = tmp_path / "runs" / "demo"
+    runs.mkdir(parents=True)
+    shutil.copytree(demo / "store.h5", runs / "store.h5")
+    shutil.copy(demo / "v1.pt", runs / "v1.pt")  # the store records v1.pt's absolute path: the demo's copy
+    assert train(data=demo / "train.npz", out=runs / "v2.pt", arch="small", head="arcface", dim=32,
+                 image_size=32, epochs=1, batch_size=32, lr=0.05, seed=4, device="cpu", threads=1).finished
+    shutil.copytree(demo / "enrol", runs / "data" / "open-class" / "eval")
+    (runs / "some-queries").mkdir()
+    for i, probe in enumerate(sorted((demo / "enrol").rglob("*.png"))[:3]):
+        shutil.copy(probe, runs / "some-queries" / f"q{i}.png")
+    for photo in sorted((demo / "enrol").rglob("*.png")):  # new ids: ids are paths under the folder
+        (tmp_path / "new-photos" / photo.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(photo, tmp_path / "new-photos" / photo.parent.name / f"new{photo.name}")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}, timeout=600)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(" -> ")[0] for line in lines[:3]] == [f"runs/demo/some-queries/q{i}.png" for i in range(3)]
+    assert lines[3].split()[1] == "v1"  # report.passed (either way), then the query model
+    with gallery.open(runs / "store.h5") as g:
+        assert g.info()["live"] == 10 + 10  # the ten new photos went in, encoded by v1
 
 
 def _plugin(root: Path, name: str, module_code: str) -> Path:
