@@ -31,13 +31,14 @@ from gallery import index as index_mod
 from gallery import rollout
 from gallery import search as search_mod
 from gallery import thresholds
+from gallery.arrayfiles import read_embedding_file
 from gallery.encoder import Encoder, load_encoder, load_registered
 from gallery.errors import BadInput
 from gallery.model_identity import model_sha256
 from gallery.modelfiles import to_stored
 from gallery.rollout.backfill import status as backfill_status
 from gallery.rollout import state as rollout_state
-from gallery.store import ModelInfo, Store, sources
+from gallery.store import ModelInfo, Store
 from gallery.store.generation import current, stamp
 from gallery.store.migrations import migrate_path
 
@@ -189,7 +190,7 @@ class Gallery:
         with self._reader() as st:
             version = st.resolve_version(query_model or st.active_model)
             if embeddings is not None:
-                vectors, names = sources.read_queries(embeddings)
+                vectors, names, _ = read_embedding_file(embeddings, queries=True)
             elif isinstance(queries, np.ndarray):
                 vectors, names = queries, [str(i) for i in range(len(np.atleast_2d(queries)))]
             else:
@@ -249,7 +250,7 @@ class Gallery:
         if embeddings is not None:
             if ids is not None and not isinstance(ids, (str, Path)):
                 raise BadInput("with an embeddings file, `ids` is an ids file (or the .h5's `ids`)")
-            vectors, file_ids, file_identities = sources.read_embeddings_file(embeddings, ids)
+            vectors, file_ids, file_identities = read_embedding_file(embeddings, ids)
             if on_total is not None:
                 on_total(len(vectors))
             return self._enroll_vectors(vectors, file_ids, file_identities, model_version, batch_size, progress)

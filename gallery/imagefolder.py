@@ -1,4 +1,5 @@
-"""The identity-folder layout: ROOT/<identity>/<image>. No torch here.
+"""The identity-folder layout: ROOT/<identity>/<image> (or a folder with a `path,identity`
+CSV), and query image arguments (files, folders). No torch here.
 
 Listing is sorted so the identity -> label map and the dataset order are
 deterministic on every machine.
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
+from gallery.arrayfiles import read_ids_file
 from gallery.errors import BadInput
 from gallery.fingerprint import ContentDigest
 
@@ -66,3 +69,41 @@ def list_image_folder(root: str | Path, min_identities: int = 1) -> FolderListin
             f"{root} has {len(classes)} identity folder(s); at least {min_identities} needed"
         )
     return FolderListing(root=root, paths=paths, identities=identities, classes=classes)
+
+
+def list_labelled_images(root: str | Path, labels: str | Path | None = None
+                         ) -> tuple[list[Path], list[str], list[str]]:
+    """(paths, item ids, identities): ROOT/<identity>/<image>, or a `path,identity` CSV."""
+    root = Path(root)
+    if labels is None:
+        listing = list_image_folder(root)
+        ids = [str(p.relative_to(root)) for p in listing.paths]
+        return listing.paths, ids, listing.identities
+    if not root.is_dir():
+        raise BadInput(f"image folder not found: {root}")
+    rel, identities = read_ids_file(labels)
+    if identities is None:
+        raise BadInput(f"{labels}: each line must be `path,identity`")
+    paths = [root / r for r in rel]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise BadInput(f"{labels}: image not found: {missing[0]}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
+    return paths, rel, identities
+
+
+def expand_image_args(paths: Sequence[str | Path]) -> list[Path]:
+    """Query images: files as given, folders expanded to their images (sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise BadInput(f"no images found under {p}")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise BadInput(f"image not found: {p}")
+    if not out:
+        raise BadInput("no query images given")
+    return out

@@ -23,8 +23,8 @@ from gallery.encoder import embed_images, load_registered
 from gallery.errors import BadInput
 from gallery.faces.crop import make_cropper
 from gallery.fingerprint import file_sha256
+from gallery.imagefolder import expand_image_args, list_labelled_images
 from gallery.preprocess import load_image
-from gallery.store.sources import expand_image_args, list_labelled_images
 
 if TYPE_CHECKING:
     from gallery.encoder import Encoder

@@ -41,10 +41,10 @@ def search_shards_cmd(
     as_json: bool = JSON,
 ) -> None:
     """k nearest items over a gallery sharded across stores (faiss IndexShards)."""
-    from gallery.store.sources import read_queries
+    from gallery.arrayfiles import read_embedding_file
     from gallery.shards import ShardedGallery
 
-    queries, names = read_queries(embeddings)
+    queries, names = read_embedding_file(embeddings, queries=True)[:2]
     with ShardedGallery(shards, kind=index) as gallery:
         res = gallery.search(queries, k=k)
     if as_json:
@@ -72,7 +72,7 @@ def search_gpu_cmd(
 ) -> None:
     """Exact search with torch (chunked matmul + top-k), on the GPU when there is one."""
     from gallery import gpu_search
-    from gallery.store.sources import read_queries
+    from gallery.arrayfiles import read_embedding_file
     from gallery.store import Store
 
     try:
@@ -81,7 +81,7 @@ def search_gpu_cmd(
         raise BadInput("search-gpu needs torch (pip install '.[train]' or a CUDA build)") from None
     if require_gpu and not gpu_search.available():
         raise BadInput("--require-gpu: torch sees no CUDA device")
-    queries, names = read_queries(embeddings)
+    queries, names = read_embedding_file(embeddings, queries=True)[:2]
     with Store.open(store) as st:
         result = gpu_search.search_store(st, queries, k=k, threshold=threshold, device=device, dtype=dtype)
     records = result.to_records(names)

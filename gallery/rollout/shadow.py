@@ -20,14 +20,13 @@ import numpy as np
 from gallery.encoder import load_registered
 from gallery.ingest import embed_items, image_loader
 from gallery.errors import BadInput
-from gallery.imagefolder import list_image_folder
+from gallery.imagefolder import expand_image_args, list_image_folder
 from gallery.index.core import faiss_module
 from gallery.preprocess import l2_normalize
 from gallery.rollout import overlay, state
 from gallery.search import SearchResult
 from gallery.store import Store
 from gallery.store.reads import embeddings, stored_models
-from gallery.store.sources import expand_image_args
 
 log = logging.getLogger(__name__)
 
