@@ -96,7 +96,7 @@ def test_a_sidecar_from_the_previous_release_is_still_caught_up(store):
     import json
 
     from gallery.index.sidecar import prefix_digest, record_path
-    from gallery.store.items import snapshot
+    from gallery.store.reads import snapshot
 
     st, x = store
     built = st.index(kind="flat")

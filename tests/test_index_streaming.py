@@ -15,7 +15,7 @@ from gallery.errors import BadInput
 from gallery.index import IndexParams, build, default_kind, estimate_bytes, train_rows
 from gallery.preprocess import l2_normalize
 from gallery.store import ModelInfo, Store
-from gallery.store.reads import column_range
+from gallery.store.columns import column_range
 
 DIM = 32
 

@@ -1,5 +1,5 @@
-"""A search reads the metadata of its hit rows only (items.values_at), never every row's
-(items.columns): results on a store with tombstones, v2 rows and a v2 backfill of v1 rows
+"""A search reads the metadata of its hit rows only (reads.values_at), never every row's
+(reads.columns): results on a store with tombstones, v2 rows and a v2 backfill of v1 rows
 equal a naive loop over store.columns(); search, count, info and sharded search never
 call columns(); the faster string decode gives the same values, non-ASCII ids included."""
 
@@ -13,7 +13,7 @@ from gallery.preprocess import l2_normalize
 from gallery.rollout import overlay
 from gallery.rollout.state import set_parent
 from gallery.shards import ShardedGallery
-from gallery.store import ModelInfo, Store, items
+from gallery.store import ModelInfo, Store, reads
 
 DIM = 16
 NON_ASCII = ["José", "李雷", "Ünïcødé-😀", "ø" * 64, "日本" * 21 + "ab"]  # the last two fill all 128 bytes
@@ -108,7 +108,7 @@ def test_search_count_info_and_shards_never_decode_every_row(mixed, monkeypatch,
     def refuse(*args, **kwargs):
         raise AssertionError("columns() decodes every row")
 
-    monkeypatch.setattr(items, "columns", refuse)
+    monkeypatch.setattr(reads, "columns", refuse)
     monkeypatch.setattr(Store, "columns", refuse)
     with Store.open(path) as st:
         result = st.search(q, k=5)
@@ -143,10 +143,10 @@ def test_values_at_equals_columns_for_any_rows(mixed):
 def test_decode_equals_numpy_char_decode_with_non_ascii(tmp_path):
     values = [*NON_ASCII, "", "plain", "a\u0301", "no-break\u00a0space and space "]  # tabs are refused (validate.py)
     raw = np.array([v.encode("utf-8") for v in values], dtype="S128")
-    fast, reference = items.decode(raw), np.char.decode(raw, "utf-8")
+    fast, reference = reads.decode(raw), np.char.decode(raw, "utf-8")
     assert fast.dtype.kind == "U" and fast.tolist() == reference.tolist() == values
-    assert items.decode(raw.reshape(3, 3)).tolist() == reference.reshape(3, 3).tolist()
-    assert items.decode(raw[:0]).shape == (0,)
+    assert reads.decode(raw.reshape(3, 3)).tolist() == reference.reshape(3, 3).tolist()
+    assert reads.decode(raw[:0]).shape == (0,)
     with Store.create(tmp_path / "u.h5", ModelInfo(version="v1", dim=DIM, model_id="m")) as st:
         ids = [v or "empty" for v in values]
         st.enroll(_unit(np.random.default_rng(3), len(ids)), ids, values)

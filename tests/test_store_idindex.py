@@ -15,8 +15,8 @@ import pytest
 
 from cli_helpers import ok, run
 from gallery.errors import BadInput
-from gallery.store import ModelInfo, Store, columns, idindex, reads, schema
-from gallery.store.reads import column_range
+from gallery.store import ModelInfo, Store, columns, idindex, schema
+from gallery.store.columns import column_range
 from gallery.store import manifest as store_manifest  # hand edits keep its checksum valid
 
 DIM = 8
@@ -98,8 +98,8 @@ def test_matcher_and_read_rows_against_numpy(tmp_path, monkeypatch):
         assert len(store.manifest["segments"]) == 3
         everything = column_range(store, "id", 0, 100)
         rows = np.array([0, 1, 2, 9, 15, 16, 17, 39, 40, 60, 74, 75, 99])
-        np.testing.assert_array_equal(reads.column_rows(store, "id", rows), everything[rows])
-        assert reads.column_rows(store, "id", np.array([], np.int64)).size == 0
+        np.testing.assert_array_equal(columns.column_rows(store, "id", rows), everything[rows])
+        assert columns.column_rows(store, "id", np.array([], np.int64)).size == 0
 
 
 # ---- a real schema-v1 store (no id_hash) through `gallery migrate` -----------------------

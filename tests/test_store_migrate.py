@@ -22,7 +22,7 @@ from gallery.fingerprint import file_sha256
 from gallery.preprocess import l2_normalize
 from gallery.store import Store
 from gallery.store.migrations import backup_path, work_path
-from gallery.store.reads import column_range
+from gallery.store.columns import column_range
 
 DATA = Path(__file__).parent / "data"
 V1_IDS = ["a0", "a1", "a2", "b0", "b1", "é-5", "日本-6"]      # a1 is removed

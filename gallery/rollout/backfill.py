@@ -29,7 +29,7 @@ from gallery.fingerprint import file_sha256
 from gallery.preprocess import l2_normalize
 from gallery.rollout import overlay, state
 from gallery.store import Store
-from gallery.store.items import model_counts
+from gallery.store.reads import model_counts
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gallery.rollout import overlay, state
 from gallery.store import Store
-from gallery.store.reads import stored_models
+from gallery.store.columns import stored_models
 
 
 def keep_reasons(store: Store, drop_rollback: bool = False) -> dict[str, str]:

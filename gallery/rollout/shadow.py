@@ -26,7 +26,8 @@ from gallery.preprocess import l2_normalize
 from gallery.rollout import overlay, state
 from gallery.search import SearchResult
 from gallery.store import Store
-from gallery.store.reads import embeddings, stored_models
+from gallery.store.columns import stored_models
+from gallery.store.reads import embeddings
 
 log = logging.getLogger(__name__)
 

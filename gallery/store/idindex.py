@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import numpy as np
 
 from gallery.store import schema
-from gallery.store.reads import column_range, column_rows
+from gallery.store.columns import column_range, column_rows
 
 if TYPE_CHECKING:
     from gallery.store.core import Store

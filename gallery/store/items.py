@@ -1,5 +1,5 @@
 """Rows of a store: enrol (rows appended as new segments) and remove (deletion files).
-Reads are reads.py (re-exported here).
+Reads are reads.py.
 
 Commit protocol (manifest.py): an enrol writes its rows to a new segment file, fsyncs it
 and commits a manifest listing it with the batches' checksums and the new committed count
@@ -22,8 +22,7 @@ from gallery.errors import BadInput, NotFound
 from gallery.preprocess import l2_normalize
 from gallery.store import idindex, schema, segments
 from gallery.store import manifest as mf
-from gallery.store.reads import (READ_CHUNK, batch_records, columns, content_checksum,  # noqa: F401
-                                 decode, embeddings, model_counts, snapshot, stored_models, values_at)
+from gallery.store.reads import snapshot
 from gallery.store.schema import ITEM_COLUMNS, SEGMENT_COLUMNS
 
 if TYPE_CHECKING:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from gallery.store.reads import column_range, with_backfills
+from gallery.store.columns import column_range
+from gallery.store.reads import with_backfills
 
 if TYPE_CHECKING:
     from gallery.store import Store

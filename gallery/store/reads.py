@@ -15,8 +15,7 @@ import numpy as np
 
 from gallery.errors import BadInput
 from gallery.store import overlays, segments
-from gallery.store.columns import (READ_CHUNK, column_range, column_rows,  # noqa: F401
-                                   stored_models)
+from gallery.store.columns import READ_CHUNK, column_range, column_rows, stored_models
 from gallery.store.schema import ITEM_COLUMNS
 
 if TYPE_CHECKING:
