@@ -21,7 +21,7 @@ import faiss
 import numpy as np
 
 from gallery.errors import BadInput
-from gallery.index import store_index
+from gallery.index import forget, store_index
 from gallery.limits import check_k
 from gallery.search import prepare_queries
 from gallery.store import Store
@@ -80,7 +80,7 @@ class ShardedGallery:
         gi = store_index(store, kind=kind)
         if gi.meta.get("dead"):  # IndexShards merges raw faiss hits: no room to drop masked rows
             gi = store_index(store, kind=kind, rebuild=True)
-        store._cache.pop("index", None)  # ids are rewritten below: this copy is ours alone
+        forget(store)  # ids are rewritten below: this copy is ours alone
         rows = faiss.vector_to_array(gi.faiss.id_map)
         faiss.copy_array_to_vector((np.int64(number) << SHARD_BITS) | rows, gi.faiss.id_map)
         return gi.faiss

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,23 @@ if TYPE_CHECKING:
     from gallery.store import Store
 
 log = logging.getLogger(__name__)
+
+
+# ---- the index an open store handle searches -----------------------------------------
+# Kept here, not in the store: the handle -> (the manifest version it was made for, the
+# index). A commit by that handle makes it a miss, so the sidecar a writer just caught up is
+# read again; an index that does not match the content checksum is extended or rebuilt anyway.
+_IN_USE: "weakref.WeakKeyDictionary[Store, tuple[int, GalleryIndex]]" = weakref.WeakKeyDictionary()
+
+
+def _in_use(store: "Store") -> GalleryIndex | None:
+    version, index = _IN_USE.get(store, (None, None))
+    return index if version == store.manifest_version else None
+
+
+def forget(store: "Store") -> None:
+    """Drop the index kept for this handle (a caller that changes its copy, e.g. shards' ids)."""
+    _IN_USE.pop(store, None)
 
 
 # ---- the store's sidecar ------------------------------------------------------------
@@ -97,7 +115,7 @@ def store_index(store: "Store", kind: str | None = None, rebuild: bool = False, 
         index = _extend(store, index, checksum)
     if index is None:
         index = _build_for_store(store, kind, checksum, **params)
-    store._cache["index"] = index
+    _IN_USE[store] = (store.manifest_version, index)
     return index
 
 
@@ -117,7 +135,7 @@ def refresh_after_write(store: "Store") -> str:
 
 def _candidate(store: "Store", kind: str | None, params: dict) -> GalleryIndex | None:
     """The in-memory index, else the sidecar (fresh or stale), if of the wanted kind."""
-    index = store._cache.get("index")
+    index = _in_use(store)
     if index is None and sidecar_state(store)[0] in ("fresh", "stale"):
         try:
             index = _load(store)
