@@ -13,7 +13,7 @@ from gallery.preprocess import l2_normalize
 from gallery.rollout import overlay
 from gallery.rollout.state import set_parent
 from gallery.shards import ShardedGallery
-from gallery.store import ModelInfo, Store, reads
+from gallery.store import ModelInfo, Store, columns, reads
 
 DIM = 16
 NON_ASCII = ["José", "李雷", "Ünïcødé-😀", "ø" * 64, "日本" * 21 + "ab"]  # the last two fill all 128 bytes
@@ -143,10 +143,10 @@ def test_values_at_equals_columns_for_any_rows(mixed):
 def test_decode_equals_numpy_char_decode_with_non_ascii(tmp_path):
     values = [*NON_ASCII, "", "plain", "a\u0301", "no-break\u00a0space and space "]  # tabs are refused (validate.py)
     raw = np.array([v.encode("utf-8") for v in values], dtype="S128")
-    fast, reference = reads.decode(raw), np.char.decode(raw, "utf-8")
+    fast, reference = columns.decode(raw), np.char.decode(raw, "utf-8")
     assert fast.dtype.kind == "U" and fast.tolist() == reference.tolist() == values
-    assert reads.decode(raw.reshape(3, 3)).tolist() == reference.reshape(3, 3).tolist()
-    assert reads.decode(raw[:0]).shape == (0,)
+    assert columns.decode(raw.reshape(3, 3)).tolist() == reference.reshape(3, 3).tolist()
+    assert columns.decode(raw[:0]).shape == (0,)
     with Store.create(tmp_path / "u.h5", ModelInfo(version="v1", dim=DIM, model_id="m")) as st:
         ids = [v or "empty" for v in values]
         st.enroll(_unit(np.random.default_rng(3), len(ids)), ids, values)

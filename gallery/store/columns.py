@@ -1,5 +1,6 @@
 """Raw stored values of rows across a store's segments (rows are global numbers; a segment
-holds rows [start, start + rows)). The lowest read layer: reads.py and overlays.py build on it."""
+holds rows [start, start + rows)), and the one decoding of the stored strings (ids,
+identities, model versions). The lowest read layer: reads.py and overlays.py build on it."""
 
 from __future__ import annotations
 
@@ -69,4 +70,15 @@ def stored_models(store: "Store", n: int) -> tuple[list[str], np.ndarray]:
         starts = np.flatnonzero(np.concatenate(([True], raw[1:] != raw[:-1])))
         heads = [found.setdefault(value, len(found)) for value in raw[starts].tolist()]
         codes[lo : lo + raw.size] = np.repeat(heads, np.diff(np.append(starts, raw.size)))
-    return [value.decode("utf-8", "replace") for value in found], codes
+    return decode(np.array(list(found), dtype=object)).tolist(), codes
+
+
+def decode(raw: np.ndarray) -> np.ndarray:
+    """Fixed-width UTF-8 bytes -> a numpy unicode array. Through a list of str: the same
+    values as np.char.decode, faster (1M ids: 0.6 s against 1.0 s at 12 characters, 0.4 s
+    against 1.6 s at 60)."""
+    if raw.ndim != 1:
+        return decode(raw.ravel()).reshape(raw.shape)
+    # a flipped byte must not crash every reader: the replacement character changes the
+    # row's batch checksum, so `verify` reports the damage (exit 1)
+    return np.array([value.decode("utf-8", "replace") for value in raw.tolist()], dtype=str)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gallery.store import idindex, overlays, reads, segments
+from gallery.store import columns, idindex, overlays, reads, segments
 from gallery.store import manifest as mf
 from gallery.store.items import batch_sha256, chain
 from gallery.store.schema import EMPTY_CHAIN
@@ -84,8 +84,8 @@ def _check_batches(store: "Store", n: int, problems: list[str]) -> None:
         if lo != expected_start:
             problems.append(f"batch records skip rows {expected_start}..{lo}")
             return
-        strings = [reads.decode(reads.column_range(store, c, lo, hi)).tolist() for c in ("id", "identity", "model")]
-        digest = batch_sha256(*strings, reads.column_range(store, "embedding", lo, hi))
+        strings = [columns.decode(columns.column_range(store, c, lo, hi)).tolist() for c in ("id", "identity", "model")]
+        digest = batch_sha256(*strings, columns.column_range(store, "embedding", lo, hi))
         if digest != record["sha256"]:
             problems.append(f"checksum mismatch in rows {lo}..{hi} ({_files_of(store, lo, hi)})")
         value = chain(value, record["sha256"])
@@ -109,15 +109,15 @@ def _check_rows(store: "Store", cols: dict, problems: list[str]) -> None:
     wrong = idindex.mismatches(store)
     if wrong.size:  # the duplicate-id check and remove-by-id trust these hashes
         problems.append(f"id_hash does not match the id in {wrong.size} row(s), first row {wrong[0]}")
-    stored, _ = reads.stored_models(store, store.committed)
+    stored, _ = columns.stored_models(store, store.committed)
     unknown = sorted(set(stored) - set(store.model_versions()))
     if unknown:
         problems.append(f"rows embedded by unknown model version(s): {', '.join(unknown)}")
     deleted_rows = reads._deletions(store)[0]
     if deleted_rows.size and (deleted_rows.min() < 0 or deleted_rows.max() >= store.committed):
         problems.append(f"deletion files name rows outside 0..{store.committed - 1}")
-    for lo in range(0, store.committed, reads.READ_CHUNK):
-        block = reads.column_range(store, "embedding", lo, min(store.committed, lo + reads.READ_CHUNK))
+    for lo in range(0, store.committed, columns.READ_CHUNK):
+        block = columns.column_range(store, "embedding", lo, min(store.committed, lo + columns.READ_CHUNK))
         block = block.astype(np.float32)
         if not np.isfinite(block).all():
             problems.append(f"non-finite embedding values in rows {lo}..{lo + len(block)}")
