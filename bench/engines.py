@@ -2,7 +2,7 @@
 
 One store of N x D clustered unit vectors (bench/scale.py's generator: identities with
 2 photos each, queries = a noisy second photo), then, through the library on every side
-(`Store.search` vs `gallery.engines.search`, both returning the same SearchResult):
+(`gallery.search.search` vs `gallery.engines.search`, both returning the same SearchResult):
   gallery  flat / ivf / hnsw at the store's defaults (index build time);
   milvus   milvus-lite, one collection per index type (FLAT, IVF_FLAT, IVF_SQ8, HNSW)
            filled by `gallery.engines.sync` (ingest = sync incl. the engine's index build),
@@ -40,6 +40,8 @@ from scale import CHUNK, Data, exact_topk, recall_at_k, rss_gib  # noqa: E402
 
 from gallery import engines  # noqa: E402
 from gallery.store import ModelInfo, Store  # noqa: E402
+from gallery.index import store_index  # noqa: E402
+from gallery.search import search  # noqa: E402
 
 MILVUS_SETTINGS = {"FLAT": [{}], "IVF_FLAT": [{"nprobe": 16}, {"nprobe": 64}],
                    "IVF_SQ8": [{"nprobe": 16}, {"nprobe": 64}], "HNSW": [{"ef": 64}, {"ef": 256}]}
@@ -73,10 +75,10 @@ def bench_gallery(path: Path, kinds: list[str], q: np.ndarray, truth: np.ndarray
     with Store.open(path) as st:
         for kind in kinds:
             t = time.perf_counter()
-            st.index(kind=kind, rebuild=True)
+            store_index(st, kind=kind, rebuild=True)
             build_s = time.perf_counter() - t
             row = {"side": "gallery", "index": kind, "setting": "defaults", "build_s": build_s,
-                   **timed_search(lambda x: st.search(x, k=args.k, kind=kind), q, truth, args.k, args.single)}
+                   **timed_search(lambda x: search(st, x, k=args.k, kind=kind), q, truth, args.k, args.single)}
             out.append(row)
             print_row(row)
     return out

@@ -6,7 +6,7 @@
     .venv/bin/python bench/index_build.py --report bench/results/index_build_*.json   # the tables
 
 Unlike bench/scale.py (which drives faiss directly on generated vectors), every index
-here is built by the library from a real store file (`Store.index(kind, rebuild=True)`,
+here is built by the library from a real store file (`gallery.index.store_index(store, kind, rebuild=True)`,
 the code behind `gallery reindex`), each kind in a fresh child process so its peak RSS
 is its own. The store is float16, filled with bench/scale.py's clustered synthetic rows
 in enrol calls of 1M rows (created once, reused by later runs). Recall@10 is against
@@ -32,6 +32,7 @@ from gallery.errors import BadInput  # noqa: E402
 from gallery.index import sidecar_path  # noqa: E402
 from gallery.store import ModelInfo, Store  # noqa: E402
 from gallery.store.ranges import live_blocks  # noqa: E402
+from gallery.index import store_index  # noqa: E402
 
 
 def make_store(path: Path, rows: int, data: Data, call_rows: int = 1_000_000) -> dict:
@@ -89,7 +90,7 @@ def child(args: argparse.Namespace) -> None:
         out["rss_before_gib"] = rss_gib()
         t = time.perf_counter()
         try:
-            index = st.index(kind=args.child, rebuild=not args.reuse)
+            index = store_index(st, kind=args.child, rebuild=not args.reuse)
         except BadInput as exc:
             out["refused"] = str(exc)
             print(json.dumps(out))

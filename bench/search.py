@@ -3,7 +3,7 @@
 Builds a store of N x D random unit vectors (default 100k x 512), then times, on
 the same faiss index and the same queries:
   raw: index.faiss.search(unit_queries, k)                     (faiss alone)
-  api: store.search(raw_queries, k)  (normalise, freshness check, faiss, tombstone
+  api: search(store, raw_queries, k)  (normalise, freshness check, faiss, tombstone
        filter, ids / identities / model versions, thresholds)
   gallery: gallery.open(path).search(raw_queries, k)  (the front door: the same, through a
        Gallery that keeps its read handle and index between searches)
@@ -30,6 +30,8 @@ import gallery
 from gallery.preprocess import l2_normalize
 from gallery.search import assemble, prepare_queries
 from gallery.store import ModelInfo, Store
+from gallery.index import store_index
+from gallery.search import search
 
 
 def make_store(path: Path, rows: int, dim: int, seed: int) -> None:
@@ -42,10 +44,10 @@ def make_store(path: Path, rows: int, dim: int, seed: int) -> None:
 
 
 def time_pair(store: Store, front: gallery.Gallery, queries: np.ndarray, k: int, kind: str, repeats: int) -> dict:
-    index = store.index(kind=kind)
+    index = store_index(store, kind=kind)
     unit = l2_normalize(queries)
     times: dict[str, list[float]] = {"raw": [], "api": [], "gallery": []}
-    store.search(queries, k=k, kind=kind)
+    search(store, queries, k=k, kind=kind)
     front.search(queries, k=k, index=kind)
     index.faiss.search(unit, k)  # warm every path
     order = ("raw", "api", "gallery")
@@ -55,7 +57,7 @@ def time_pair(store: Store, front: gallery.Gallery, queries: np.ndarray, k: int,
             if which == "raw":
                 index.faiss.search(unit, k)
             elif which == "api":
-                result = store.search(queries, k=k, kind=kind)
+                result = search(store, queries, k=k, kind=kind)
             else:
                 front_result = front.search(queries, k=k, index=kind)
             times[which].append(time.perf_counter() - t0)
@@ -72,12 +74,12 @@ def time_pair(store: Store, front: gallery.Gallery, queries: np.ndarray, k: int,
 
 
 def own_work(store: Store, queries: np.ndarray, scores: np.ndarray, rows: np.ndarray, kind: str) -> float:
-    """Everything store.search does besides the faiss call, timed alone (immune to CPU noise
+    """Everything gallery.search.search does besides the faiss call, timed alone (immune to CPU noise
     that swamps a 1% difference between two multi-second faiss calls on a shared machine)."""
     t0 = time.perf_counter()
     version = store.resolve_version(store.active_model)
     prepare_queries(queries, store.dim)
-    store.index(kind=kind)  # freshness check against the cached index
+    store_index(store, kind=kind)  # freshness check against the cached index
     assemble(store, version, scores, rows, None)
     return time.perf_counter() - t0
 
@@ -107,7 +109,7 @@ def main() -> None:
               "enrol_s": enrol_s, "results": results, "cpu_count": os.cpu_count(),
               "machine": platform.processor() or platform.machine(), "python": platform.python_version()}
     print(f"gallery search API vs raw faiss: {args.rows} x {args.dim}, {args.queries} queries, k={args.k}")
-    print(f"{'index':<8}{'raw faiss s':>14}{'store.search s':>16}{'ratio':>8}{'Gallery s':>11}{'ratio':>8}"
+    print(f"{'index':<8}{'raw faiss s':>14}{'search s':>16}{'ratio':>8}{'Gallery s':>11}{'ratio':>8}"
           f"{'own work s':>12}{'ratio (own)':>13}")
     for r in results:
         print(f"{r['kind']:<8}{r['raw_s']:>14.4f}{r['api_s']:>16.4f}{r['ratio']:>8.3f}{r['gallery_s']:>11.4f}"

@@ -32,6 +32,7 @@ import numpy as np
 
 from gallery.preprocess import l2_normalize
 from gallery.store import ModelInfo, Store
+from gallery.index import store_index
 
 ROOT = Path(__file__).resolve().parents[1]
 ENROL_CALL, CHUNK = 500_000, 50_000
@@ -53,7 +54,7 @@ def build(path: Path, queries: Path, rows: int, dim: int, nq: int) -> None:
                 st.enroll(emb, [f"item-{i}" for i in range(lo, hi)], [f"person-{i % 100_000}" for i in range(lo, hi)])
             st.remove([f"item-{i}" for i in range(0, rows, 1000)])
             built = time.perf_counter()
-            kind = st.index().kind
+            kind = store_index(st).kind
         print(f"built {rows:,} rows in {built - t:.0f} s, {kind} index in {time.perf_counter() - built:.0f} s",
               flush=True)
     if not queries.exists():

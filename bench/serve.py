@@ -46,6 +46,7 @@ from gallery.search import search  # noqa: E402
 from gallery.serve.app import faiss_threads  # noqa: E402
 from gallery.serve.state import load_snapshot  # noqa: E402
 from gallery.store import ModelInfo, Store  # noqa: E402
+from gallery.index import store_index  # noqa: E402
 
 SIZE = 32
 
@@ -152,7 +153,7 @@ def bench_kind(kind: str, base: Path, model: Path, args, queries: np.ndarray, im
     shutil.copy(base, store_path)
     with Store.open(store_path) as st:
         t0 = time.perf_counter()
-        st.index(kind=kind)  # the sidecar both the service and in-process search load
+        store_index(st, kind=kind)  # the sidecar both the service and in-process search load
         build_s = time.perf_counter() - t0
     np.save(base.with_name("q.npy"), queries[:1])
     cold = cold_cli_search(store_path, base.with_name("q.npy"))
@@ -168,7 +169,7 @@ def bench_kind(kind: str, base: Path, model: Path, args, queries: np.ndarray, im
 
     try:
         with Store.open(store_path) as st:
-            st.index(kind=kind)
+            store_index(st, kind=kind)
             encoder = load_encoder(model)
             body = [json.dumps({"embeddings": [q.tolist()], "k": args.k}).encode() for q in queries]
 

@@ -36,6 +36,7 @@ from gallery.faces.detect import YuNetDetector
 from gallery.faces.dlib import DLIB_MODEL_ID, import_dlib
 from gallery.imagefolder import IMAGE_SUFFIXES
 from gallery.preprocess import PreprocessSpec
+from gallery.search import search
 from gallery.store.core import Store
 
 log = logging.getLogger("dlib_to_store")
@@ -100,7 +101,7 @@ def write_face_recognition_gallery(pairs, encoder: DlibEncoder, out: Path):
 def sanity_search(store_path: Path, encodings: np.ndarray, ids: list[str]) -> float:
     """Step 3: each v1 encoding finds its own row first (leave nothing to trust)."""
     with Store.open(store_path) as store:
-        result = store.search(encodings, k=1)
+        result = search(store, encodings, k=1)
     hits = np.mean([str(i) == want for i, want in zip(result.ids[:, 0], ids)])
     return float(hits)
 

@@ -131,9 +131,10 @@ class Gallery:
 
     def verify(self, quick: bool = False) -> dict:
         """Integrity report (`ok`, `problems` naming damaged files, `warnings`); damage is
-        reported, not raised. `quick`: every listed file present with its size, no reading."""
+        reported, not raised. `quick`: every listed file present with its size, no reading.
+        `index`: the index sidecar's state (a damaged one is a problem, a stale one a warning)."""
         with self._reader() as st:
-            return st.verify(quick=quick)
+            return index_mod.check_sidecar(st.verify(quick=quick), st)
 
     def export(self, out: PathLike) -> dict:
         """Write the live rows (embeddings, ids, identities, model versions) to a .h5 or .npz."""
@@ -257,22 +258,22 @@ class Gallery:
         if model_version is not None:
             raise BadInput("model_version applies to embeddings; images use the query model")
         with self._writer() as st:
-            return ingest.enroll_images(st, source, labels, self.model_path, batch_size or 64, progress, on_total,
-                                        skip_existing=skip_existing, on_error=on_error, detect=detect,
-                                        detector=detector, landmarks=landmarks, **self._load_kwargs)
+            return _caught_up(st, ingest.enroll_images(
+                st, source, labels, self.model_path, batch_size or 64, progress, on_total, skip_existing=skip_existing,
+                on_error=on_error, detect=detect, detector=detector, landmarks=landmarks, **self._load_kwargs))
 
     def _enroll_vectors(self, vectors: np.ndarray, ids: list[str], identities: Sequence[str] | None,
                         model_version: str | None, batch_size: int | None, progress: Progress) -> dict:
         with self._writer() as st:
-            return st.enroll(vectors, ids, identities, model_version=model_version, progress=progress,
-                             batch_size=batch_size or 4096)
+            return _caught_up(st, st.enroll(vectors, ids, identities, model_version=model_version,
+                                            progress=progress, batch_size=batch_size or 4096))
 
     def remove(self, ids: Sequence[str]) -> dict:
         """Tombstone items: never returned by search again; ids are never reused."""
         if isinstance(ids, str):
             ids = [ids]
         with self._writer() as st:
-            return st.remove(list(ids))
+            return _caught_up(st, st.remove(list(ids)))
 
     def reindex(self, index: str | None = None, nlist: int | None = None, hnsw_m: int | None = None) -> dict:
         """Rebuild the faiss index sidecar now (it is otherwise caught up or rebuilt when stale)."""
@@ -395,6 +396,14 @@ class Gallery:
         with self._lock:
             self.refresh()
             return backfill_status(self.path)
+
+
+def _caught_up(store: Store, result: dict) -> dict:
+    """The writer brings an existing index sidecar up to date after an enrol or a removal
+    (rows appended, removals masked; `index` in the result says how), so readers find it
+    fresh rather than each catching up on its own."""
+    result["index"] = index_mod.refresh_after_write(store)
+    return result
 
 
 def _opt_str(path: PathLike | None) -> str | None:

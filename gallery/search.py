@@ -17,16 +17,15 @@ without its own threshold cannot be compared with one that has it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from gallery import limits, validate
 from gallery.errors import BadInput
+from gallery.index import store_index
 from gallery.preprocess import l2_normalize
-
-if TYPE_CHECKING:
-    from gallery.store import Store
+from gallery.store import Store
 
 
 @dataclass
@@ -144,7 +143,8 @@ def search(
         raise BadInput(f"threshold must be finite, got {threshold}")
     version = store.resolve_version(query_version or store.active_model)
     q = prepare_queries(queries, store.dim)
-    index = store.index(kind=kind)  # a Store, or a serving snapshot with the same method
+    # a serving snapshot (gallery/serve) brings the index it serves; a Store's is its sidecar
+    index = store_index(store, kind=kind) if isinstance(store, Store) else store.index(kind=kind)
     if nprobe is not None or ef_search is not None:
         index.set_search_params(nprobe=nprobe, ef_search=ef_search)
     # The index is asked for at most the rows the store holds; slots beyond them are padded

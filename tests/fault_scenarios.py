@@ -131,6 +131,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
 # ---- what a store holds ---------------------------------------------------------------------
 def content(store: Path) -> dict | str:
     """The store's logical content (verify must pass), or "absent" / "single-file" / "half-migrated"."""
+    from gallery.index import check_sidecar
     from gallery.store import Store, overlays
     from gallery.store.migrations import backup_path
 
@@ -139,7 +140,7 @@ def content(store: Path) -> dict | str:
     if store.is_file():
         return "single-file"
     with Store.open(store) as st:
-        report = st.verify()
+        report = check_sidecar(st.verify(), st)
         assert report["ok"], f"verify failed: {report['problems']}"
         emb = st.embeddings()
         return {

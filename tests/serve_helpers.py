@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 
 from gallery.store import ModelInfo, Store
+from gallery.index import store_index
 
 REPO = Path(__file__).resolve().parents[1]
 WAIT = 60.0  # seconds a service may take to start on a loaded CI machine
@@ -35,7 +36,7 @@ def make_store(path: Path, rows: int = 300, dim: int = 16, identities: int = 30,
         st.enroll(emb, [f"i{n}" for n in range(rows)], [f"p{n % identities}" for n in range(rows)])
         if threshold is not None:
             st.set_threshold("v1", "v1", threshold)
-        st.index()  # the sidecar in-process searches and the service both read
+        store_index(st)  # the sidecar in-process searches and the service both read
     return emb
 
 

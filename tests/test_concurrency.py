@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from gallery.errors import StoreLocked
+from gallery.search import search
 from gallery.store import ModelInfo, Store
 
 DIM = 16
@@ -30,6 +31,7 @@ CHILD = r"""
 import json, sys, time, traceback
 import numpy as np
 from gallery.store import Store
+from gallery.search import search
 
 role, store, flag, out, seed = sys.argv[1:6]
 DIM, CALLS, ROWS = 16, 30, 10
@@ -66,7 +68,7 @@ def check_once(rng, last):
         assert report["ok"], report["problems"]
         live = np.flatnonzero(~cols["deleted"])
         probe = rng.choice(live, min(8, live.size), replace=False)
-        res = st.search(expected[probe], k=5, kind="flat")
+        res = search(st, expected[probe], k=5, kind="flat")
         assert (res.rows[:, 0] == probe).all(), "a live row is not its own best hit"
         hit = res.rows[res.rows >= 0]
         assert not cols["deleted"][hit].any(), "a tombstoned row was returned"
@@ -144,7 +146,7 @@ def test_long_lived_reader_is_a_snapshot(tmp_path: Path):
     _seed_store(store, 20)
     reader = Store.open(store)
     try:
-        before = reader.search(np.stack([np.random.default_rng(i).normal(size=DIM) for i in range(3)]), k=2)
+        before = search(reader, np.stack([np.random.default_rng(i).normal(size=DIM) for i in range(3)]), k=2)
         code = ("import numpy as np\nfrom gallery.store import Store\n"
                 f"with Store.open({str(store)!r}, 'a') as st:\n"
                 "    for c in range(3):\n"
@@ -154,7 +156,7 @@ def test_long_lived_reader_is_a_snapshot(tmp_path: Path):
         subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
         reader.invalidate()
         assert reader.committed == 20 and len(reader.columns()["id"]) == 20
-        after = reader.search(np.stack([np.random.default_rng(i).normal(size=DIM) for i in range(3)]), k=2)
+        after = search(reader, np.stack([np.random.default_rng(i).normal(size=DIM) for i in range(3)]), k=2)
         assert after.ids.tolist() == before.ids.tolist() == [[f"item{i:05d}", after.ids[i, 1]] for i in range(3)]
     finally:
         reader.close()

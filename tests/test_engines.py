@@ -10,6 +10,7 @@ import pytest
 from engine_helpers import KINDS, assert_serves_live_view, backfill, engine_uri, unit, upgrade, v1_store
 from gallery import engines
 from gallery.store import Store
+from gallery.search import search
 
 SYNC = dict(collection="g", batch=40, index="FLAT")  # FLAT: Milvus searches exactly, like the reference
 
@@ -52,7 +53,7 @@ def test_upgrade_and_rollback_switch_the_alias_between_complete_views(kind, tmp_
     with Store.open(path, "a") as st, engines.connect(kind, engine_uri(kind, tmp_path)) as eng:
         engines.sync(st, eng, **SYNC)
         v1_view = _decisions(engines.search(eng, "g", queries, k=5))
-        assert v1_view == _decisions(st.search(queries, k=5, kind="flat"))
+        assert v1_view == _decisions(search(st, queries, k=5, kind="flat"))
 
         upgrade(st)
         seen = []
@@ -65,7 +66,7 @@ def test_upgrade_and_rollback_switch_the_alias_between_complete_views(kind, tmp_
         assert len(seen) == 4 and all(s == v1_view for s in seen)  # readers saw the whole v1 view throughout
         assert_serves_live_view(eng, "g__v2", st)
         after = engines.search(eng, "g", queries, k=5)
-        assert after.query_model == "v2" and _decisions(after) == _decisions(st.search(queries, k=5, kind="flat"))
+        assert after.query_model == "v2" and _decisions(after) == _decisions(search(st, queries, k=5, kind="flat"))
 
         st.enroll(unit(20, 5), [f"n{i}" for i in range(20)], [f"p{i % 12}" for i in range(20)], model_version="v2")
         backfill(st, np.arange(10, 20), seed=3)
@@ -74,7 +75,7 @@ def test_upgrade_and_rollback_switch_the_alias_between_complete_views(kind, tmp_
         assert (moved["upserted"], moved["deleted"], moved["switched"]) == (20 + 9, 1, False)
         assert_serves_live_view(eng, "g__v2", st)  # backfilled rows: v2 vectors, model v2
         v2_view = _decisions(engines.search(eng, "g", queries, k=5))
-        assert v2_view == _decisions(st.search(queries, k=5, kind="flat"))
+        assert v2_view == _decisions(search(st, queries, k=5, kind="flat"))
 
         st.set_active_model("v1")  # what `gallery rollback` does
         seen.clear()
@@ -84,7 +85,7 @@ def test_upgrade_and_rollback_switch_the_alias_between_complete_views(kind, tmp_
         assert back["collection"] == ("g__v1" if kind == "milvus" else "g__v1__g2")
         assert_serves_live_view(eng, back["collection"], st)  # v2 rows as v2, backfilled rows as v1 again
         rolled = engines.search(eng, "g", queries, k=5)
-        assert rolled.query_model == "v1" and _decisions(rolled) == _decisions(st.search(queries, k=5, kind="flat"))
+        assert rolled.query_model == "v1" and _decisions(rolled) == _decisions(search(st, queries, k=5, kind="flat"))
         assert eng.exists("g__v2") and (kind == "milvus" or not eng.exists("g__v1"))
 
 
@@ -104,7 +105,7 @@ def test_engine_search_matches_local_flat_search_on_200_queries(kind, tmp_path):
         near = st.embeddings(np.arange(1, 500, 5)) + 0.3 * unit(100, 14)
         queries = np.vstack([near, unit(100, 15)])
         ours = engines.search(eng, "g", queries, k=10)
-        ref = st.search(queries, k=10, kind="flat")
+        ref = search(st, queries, k=10, kind="flat")
     assert ours.rows.tolist() == ref.rows.tolist()
     assert ours.ids.tolist() == ref.ids.tolist() and ours.models.tolist() == ref.models.tolist()
     np.testing.assert_allclose(ours.scores, ref.scores, atol=1e-5)
@@ -115,4 +116,4 @@ def test_engine_search_matches_local_flat_search_on_200_queries(kind, tmp_path):
                            threshold=0.5)
     eng_reopen.close()
     with Store.open(path) as st:
-        assert _decisions(fixed) == _decisions(st.search(queries, k=3, threshold=0.5, kind="flat"))
+        assert _decisions(fixed) == _decisions(search(st, queries, k=3, threshold=0.5, kind="flat"))

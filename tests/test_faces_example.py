@@ -27,6 +27,7 @@ import dlib_to_store  # noqa: E402
 
 from gallery.faces.dlib import DLIB_MODEL_ID  # noqa: E402
 from gallery.store.core import Store  # noqa: E402
+from gallery.search import search  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_store_is_dlib_v1_and_searchable(demo) -> None:
         assert (model.version, model.model_id, model.has_encoder) == ("dlib-v1", DLIB_MODEL_ID, False)
         assert store.count() == 6
         enc = np.load(demo / "known_encodings.npy")
-        result = store.search(enc, k=2)
+        result = search(store, enc, k=2)
     cols_ids = [line.split(",")[0] for line in (demo / "known_ids.csv").read_text().splitlines()[1:]]
     assert result.ids[:, 0].tolist() == cols_ids
 

@@ -29,6 +29,7 @@ from gallery.faces.presets import import_encoder  # noqa: E402
 from gallery.metrics.verification import threshold_at_far  # noqa: E402
 from gallery.store.core import Store  # noqa: E402
 from gallery.store.schema import ModelInfo  # noqa: E402
+from gallery.search import search  # noqa: E402
 
 OBAMA_QUERIES = ["obama2.jpg", "obama3.jpg", "obama_partial_face.jpg", "obama_partial_face2.jpg"]
 CALIBRATION_FAR = 0.01
@@ -95,7 +96,7 @@ def test_enrol_search_obama_first_biden_rejected(sface, tmp_path) -> None:
 
     queries = _embed(sface, _photos(*OBAMA_QUERIES, "biden.jpg"))
     with Store.open(tmp_path / "faces.h5") as store:
-        result = store.search(queries, k=2)
+        result = search(store, queries, k=2)
     names = OBAMA_QUERIES + ["biden.jpg"]
     for q, name in enumerate(names[:-1]):
         assert result.identities[q, 0] == "Obama", (name, result.identities[q])

@@ -23,11 +23,7 @@ BELOW_STORE = {"gallery.errors", "gallery.registry", "gallery.fingerprint", "gal
                "gallery.model_identity"}
 # The store's upward imports that the crash-safe store work (issue 13) removes; listed so the
 # test guards everything else now. Remove an entry when its import goes (a stale one fails).
-STORE_UPWARD_PENDING = {
-    ("gallery.store.core", "gallery.index"),
-    ("gallery.store.core", "gallery.search"),
-    ("gallery.store.verify", "gallery.index"),
-}
+STORE_UPWARD_PENDING: set[tuple[str, str]] = set()  # (module, import) pairs allowed for now: none left
 # Files whose in-function imports predate the rule and belong to that same work.
 UNCOMMENTED_PENDING = ("gallery/store/", "gallery/index/sidecar.py")
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from gallery.errors import BadInput
-from gallery.index import IndexParams, build, default_kind, sidecar_path, sidecar_state
+from gallery.index import IndexParams, build, default_kind, forget, sidecar_path, sidecar_state, store_index
 from gallery.index.sidecar import record_path
 from gallery.preprocess import l2_normalize
 from gallery.store import ModelInfo, Store, items
+from gallery.search import search
 
 
 def _gallery_like(n: int, dim: int, identities: int, noise: float, seed: int):
@@ -93,30 +94,30 @@ def _store(tmp_path, n=500, dim=16):
 def test_sidecar_fresh_stale_rebuilt(tmp_path):
     store, x = _store(tmp_path)
     assert sidecar_state(store)[0] == "missing"
-    first = store.index()
+    first = store_index(store)
     assert sidecar_state(store)[0] == "fresh" and first.count == 500
-    store.invalidate()  # drop the in-memory copy: the sidecar is loaded, not rebuilt
-    again = store.index()
+    forget(store)  # drop the in-memory copy: the sidecar is loaded, not rebuilt
+    again = store_index(store)
     assert again.meta["built_at"] == first.meta["built_at"]
-    items.enroll(store, x[:3] + 1.0, ["n0", "n1", "n2"])  # below Store.enroll: no catch-up
+    items.enroll(store, x[:3] + 1.0, ["n0", "n1", "n2"])  # no catch-up of the sidecar (the layer above does that)
     assert sidecar_state(store)[0] == "stale"
-    assert store.index().count == 503 and sidecar_state(store)[0] == "fresh"
+    assert store_index(store).count == 503 and sidecar_state(store)[0] == "fresh"
     items.remove(store, ["i7"])
     assert sidecar_state(store)[0] == "stale"
-    caught_up = store.index()  # one removal: masked, not a rebuild (tests/test_index_catch_up.py)
+    caught_up = store_index(store)  # one removal: masked, not a rebuild (tests/test_index_catch_up.py)
     assert caught_up.count == 503 and caught_up.meta["dead"] == 1
     meta = json.loads(record_path(store).read_text())
     assert meta["rows"] == 503 and meta["checksum"] == store.content_checksum()
-    assert store.index(rebuild=True).count == 502
+    assert store_index(store, rebuild=True).count == 502
     store.close()
 
 
 def test_tombstoned_rows_never_returned(tmp_path):
     store, x = _store(tmp_path)
-    store.search(x[:5], k=5)  # build the index before the removal
+    search(store, x[:5], k=5)  # build the index before the removal
     gone = [f"i{i}" for i in range(0, 500, 3)]
     store.remove(gone)
-    result = store.search(x, k=20, kind="hnsw")
+    result = search(store, x, k=20, kind="hnsw")
     assert not set(result.ids.ravel().tolist()) & set(gone)
     assert (result.rows >= 0).all()
     store.close()
@@ -124,10 +125,10 @@ def test_tombstoned_rows_never_returned(tmp_path):
 
 def test_corrupt_sidecar_is_rebuilt(tmp_path):
     store, x = _store(tmp_path)
-    store.index()
+    store_index(store)
     sidecar_path(store).write_bytes(b"garbage")
-    store.invalidate()
-    result = store.search(x[:4], k=1)
+    forget(store)  # the next search reads the sidecar
+    result = search(store, x[:4], k=1)
     assert result.ids[:, 0].tolist() == ["i0", "i1", "i2", "i3"]
     store.close()
 
@@ -135,22 +136,22 @@ def test_corrupt_sidecar_is_rebuilt(tmp_path):
 def test_appended_rows_extend_the_index_instead_of_rebuilding(tmp_path):
     store, x = _store(tmp_path, n=2000)
     for seed, kind in enumerate(("hnsw", "ivf")):
-        first = store.index(kind=kind, rebuild=True)
+        first = store_index(store, kind=kind, rebuild=True)
         built_at = first.meta["built_at"]
         extra = np.random.default_rng(60 + seed).normal(size=(50, 16)).astype(np.float32)
         store.enroll(extra, [f"{kind}-x{i}" for i in range(50)])
-        store.invalidate()  # from the stale sidecar on disk, not the in-memory copy
-        grown = store.index(kind=kind)
+        forget(store)  # from the stale sidecar on disk, not the in-memory copy
+        grown = store_index(store, kind=kind)
         assert grown.meta["built_at"] == built_at and "extended_at" in grown.meta
         assert grown.count == store.count() and sidecar_state(store)[0] == "fresh"
-        hits = store.search(extra, k=1, kind=kind)
+        hits = search(store, extra, k=1, kind=kind)
         assert hits.ids[:, 0].tolist() == [f"{kind}-x{i}" for i in range(50)]
     store.remove(["i3"])  # a tombstone in the indexed rows: masked (tests/test_index_catch_up.py)
-    masked = store.index(kind="ivf")
+    masked = store_index(store, kind="ivf")
     assert masked.meta["dead"] == 1 and masked.count == store.count() + 1
     big = np.random.default_rng(8).normal(size=(5000, 16)).astype(np.float32)
     store.enroll(big, [f"b{i}" for i in range(5000)])  # more than doubles: IVF retrained
-    assert "extended_at" not in store.index(kind="ivf").meta
+    assert "extended_at" not in store_index(store, kind="ivf").meta
     store.close()
 
 
@@ -160,7 +161,7 @@ def test_verify_and_reindex_a_lying_sidecar(tmp_path):
     from cli.main import app
 
     store, _ = _store(tmp_path)
-    store.index()
+    store_index(store)
     meta_path = record_path(store)
     meta = json.loads(meta_path.read_text())
     meta["count"] = 12  # claims fresh, holds the wrong number of vectors

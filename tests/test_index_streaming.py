@@ -16,6 +16,7 @@ from gallery.index import IndexParams, build, default_kind, estimate_bytes, trai
 from gallery.preprocess import l2_normalize
 from gallery.store import ModelInfo, Store
 from gallery.store.columns import column_range
+from gallery.index import store_index
 
 DIM = 32
 
@@ -59,7 +60,7 @@ def _brute_force(store: Store, q: np.ndarray, k: int) -> np.ndarray:
 
 def test_flat_built_block_by_block_equals_brute_force(store, small_blocks):
     q = _clustered(50, 1)
-    index = store.index(kind="flat", rebuild=True)
+    index = store_index(store, kind="flat", rebuild=True)
     assert max(small_blocks) <= 500 and index.count == int((~store.columns()["deleted"]).sum())
     np.testing.assert_array_equal(index.search(q, 10)[1], _brute_force(store, q, 10))
 
@@ -71,7 +72,7 @@ def test_ivf_trained_on_a_sample_keeps_recall(store, small_blocks, monkeypatch, 
 
     def recall(train: int) -> float:
         monkeypatch.setattr(index_core, "MIN_TRAIN", train)
-        index = store.index(kind=kind, rebuild=True, nlist=20, nprobe=8)
+        index = store_index(store, kind=kind, rebuild=True, nlist=20, nprobe=8)
         assert index.meta["train_rows"] == min(train, 5142) and max(small_blocks) <= 500
         got = index.search(q, 10)[1]
         assert not np.isin(got, np.arange(0, 6000, 7)).any()  # tombstones are never indexed
@@ -86,7 +87,7 @@ def test_store_build_matches_in_memory_build(store):
     vectors = np.asarray(column_range(store, "embedding", 0, store.committed), np.float32)[live]
     q = _clustered(40, 3)
     for kind in ("ivfsq8", "ivfpq"):
-        from_store = store.index(kind=kind, rebuild=True).search(q, 10)
+        from_store = store_index(store, kind=kind, rebuild=True).search(q, 10)
         in_memory = build(vectors, live, IndexParams(kind)).search(q, 10)
         np.testing.assert_array_equal(from_store[1], in_memory[1])  # same sample, same k-means seed
 
@@ -115,7 +116,7 @@ def test_build_that_cannot_fit_is_refused_before_any_work(store, monkeypatch):
     monkeypatch.setattr(index_core, "available_bytes", lambda: int(flat_bytes * 0.8))
     monkeypatch.setattr(ranges, "embeddings_between", lambda *a: pytest.fail("read before refusing"))
     with pytest.raises(BadInput, match=r"a flat index over 5,142 x 32 needs .* use --index ivfsq8 or ivfpq"):
-        store.index(kind="flat", rebuild=True)
+        store_index(store, kind="flat", rebuild=True)
     store.close()
     result = CliRunner().invoke(app, ["reindex", str(store.path), "--index", "flat"])
     assert result.exit_code == 2 and "MiB of memory is available" in result.output

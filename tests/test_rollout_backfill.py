@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from gallery.encoder import embed_paths, load_encoder
+from gallery.index import check_sidecar
 from gallery.preprocess import l2_normalize
 from gallery.store import Store
 from gallery.store.ranges import embeddings_between
@@ -37,7 +38,7 @@ def test_backfill_then_rollback_then_upgrade_again(rollout_work, tmp_path):
     assert result["skipped_no_image"] == len(gone) and result["embedded"] == len(ids) - len(gone) - 1
     with Store.open(store) as st:
         cols, emb = st.columns(), st.embeddings()
-        assert st.verify()["ok"]
+        assert check_sidecar(st.verify(), st)["ok"]
         for lo, hi in ((0, 5), (3, len(ids))):  # the block reader of index builds sees backfills too
             assert np.array_equal(embeddings_between(st, lo, hi), emb[lo:hi])
     expect_v2 = np.array([(images / i).is_file() and (images / i) != changed for i in ids])

@@ -16,6 +16,7 @@ import pytest
 
 from cli_helpers import ok, upgraded_store
 from gallery.rollout import overlay
+from gallery.search import search
 from gallery.store import Store
 
 pytest.importorskip("torch")
@@ -49,7 +50,7 @@ def upgraded(tmp_path_factory) -> tuple[Path, Path]:
 def _reader_pass(path: Path, queries: np.ndarray) -> int:
     """One reader: open, search, close. Returns how many backfilled rows it saw."""
     with Store.open(path) as st:
-        result = st.search(queries, k=5, threshold=-1.0)
+        result = search(st, queries, k=5, threshold=-1.0)
         assert (result.rows >= 0).all()
         assert set(result.models.ravel().tolist()) <= {"v1", "v2"}
         return int((st.columns()["model"] == "v2").sum())

@@ -10,6 +10,7 @@ import pytest
 from gallery.preprocess import l2_normalize
 from gallery.search import SearchResult
 from gallery.store import ModelInfo, Store
+from gallery.search import search
 
 
 def _naive_match(scores, thresholds, identities, rows, accept_uncalibrated=False):
@@ -68,7 +69,7 @@ def test_lower_v1_hit_that_clears_its_threshold_beats_a_failing_v2_top_hit(tmp_p
         st.set_active_model("v2")
         st.set_threshold("v2", "v2", 0.60)  # v2->v2 scores run high: bob at 0.55 is not a match
         st.set_threshold("v2", "v1", 0.30)  # cross-model scores run low: alice at 0.45 is
-        result = st.search(query[None], k=2)
+        result = search(st, query[None], k=2)
         assert result.identities[0].tolist() == ["bob", "alice"]  # bob ranks first by raw score
         assert result.match() == ["alice"] and not result.rejected[0]
         record = result.to_records()[0]
@@ -76,7 +77,7 @@ def test_lower_v1_hit_that_clears_its_threshold_beats_a_failing_v2_top_hit(tmp_p
         assert [(h["threshold"], h["accepted"]) for h in record["hits"]] == [(pytest.approx(0.6), False),
                                                                              (pytest.approx(0.3), True)]
         st.set_threshold("v2", "v1", 0.50)  # now neither clears its own threshold
-        assert st.search(query[None], k=2).match() == [None]
+        assert search(st, query[None], k=2).match() == [None]
 
 
 def test_an_uncalibrated_pair_never_wins_by_default(tmp_path):
@@ -92,12 +93,12 @@ def test_an_uncalibrated_pair_never_wins_by_default(tmp_path):
         st.add_model(ModelInfo(version="v2", dim=16, model_id="m2", compatible_with="m1"))
         st.enroll(np.stack([at(0.649)]), ["right-v2"], ["u4ef7"], model_version="v2")
         st.set_threshold("v1", "v2", 0.564)
-        result = st.search(query[None], k=2)
+        result = search(st, query[None], k=2)
         record = result.to_records()[0]
         assert record["match"] == "u4ef7" and record["uncalibrated_pairs"] == ["v1->v1"]
         assert [(h["identity"], h["threshold"], h["accepted"]) for h in record["hits"]] == [
             ("u4ef7", pytest.approx(0.564), True), ("u75e2", None, False)]
         # opting in restores the raw-score margin, under which the uncalibrated pair wins
-        assert st.search(query[None], k=2, accept_uncalibrated=True).match() == ["u75e2"]
+        assert search(st, query[None], k=2, accept_uncalibrated=True).match() == ["u75e2"]
         st.set_threshold("v1", "v1", 0.7)  # calibrated and not cleared
-        assert st.search(query[None], k=2).match() == ["u4ef7"]
+        assert search(st, query[None], k=2).match() == ["u4ef7"]

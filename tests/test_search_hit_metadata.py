@@ -14,6 +14,8 @@ from gallery.rollout import overlay
 from gallery.rollout.state import set_parent
 from gallery.shards import ShardedGallery
 from gallery.store import ModelInfo, Store, columns, reads
+from gallery.index import store_index
+from gallery.search import search
 
 DIM = 16
 NON_ASCII = ["José", "李雷", "Ünïcødé-😀", "ø" * 64, "日本" * 21 + "ab"]  # the last two fill all 128 bytes
@@ -42,7 +44,7 @@ def mixed(tmp_path):
         overlay.start_plan(st, "v2", plan, {})
         overlay.commit_batch(st, "v2", plan, _unit(rng, plan.size), ["0" * 64] * plan.size, cursor=plan.size)
         overlay.finish_plan(st, "v2")
-        st.index()  # flat (small store); the removals below are masked in it, not rebuilt
+        store_index(st)  # flat (small store); the removals below are masked in it, not rebuilt
         st.remove([v1_ids[plan[1]], v1_ids[plan[4]], "b3", "b50"])
         st.set_threshold("v2", "v2", 0.7)
         st.set_threshold("v2", "v1", 0.62)
@@ -77,7 +79,7 @@ def _naive_search(st: Store, q: np.ndarray, k: int) -> dict:
 def test_search_equals_a_naive_loop_over_columns(mixed, k):
     path, q, plan = mixed
     with Store.open(path) as st:
-        result = st.search(q, k=k)
+        result = search(st, q, k=k)
         expected = _naive_search(st, q, k)
     assert result.rows.tolist() == expected["rows"]
     assert np.allclose(result.scores, expected["scores"], atol=1e-5)
@@ -96,7 +98,7 @@ def test_search_equals_a_naive_loop_over_columns(mixed, k):
 def test_search_count_info_and_shards_never_decode_every_row(mixed, monkeypatch, tmp_path):
     path, q, _ = mixed
     with Store.open(path) as st:
-        expected, cols = st.search(q, k=5), st.columns()
+        expected, cols = search(st, q, k=5), st.columns()
         live = ~cols["deleted"]
         per_model = dict(zip(*[a.tolist() for a in np.unique(cols["model"][live], return_counts=True)]))
     other = tmp_path / "other.h5"
@@ -111,7 +113,7 @@ def test_search_count_info_and_shards_never_decode_every_row(mixed, monkeypatch,
     monkeypatch.setattr(reads, "columns", refuse)
     monkeypatch.setattr(Store, "columns", refuse)
     with Store.open(path) as st:
-        result = st.search(q, k=5)
+        result = search(st, q, k=5)
         assert st.count() == int(live.sum()) and st.info()["per_model"] == per_model
     for name in ("rows", "ids", "identities", "models", "thresholds", "scores"):
         assert np.array_equal(getattr(result, name), getattr(expected, name)), name

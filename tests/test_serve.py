@@ -15,11 +15,13 @@ import httpx
 import numpy as np
 import pytest
 
+from gallery.index import check_sidecar
 from gallery.search import search
 from gallery.serve.config import ServeConfig, read_api_key
 from gallery.serve.state import STORE_HANDLES
 from gallery.store import ModelInfo, Store, WriterLock
 from serve_helpers import ServerThread, auth, make_store, start_process
+from gallery.index import store_index
 
 KEY = "k3y-for-tests-0123456789"
 
@@ -115,7 +117,7 @@ def test_state_routes_and_metrics(served):
     info = httpx.get(srv.url + "/v1/info").json()
     with Store.open(path) as st:
         assert info["live"] == st.count() and info["active_model"] == st.active_model == info["model_version"]
-        assert info["index"]["kind"] == st.index().kind and info["thresholds"] == {"v1": {"v1": 0.5}}
+        assert info["index"]["kind"] == store_index(st).kind and info["thresholds"] == {"v1": {"v1": 0.5}}
     post(srv, "/v1/search", json={"embeddings": emb[:1].tolist()})
     post(srv, "/v1/search", json={"embeddings": [[0.0] * 3]})
     text = httpx.get(srv.url + "/metrics").text
@@ -205,7 +207,7 @@ def test_write_meeting_another_writers_lock_gets_503(served):
     finally:
         lock.release()
     with Store.open(path) as st:
-        assert "locked" not in set(st.columns()["id"]) and st.verify()["ok"]
+        assert "locked" not in set(st.columns()["id"]) and check_sidecar(st.verify(), st)["ok"]
 
 
 def test_api_key(tmp_path):
@@ -309,7 +311,7 @@ def test_image_search_equals_in_process_and_guards(image_store):
     with Store.open(root / "g.h5") as st:
         cols = st.columns()
         row = list(cols["id"]).index("probe-0")
-        assert cols["identity"][row] == "digit-x" and st.verify()["ok"]
+        assert cols["identity"][row] == "digit-x" and check_sidecar(st.verify(), st)["ok"]
         from gallery.encoder import embed_paths, load_encoder
         from gallery.preprocess import l2_normalize
         want = l2_normalize(embed_paths(load_encoder(root / "v1.onnx"), probes[:1]))
@@ -380,7 +382,7 @@ def test_sigkill_during_enrolment_loses_no_acknowledged_item(tmp_path):
     for w in workers:
         w.join(timeout=60)
     with Store.open(path, "a") as st:  # the lock is free again: the kernel dropped it
-        report = st.verify()
+        report = check_sidecar(st.verify(), st)
         stored = set(st.columns()["id"])
     assert report["ok"], report["problems"]
     assert set(acknowledged) <= stored
@@ -410,7 +412,7 @@ def test_sigterm_finishes_the_request_in_flight_and_releases(tmp_path):
     log = proc.stderr.read()
     assert "Shutting down" in log and "Application shutdown complete" in log, log
     with Store.open(path, "a") as st:  # no lock left behind
-        assert "t1" in set(st.columns()["id"]) and st.verify()["ok"]
+        assert "t1" in set(st.columns()["id"]) and check_sidecar(st.verify(), st)["ok"]
 
 
 def test_cli_refuses_missing_store_and_bad_key_file(tmp_path):

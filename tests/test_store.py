@@ -12,9 +12,11 @@ import pytest
 
 from cli_helpers import store_sha256
 from gallery.errors import BadInput, GalleryError
+from gallery.index import check_sidecar
 from gallery.preprocess import l2_normalize
 from gallery.store import ModelInfo, Store, schema
 from gallery.store.migrations import migrate_path
+from gallery.search import search
 from gallery.store import manifest as store_manifest  # hand edits keep its checksum valid
 
 DIM = 12
@@ -37,21 +39,20 @@ def test_python_round_trip(tmp_path):
     people = [f"person{i % 20}" for i in range(200)]
     with Store.create(tmp_path / "s.h5", ModelInfo(version="v1", dim=DIM, model_id="m")) as store:
         result = store.enroll(x, ids, people, batch_size=50)
-        assert result == {"event": "enroll", "model": "v1", "rows": 200, "start": 0, "stop": 200,
-                          "index": "missing"}
+        assert result == {"event": "enroll", "model": "v1", "rows": 200, "start": 0, "stop": 200}
     with Store.open(tmp_path / "s.h5") as store:
         cols = store.columns()
         assert cols["id"].tolist() == ids and cols["identity"].tolist() == people
         assert set(cols["model"].tolist()) == {"v1"}
         np.testing.assert_allclose(store.embeddings(), l2_normalize(x), atol=1e-6)
         np.testing.assert_allclose(store.embeddings(np.array([5, 3, 5])), l2_normalize(x)[[5, 3, 5]], atol=1e-6)
-        hits = store.search(x[:20] + 0.01, k=3)
+        hits = search(store, x[:20] + 0.01, k=3)
         assert hits.ids[:, 0].tolist() == ids[:20]
         assert hits.identities[:, 0].tolist() == people[:20]
-        assert store.verify()["ok"]
+        assert check_sidecar(store.verify(), store)["ok"]
     with Store.open(tmp_path / "s.h5", "a") as store:
         store.remove(["item-0", "item-1"])
-        assert store.search(x[:2], k=1).ids[:, 0].tolist() != ["item-0", "item-1"]
+        assert search(store, x[:2], k=1).ids[:, 0].tolist() != ["item-0", "item-1"]
         assert store.count() == 198
         assert [h["event"] for h in store.history()] == ["init", "enroll", "remove"]
 
@@ -120,25 +121,24 @@ def test_removed_ids_never_return_nor_reused(store_path):
     with Store.open(store_path, "a") as store:
         x = store.embeddings()
         assert store.remove(["i5", "i6"])["removed"] == 2
-        assert store.remove(["i5"]) == {"event": "remove", "removed": 0, "already_removed": 1, "ids": [],
-                                        "index": "missing"}
-        result = store.search(x[[5, 6]], k=300)
+        assert store.remove(["i5"]) == {"event": "remove", "removed": 0, "already_removed": 1, "ids": []}
+        result = search(store, x[[5, 6]], k=300)
         assert not {"i5", "i6"} & set(result.ids.ravel().tolist())
         with pytest.raises(BadInput, match="never reused"):
             store.enroll(x[:1], ["i5"])
-        assert store.verify()["removed"] == 2
+        assert check_sidecar(store.verify(), store)["removed"] == 2
 
 
 def test_verify_detects_tampering(store_path):
     with Store.open(store_path) as store:
-        assert store.verify()["ok"]
+        assert check_sidecar(store.verify(), store)["ok"]
         segment = store_path / store.manifest["segments"][0]["file"]
     # Rewritten through HDF5 itself (a valid file, valid chunk checksums): only the
     # manifest's sha256 and the batch checksum can tell.
     with h5py.File(segment, "r+") as h5:
         h5["embedding"][100, 0] += 0.5
     with Store.open(store_path) as store:
-        report = store.verify()
+        report = check_sidecar(store.verify(), store)
         assert store.verify(quick=True)["ok"]  # same size: --quick cannot see it
     assert not report["ok"] and report["problems"] == [f"segment file {segment.name} fails its checksum "
                                                        "(damaged on disk)"]
@@ -146,12 +146,12 @@ def test_verify_detects_tampering(store_path):
     manifest["segments"][0]["sha256"] = hashlib.sha256(segment.read_bytes()).hexdigest()
     store_manifest.commit(store_path, manifest, durable=False)
     with Store.open(store_path) as store:
-        report = store.verify()
+        report = check_sidecar(store.verify(), store)
     assert not report["ok"] and f"checksum mismatch in rows 64..128 ({segment.name})" in report["problems"][0]
     manifest["committed"] = 290
     store_manifest.commit(store_path, manifest, durable=False)
     with Store.open(store_path) as store:
-        assert not store.verify()["ok"]
+        assert not check_sidecar(store.verify(), store)["ok"]
 
 
 def test_writer_lock_and_readers(store_path):
@@ -184,16 +184,16 @@ def test_models_aliases_thresholds_and_mixed_versions(store_path):
         store.set_threshold("v2", "v1", 0.99)   # v2 queries vs v1 rows: strict
         store.set_threshold("v2", "v2", -1.0)   # v2 vs v2: accept everything
         assert store.resolve_version("prod") == "v2" and store.model("previous").version == "v1"
-        result = store.search(np.vstack([new[:3], store.embeddings(np.array([0]))]), k=2)
+        result = search(store, np.vstack([new[:3], store.embeddings(np.array([0]))]), k=2)
         assert result.query_model == "v2"
         assert result.models[:3, 0].tolist() == ["v2"] * 3
         assert result.models[3, 0] == "v1" and result.thresholds[3, 0] == pytest.approx(0.99)
         assert not result.rejected[:3].any()
-        explicit = store.search(new[:3] * -1, k=1, threshold=0.999)  # opposite vectors: rejected
+        explicit = search(store, new[:3] * -1, k=1, threshold=0.999)  # opposite vectors: rejected
         assert explicit.rejected.all() and explicit.match() == [None] * 3
         info = store.info()
         assert info["per_model"] == {"v1": 300, "v2": 10} and info["aliases"]["prod"] == "v2"
-        assert store.verify()["ok"]
+        assert check_sidecar(store.verify(), store)["ok"]
     with Store.open(store_path) as store:
         events = [h["event"] for h in store.history()]
     assert events == ["init", "enroll", "add_model", "enroll", "activate", "alias", "alias",
@@ -236,5 +236,5 @@ def test_float16_store(tmp_path):
         store.enroll(x, [str(i) for i in range(50)])
         with h5py.File(store.dir / store.manifest["segments"][0]["file"], "r", locking=False) as h5:
             assert h5["embedding"].dtype == np.float16
-        assert store.search(x[:5], k=1).ids[:, 0].tolist() == ["0", "1", "2", "3", "4"]
-        assert store.verify()["ok"]
+        assert search(store, x[:5], k=1).ids[:, 0].tolist() == ["0", "1", "2", "3", "4"]
+        assert check_sidecar(store.verify(), store)["ok"]

@@ -13,6 +13,7 @@ import pytest
 from cli_helpers import run
 from gallery.index import sidecar_path
 from gallery.store import ModelInfo, Store
+from gallery.search import search
 
 DIM = 8
 
@@ -65,7 +66,7 @@ def test_flipped_bit_in_a_deletion_file(store, tmp_path):
 
 def test_flipped_bit_in_the_sidecar_is_rebuilt_never_searched(store, tmp_path):
     with Store.open(store) as st:
-        reference = st.search(np.load(tmp_path / "q.npy"), k=5, kind="flat").ids.tolist()
+        reference = search(st, np.load(tmp_path / "q.npy"), k=5, kind="flat").ids.tolist()
         faiss_file = sidecar_path(st).name
     good = store.parent / "good"
     shutil.copytree(store, good)
@@ -80,7 +81,7 @@ def test_flipped_bit_in_the_sidecar_is_rebuilt_never_searched(store, tmp_path):
     # with the record kept, its file fails the checksum: never searched either way.
     with Store.open(good, "a") as st:
         st.enroll(np.random.default_rng(5).normal(size=(20, DIM)), [f"x{i}" for i in range(20)])
-        st.search(np.load(tmp_path / "q.npy"), k=5)  # its sidecar now holds 20 more vectors
+        search(st, np.load(tmp_path / "q.npy"), k=5)  # its sidecar now holds 20 more vectors
         other = sidecar_path(st).name
     shutil.copy(good / other, store / json.loads((store / "sidecar.index.json").read_text())["file"])
     assert run("verify", store, "--json").exit_code == 1

@@ -15,6 +15,7 @@ import pytest
 
 from cli_helpers import ok, run
 from gallery.errors import BadInput
+from gallery.index import check_sidecar
 from gallery.store import ModelInfo, Store, columns, idindex, schema
 from gallery.store.columns import column_range
 from gallery.store import manifest as store_manifest  # hand edits keep its checksum valid
@@ -44,7 +45,7 @@ def test_id_hash_written_with_every_batch(tmp_path):
     with Store.open(_new_store(tmp_path / "g.h5", ids)) as store:
         assert store.schema_version == schema.SCHEMA_VERSION == 3
         assert column_range(store, "id_hash", 0, store.committed).tolist() == naive_hash(ids)
-        assert store.verify()["ok"]
+        assert check_sidecar(store.verify(), store)["ok"]
 
 
 def test_duplicates_rejected_and_remove_by_id(tmp_path):
@@ -61,7 +62,7 @@ def test_duplicates_rejected_and_remove_by_id(tmp_path):
             store.enroll(_rows(1, 2), ["x2"])  # removed ids are never reused
         store.enroll(_rows(2, 3), ["new", "x10"])
         assert store.columns()["deleted"].nonzero()[0].tolist() == [2, 4, 9]
-        assert store.verify()["ok"]
+        assert check_sidecar(store.verify(), store)["ok"]
 
 
 def test_hash_collisions_never_reject_a_new_id(tmp_path, monkeypatch):
@@ -77,7 +78,7 @@ def test_hash_collisions_never_reject_a_new_id(tmp_path, monkeypatch):
         with pytest.raises(BadInput, match="unknown ids: zz"):
             store.remove(["zz"])  # collides with every even-length id, matches none
         assert store.columns()["id"].tolist() == ["aa", "bb", "ccc", "dd", "ee", "fff"]
-        assert store.verify()["ok"]
+        assert check_sidecar(store.verify(), store)["ok"]
 
 
 def test_matcher_and_read_rows_against_numpy(tmp_path, monkeypatch):
@@ -129,7 +130,7 @@ def test_v1_store_migrated_with_a_tail_and_a_half_written_id_hash(v1_store, monk
         assert column_range(store, "id_hash", 0, store.committed).tolist() == naive_hash(V1_IDS)
         store.enroll(_rows(1, 6), ["tail-0"])  # the tail's ids were never committed
         assert store.columns()["id"].tolist() == [*V1_IDS, "tail-0"]
-        report = store.verify()
+        report = check_sidecar(store.verify(), store)
     assert report["ok"] and not report["warnings"], report
 
 

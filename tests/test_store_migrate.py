@@ -19,10 +19,12 @@ import pytest
 from cli_helpers import ok, run
 from gallery.errors import BadInput
 from gallery.fingerprint import file_sha256
+from gallery.index import check_sidecar
 from gallery.preprocess import l2_normalize
 from gallery.store import Store
 from gallery.store.migrations import backup_path, work_path
 from gallery.store.columns import column_range
+from gallery.search import search
 
 DATA = Path(__file__).parent / "data"
 V1_IDS = ["a0", "a1", "a2", "b0", "b1", "é-5", "日本-6"]      # a1 is removed
@@ -83,7 +85,7 @@ def test_v2_store_with_backfill_migrated(tmp_path, fixture):
         from gallery.store import overlays
         rows, cursor, _ = overlays.plan(st, "v2")
         assert rows.tolist() == before["plan"].tolist() and cursor == before["cursor"] == 4
-        assert st.history()[-1]["event"] == "migrate" and st.verify()["ok"]
+        assert st.history()[-1]["event"] == "migrate" and check_sidecar(st.verify(), st)["ok"]
     assert ok("migrate", path, "--json")["migrated"] is False  # already current: nothing to do
 
 
@@ -100,8 +102,8 @@ def test_v1_store_migrated_gets_id_hashes(tmp_path):
         scores = l2_normalize(queries) @ before["embedding"].T
         scores[:, before["deleted"]] = -np.inf
         reference = [[V1_IDS[i] for i in np.argsort(-row, kind="stable")[:2]] for row in scores]
-        assert st.search(queries, k=2).ids.tolist() == reference
-        assert st.verify()["ok"]
+        assert search(st, queries, k=2).ids.tolist() == reference
+        assert check_sidecar(st.verify(), st)["ok"]
     with Store.open(path, "a") as st:  # the migrated store still refuses live, removed, non-ASCII ids
         for taken in ("b0", "a1", "日本-6"):
             with pytest.raises(BadInput, match=f"already in store .*: {taken}$"):

@@ -30,6 +30,7 @@ import json, sys, time, traceback
 import numpy as np
 from gallery.rollout import rollback, state
 from gallery.store import Store
+from gallery.search import search
 
 role, store, flag, out = sys.argv[1:5]
 
@@ -51,7 +52,7 @@ def reader(queries, views):
     while not os.path.exists(flag) or sum(seen.values()) < 3:
         try:
             with Store.open(store) as st:
-                got = st.search(queries, k=5, threshold=-1.0).rows.tolist()
+                got = search(st, queries, k=5, threshold=-1.0).rows.tolist()
             match = [name for name, rows in views.items() if rows == got]
             if not match:
                 failures.append("a search matched neither view")

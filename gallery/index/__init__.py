@@ -16,8 +16,9 @@ tombstoned rows are never added.
 
 from gallery.index.core import (FLAT_MAX, IVF_MAX, IVFSQ8_MAX, KINDS, GalleryIndex, IndexParams, build,
                                 default_kind, estimate_bytes, train_rows)
-from gallery.index.sidecar import forget, refresh_after_write, sidecar_path, sidecar_state, store_index
+from gallery.index.sidecar import (check_sidecar, forget, refresh_after_write, sidecar_path, sidecar_state,
+                                   store_index)
 
 __all__ = ["FLAT_MAX", "IVF_MAX", "IVFSQ8_MAX", "KINDS", "GalleryIndex", "IndexParams", "build",
            "default_kind", "estimate_bytes", "train_rows", "sidecar_path",
-           "sidecar_state", "store_index", "refresh_after_write", "forget"]
+           "sidecar_state", "store_index", "refresh_after_write", "forget", "check_sidecar"]

@@ -105,6 +105,22 @@ def sidecar_state(store: "Store", deep: bool = False) -> tuple[str, str]:
     return "fresh", "built from the current content"
 
 
+def check_sidecar(report: dict, store: "Store") -> dict:
+    """Add the sidecar's state to a store's verify report (`index`): a stale sidecar is a
+    warning (caught up or rebuilt on the next search), a damaged one a problem (`ok`
+    False: rebuilt, never searched). Checked only after a full check found no damage."""
+    state = "unchecked"
+    if not report["quick"] and report["ok"]:
+        state, reason = sidecar_state(store, deep=True)
+        if state == "stale":
+            report["warnings"].append(f"index is stale ({reason}); it is caught up or rebuilt on the next search")
+        elif state == "corrupt":
+            report["problems"].append(f"index sidecar damaged, run `gallery reindex` ({reason}); searches "
+                                      "rebuild it, never search it")
+            report["ok"] = False
+    report["index"] = state
+    return report
+
 def store_index(store: "Store", kind: str | None = None, rebuild: bool = False, **params: Any) -> GalleryIndex:
     """The store's index: cached or sidecar if fresh; caught up if rows were appended or a
     few removed (see _extend); else rebuilt. A different `kind` or build parameters also

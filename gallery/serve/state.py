@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from gallery.errors import BadInput
-from gallery.index import GalleryIndex
+from gallery.index import GalleryIndex, store_index
 from gallery.store import Store, generation
 from gallery.store.generation import current as generation_of
 
@@ -137,7 +137,7 @@ def load_snapshot(path: Path, previous: Snapshot | None = None,
 
 
 def _read_content(st: Store, checksum: str) -> Content:
-    index = st.index()  # the fresh sidecar; a stale one is caught up or rebuilt (a sidecar write)
+    index = store_index(st)  # the fresh sidecar; a stale one is caught up or rebuilt (a sidecar write)
     columns = st.columns()
     hit_columns = {name: np.asarray(columns[name]) for name in HIT_COLUMNS}
     deleted = np.asarray(columns["deleted"], dtype=bool)

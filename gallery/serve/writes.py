@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from gallery.errors import StoreLocked
+from gallery.index import refresh_after_write
 from gallery.serve.state import STORE_HANDLES
 from gallery.store import Store
 
@@ -58,10 +59,13 @@ def enroll(path: Path, embeddings: np.ndarray, ids: Sequence[str], identities: S
         if encoded_by is not None and st.active_model != encoded_by:
             raise ModelSwitched(f"the query model changed to {st.active_model} while the images "
                                 f"were encoded with {encoded_by}; send them again")
-        return st.enroll(embeddings, ids, identities, model_version=model_version,
-                         content_hashes=content_hashes)
+        result = st.enroll(embeddings, ids, identities, model_version=model_version, content_hashes=content_hashes)
+        result["index"] = refresh_after_write(st)  # the sidecar the next snapshot loads: caught up here
+        return result
 
 
 def remove(path: Path, ids: Sequence[str], wait_seconds: float) -> dict:
     with writer(path, wait_seconds) as st:
-        return st.remove(ids)
+        result = st.remove(ids)
+        result["index"] = refresh_after_write(st)
+        return result

@@ -378,24 +378,19 @@ class Store(ModelRecords):
     def history(self) -> list[dict]:
         return list(self.manifest["history"])
 
-    # ---- rows, search, integrity (delegated) -------------------------------------
+    # ---- rows and integrity (delegated) -------------------------------------------
+    # Searching a store and its index sidecar are the layers above (gallery.search,
+    # gallery.index), which take a Store: the store imports nothing above it.
     def enroll(self, embeddings: np.ndarray, ids: Sequence[str], identities: Sequence[str] | None = None,
                **kwargs: Any) -> dict:
         from gallery import validate
         from gallery.store import items
         validate.enrolment(embeddings, ids, identities)  # values no store may hold (gallery/validate.py)
-        return self._with_index_caught_up(items.enroll(self, embeddings, ids, identities, **kwargs))
+        return items.enroll(self, embeddings, ids, identities, **kwargs)
 
     def remove(self, ids: Sequence[str]) -> dict:
         from gallery.store import items
-        return self._with_index_caught_up(items.remove(self, ids))
-
-    def _with_index_caught_up(self, result: dict) -> dict:
-        """The writer brings an existing index sidecar up to date (appends added, removals
-        masked) so readers find it fresh rather than each catching up on their own."""
-        from gallery import index
-        result["index"] = index.refresh_after_write(self)
-        return result
+        return items.remove(self, ids)
 
     def find_ids(self, ids: Sequence[str]) -> dict[str, int]:
         """{id: row} for those of `ids` the store holds (live or removed: ids are never reused)."""
@@ -438,14 +433,6 @@ class Store(ModelRecords):
     def export(self, out: str | Path) -> dict:
         from gallery.store import export
         return export.export(self, out)
-
-    def index(self, kind: str | None = None, rebuild: bool = False, **params: Any):
-        from gallery import index
-        return index.store_index(self, kind=kind, rebuild=rebuild, **params)
-
-    def search(self, queries: np.ndarray, k: int = 10, **kwargs: Any):
-        from gallery import search
-        return search.search(self, queries, k=k, **kwargs)
 
     def info(self) -> dict:
         from gallery.store import reads

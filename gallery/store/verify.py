@@ -1,11 +1,12 @@
 """Integrity check of a store: every listed file (size, sha256), batch checksums, ids and id
-hashes, models, deletions, overlays, the index sidecar.
+hashes, models, deletions, overlays. (The index sidecar, derived data of the layer above,
+is checked by gallery.index.check_sidecar; `Gallery.verify` and `gallery verify` add it.)
 
 `ok` is False for real damage, and each problem names the damaged file: a file missing,
 of the wrong size or failing its checksum; a batch whose rows do not hash to its record;
 duplicate ids; an id_hash that is not its id's; rows naming unknown models; non-finite
 vectors. `quick=True` checks that every file exists with its recorded size only (no
-reading). A stale or damaged index sidecar is a warning: it is rebuilt, never searched.
+reading).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ def verify(store: "Store", quick: bool = False) -> dict:
     damaged = _check_files(store, quick, problems)
     n = store.committed
     live = None
-    index_state = "unchecked"
     if not quick and not damaged:
         try:
             _check_batches(store, n, problems)
@@ -39,8 +39,6 @@ def verify(store: "Store", quick: bool = False) -> dict:
             live = int((~cols["deleted"]).sum())
         except segments.Damaged as exc:
             problems.append(str(exc))
-        if not problems:
-            index_state = _check_index(store, problems, warnings)
     elif not damaged:
         try:
             live = store.count()
@@ -50,7 +48,7 @@ def verify(store: "Store", quick: bool = False) -> dict:
         "ok": not problems, "path": str(store.path), "rows": n, "live": live,
         "removed": None if live is None else n - live, "quick": quick,
         "files": len(store.file_records()), "manifest_version": store.manifest_version,
-        "batches": len(store.manifest["batches"]), "index": index_state,
+        "batches": len(store.manifest["batches"]),
         "problems": problems, "warnings": warnings,
     }
 
@@ -126,15 +124,3 @@ def _check_rows(store: "Store", cols: dict, problems: list[str]) -> None:
         if len(block) and np.abs(norms - 1).max() > 1e-2:
             problems.append(f"embeddings not unit-length in rows {lo}..{lo + len(block)}")
             break
-
-
-def _check_index(store: "Store", problems: list[str], warnings: list[str]) -> str:
-    from gallery import index
-
-    state, reason = index.sidecar_state(store, deep=True)
-    if state == "stale":
-        warnings.append(f"index is stale ({reason}); it is caught up or rebuilt on the next search")
-    elif state == "corrupt":
-        problems.append(f"index sidecar damaged, run `gallery reindex` ({reason}); searches rebuild it, "
-                        "never search it")
-    return state
