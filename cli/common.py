@@ -152,16 +152,26 @@ STORE_OPTION = typer.Option(None, "--store", help="Store file (the older spellin
 
 def split_store(args: Sequence[str], store_option: Path | None, names: Sequence[str]) -> tuple[Path, list[str]]:
     """`STORE NAME...`, or `NAME... --store STORE` (older spelling), or `NAME...` with
-    $GALLERY_STORE: the store and the remaining positional values, named by `names`."""
+    $GALLERY_STORE: the store and the remaining positional values, named by `names`.
+
+    A last name ending in "..." takes one or more values (`remove [STORE] ID...`). There the
+    count cannot tell whether STORE was given, so with $GALLERY_STORE set the first value is the
+    store only when it is an existing path; otherwise it is an id like the others."""
     import os
 
     args = list(args)
-    if store_option is not None and len(args) == len(names):
+    variadic = bool(names) and names[-1].endswith("...")
+    env = os.environ.get("GALLERY_STORE")
+
+    def fits(n: int) -> bool:
+        return n >= len(names) if variadic else n == len(names)
+
+    if store_option is not None and fits(len(args)):
         return Path(store_option), args
-    if store_option is None and len(args) == len(names) + 1:
+    if store_option is None and fits(len(args) - 1) and not (variadic and env and not Path(args[0]).exists()):
         return Path(args[0]), args[1:]
-    if store_option is None and len(args) == len(names) and os.environ.get("GALLERY_STORE"):
-        return Path(os.environ["GALLERY_STORE"]), args
+    if store_option is None and fits(len(args)) and env:
+        return Path(env), args
     from gallery.errors import BadInput
 
     usage = " ".join(["STORE", *names])

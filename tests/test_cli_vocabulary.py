@@ -1,5 +1,6 @@
 """One CLI vocabulary (issue 16, item 7), asserted over every registered command: the store is
-the first positional (after `sync`'s engine; default $GALLERY_STORE; `--store` kept where it existed), `--json` is a
+the first positional (after `sync`'s engine; default $GALLERY_STORE, also for `[STORE] VALUE...` commands such
+as `remove`, `threshold set`, `model set-path`; `--store` kept where it existed), `--json` is a
 flag, a model version is chosen with `--model-version` (older names are aliases of it), `-k`
 is `--top-k`, every command sits in a help panel, `gallery --version` and completion exist."""
 
@@ -47,9 +48,17 @@ def test_the_vocabulary_over_every_registered_command():
                 problems.append(f"{path}: {sorted(opts & VERSION_ALIASES)} without --model-version")
             if isinstance(p, Option) and "-k" in opts and "--top-k" not in opts:
                 problems.append(f"{path}: -k without --top-k")
-        takes_store = "store" in params or any("[STORE]" in (a.metavar or "") for a in positional)
+        takes_store = "store" in params or any("[STORE]" in (a.metavar or "") or _names_one_store(a)
+                                               for a in positional)
         if not takes_store:
             continue
+        for i, a in enumerate(positional):
+            # click fills positionals in order: a $GALLERY_STORE default before another required
+            # positional can never be used (`remove ID` would take ID for the store)
+            if a.envvar == "GALLERY_STORE" and any(b.required for b in positional[i + 1:]):
+                problems.append(f"{path}: {a.name} defaults to $GALLERY_STORE but positionals follow it")
+            if _names_one_store(a) and a.name != "store" and a.envvar != "GALLERY_STORE":
+                problems.append(f"{path}: the store ({a.name}) does not default to $GALLERY_STORE")
         first = positional[0] if positional else None
         if "store" in params and isinstance(params["store"], Argument):
             # first, or right after a subcommand-like choice (`gallery sync milvus STORE`)
@@ -58,9 +67,74 @@ def test_the_vocabulary_over_every_registered_command():
             if params["store"].envvar != "GALLERY_STORE":
                 problems.append(f"{path}: the store does not default to $GALLERY_STORE")
         elif not (first is not None and (first.metavar or "").startswith("[STORE]")
-                  and isinstance(params.get("store"), Option)):
+                  and isinstance(params.get("store"), Option)) and not _names_one_store(first):
             problems.append(f"{path}: the store is neither positional nor [STORE] with --store")
     assert problems == []
+
+
+def _names_one_store(arg) -> bool:
+    """A one-value positional whose help says it is a store (`export SOURCE`, `export-store SOURCE`)."""
+    return arg.nargs == 1 and "store" in (arg.help or "").lower()
+
+
+def test_every_store_then_values_command_takes_its_store_from_the_environment(tmp_path, monkeypatch):
+    """Every `[STORE] VALUE...` command: without $GALLERY_STORE, omitting STORE is a usage error
+    naming the expected values; with it set, the same words are accepted as the values."""
+    checked = []
+    for path, cmd in _commands():
+        store_list = [p for p in cmd.params if isinstance(p, Argument) and (p.metavar or "").startswith("[STORE]")]
+        if not store_list:
+            continue
+        values = [_dummy(name) for name in store_list[0].metavar.split()[1:]]
+        monkeypatch.delenv("GALLERY_STORE", raising=False)
+        if values:
+            bare = run(*path.split(), *values)
+            assert bare.exit_code == 2 and "expected STORE" in bare.stderr, (path, bare.stderr)
+        monkeypatch.setenv("GALLERY_STORE", str(tmp_path / "env-store.h5"))
+        env = run(*path.split(), *values)
+        assert "expected STORE" not in env.stderr, (path, env.stderr)
+        checked.append(path)
+    assert {"remove", "threshold set", "model set-path", "alias set"} <= set(checked), checked
+
+
+def _dummy(name: str) -> str:
+    return {"VALUE": "0.5", "ENCODINGS": "enc.pkl"}.get(name.rstrip("."), "x")
+
+
+def test_remove_threshold_set_and_model_set_path_from_the_environment(tmp_path, monkeypatch):
+    """The three commands with values after STORE act on $GALLERY_STORE when STORE is omitted,
+    exactly as with STORE given (the store is inspected after each)."""
+    import shutil
+
+    import numpy as np
+
+    store = tmp_path / "g.h5"
+    ok("init", store, "--dim", "4", "--model-id", "m", "--model-version", "base")
+    np.save(tmp_path / "e.npy", np.eye(4, dtype=np.float32)[:3])
+    (tmp_path / "ids.txt").write_text("a\nb\nc\n")
+    ok("enroll", store, "--embeddings", tmp_path / "e.npy", "--ids", tmp_path / "ids.txt")
+    monkeypatch.setenv("GALLERY_STORE", str(store))
+    assert ok("remove", "a", "b", "--json")["removed"] == 2  # both words are ids, not a store
+    assert ok("info", "--json")["live"] == 1
+    assert ok("remove", store, "c", "--json")["removed"] == 1  # an existing path first: the store
+    assert ok("threshold", "set", "base", "base", "0.3", "--json")["threshold"] == 0.3
+    shown = ok("threshold", "show", store, "--json")
+    assert [p["threshold"] for p in shown["pairs"] if p["query"] == p["rows"] == "base"] == [0.3]
+    assert run("threshold", "set", "base", "base", "high").exit_code == 2
+
+    pytest = __import__("pytest")
+    pytest.importorskip("torch")
+    from tiny_models import make_onnx_encoder
+
+    make_onnx_encoder(tmp_path / "v1.onnx", seed=0)
+    model_store = tmp_path / "m" / "g.h5"
+    model_store.parent.mkdir()
+    ok("init", model_store, "--model", tmp_path / "v1.onnx")
+    version = ok("info", model_store, "--json")["active_model"]
+    shutil.copy(tmp_path / "v1.onnx", tmp_path / "moved.onnx")
+    monkeypatch.setenv("GALLERY_STORE", str(model_store))
+    done = ok("model", "set-path", version, tmp_path / "moved.onnx", "--json")
+    assert done["path"] == str(tmp_path / "moved.onnx")
 
 
 def test_every_command_sits_in_a_named_panel():

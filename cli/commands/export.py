@@ -49,7 +49,8 @@ def _render(result: dict, as_json: bool) -> None:
 
 @handle_errors
 def export_cmd(
-    source: Path = typer.Argument(..., help="A gallery store (directory) or a .pt model."),
+    source: Path = typer.Argument(..., envvar="GALLERY_STORE", show_envvar=False,
+                                  help="A gallery store (directory) or a .pt model (default: $GALLERY_STORE)."),
     out: Path = typer.Option(..., "--out", help="Store: FILE.h5 or FILE.npz. Model: FILE.onnx."),
     as_json: bool = JSON,
 ) -> None:
@@ -64,7 +65,8 @@ def export_cmd(
 
 @handle_errors
 def export_store_cmd(
-    source: Path = typer.Argument(..., help="Gallery store."),
+    source: Path = typer.Argument(..., envvar="GALLERY_STORE", show_envvar=False,
+                                  help="Gallery store (default: $GALLERY_STORE)."),
     out: Path = typer.Option(..., "--out", help="FILE.h5 or FILE.npz."),
     as_json: bool = JSON,
 ) -> None:

@@ -13,8 +13,9 @@ import typer
 
 import gallery
 from cli.commands.threshold import warn_uncalibrated
-from cli.common import (DEFAULTS_HELP, DETECT, DETECTOR, JSON_FLAG, KIND_CHOICES, STORE_ARG, console, emit,
-                        emit_json, err_console, handle_errors, progress_bar, providers_list, render_table)
+from cli.common import (DEFAULTS_HELP, DETECT, DETECTOR, JSON_FLAG, KIND_CHOICES, STORE_ARG, STORE_OPTION, console,
+                        emit, emit_json, err_console, handle_errors, progress_bar, providers_list, render_table,
+                        split_store)
 from gallery.errors import BadInput
 
 JSON = JSON_FLAG
@@ -101,12 +102,14 @@ def enroll_cmd(
 
 @handle_errors
 def remove_cmd(
-    store: Path = STORE_ARG,
-    item_ids: List[str] = typer.Argument(..., help="Item ids to tombstone."),
+    args: List[str] = typer.Argument(..., metavar="[STORE] ID...",
+                                     help="Store (default: $GALLERY_STORE), then the item ids to tombstone."),
+    store: Optional[Path] = STORE_OPTION,
     as_json: bool = JSON,
 ) -> None:
     """Tombstone items: never returned by search again; ids are never reused."""
-    with gallery.open(store) as g:
+    path, item_ids = split_store(args, store, ("ID...",))
+    with gallery.open(path) as g:
         result = g.remove(item_ids)
     emit(as_json, result, f"removed {result['removed']} item(s) ({result['already_removed']} already removed)")
 

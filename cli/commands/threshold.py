@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 import gallery
-from cli.common import JSON_FLAG, STORE_ARG, console, emit_json, err_console, handle_errors, progress_bar, render_table
+from cli.common import (JSON_FLAG, STORE_ARG, STORE_OPTION, console, emit_json, err_console, handle_errors, progress_bar,
+                        render_table, split_store)
+from gallery.errors import BadInput
 
 JSON = JSON_FLAG
 STORE = STORE_ARG
@@ -74,17 +76,22 @@ def show_cmd(store: Path = STORE, as_json: bool = JSON) -> None:
 @threshold_app.command("set")
 @handle_errors
 def set_cmd(
-    store: Path = STORE,
-    query: str = typer.Argument(..., help="Query model version (or alias)."),
-    rows: str = typer.Argument(..., help="Row model version (or alias)."),
-    value: float = typer.Argument(..., help="Cosine score threshold in [-1, 1]."),
+    args: List[str] = typer.Argument(..., metavar="[STORE] QUERY ROWS VALUE",
+                                     help="Store (default: $GALLERY_STORE), query model version (or alias), "
+                                          "row model version (or alias), cosine score threshold in [-1, 1]."),
+    store: Optional[Path] = STORE_OPTION,
     as_json: bool = JSON,
 ) -> None:
     """Set the threshold of one (query model, row model) pair by hand."""
-    with gallery.open(store) as g:
+    path, (query, rows, text) = split_store(args, store, ("QUERY", "ROWS", "VALUE"))
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadInput(f"threshold must be a number (a cosine score in [-1, 1]), got {text!r}") from None
+    with gallery.open(path) as g:
         result = g.set_threshold(query, rows, value)
     if as_json:
         emit_json(result)
         return
     console.print(f"threshold {result['query']} queries vs {result['rows']} rows: {result['threshold']:.4f}")
-    warn_uncalibrated(result["uncalibrated"], store)
+    warn_uncalibrated(result["uncalibrated"], path)
