@@ -338,14 +338,18 @@ class Gallery:
 
     # ---- rollout ----------------------------------------------------------------
     def upgrade(self, model: PathLike, report: PathLike, version: str | None = None, force: bool = False,
-                stage: bool = False, sign_key: PathLike | None = None, require_signed: bool = False) -> dict:
+                stage: bool = False, sign_key: PathLike | None = None, require_signed: bool = False,
+                 allow_missing_model: bool = False) -> dict:
         """Make `model` the query model, admitted by a passing check-compat `report`
         (GateFailed otherwise, unless `force`); `stage` registers it without switching.
+        An already registered target whose file `model` is missing or another model is
+        refused unless `allow_missing_model` (then it serves embedding queries only).
         `uncalibrated` in the result: served model pairs still without a threshold."""
         with self._lock:
             self.refresh()
             result = rollout.upgrade(self.path, model, report, version=version, force=force, stage=stage,
-                                     sign_key=sign_key, require_signed=require_signed)
+                                     sign_key=sign_key, require_signed=require_signed,
+                                     allow_missing_model=allow_missing_model)
         return {**result, "uncalibrated": self.uncalibrated()}
 
     def rollback(self, to: str | None = None, allow_missing_model: bool = False) -> dict:

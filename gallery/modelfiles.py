@@ -36,13 +36,15 @@ def resolve(store_path: str | Path, stored: str | None) -> Path | None:
     return path if path.is_absolute() else Path(store_path).resolve().parent / path
 
 
-def problem(store: "Store", version: str) -> str | None:
-    """Why `version`'s recorded file cannot serve queries (None: it can, or it is embedding-only)."""
+def problem(store: "Store", version: str, path: str | Path | None = None) -> str | None:
+    """Why `version`'s file cannot serve queries (None: it can, or it is embedding-only).
+    The file checked is `path` when given (upgrade's --model), else the recorded one."""
     info = store.model(version)
     if not info.has_encoder:
         return None
-    path = Path(info.path) if info.path else None  # model() gives it resolved
-    if path is None or not path.is_file():
+    if path is None:
+        path = Path(info.path) if info.path else None  # model() gives it resolved
+    if path is None or not Path(path).is_file():
         return f"the file of model {info.version} is missing: {path or '(none recorded)'}"
     digest = model_sha256(path)  # the .onnx and its external data files
     if digest != info.sha256:
@@ -51,9 +53,13 @@ def problem(store: "Store", version: str) -> str | None:
     return None
 
 
-def require(store: "Store", version: str, allow_missing: bool = False) -> None:
-    """BadInput (before any write) when `version` is to become the query model without its file."""
-    why = problem(store, version)
+def require(store: "Store", version: str, allow_missing: bool = False, path: str | Path | None = None,
+            remedy: str | None = None) -> str | None:
+    """The one check before `version` becomes the query model (rollback, upgrade): BadInput
+    (before any write) when its file is missing or is another model, unless `allow_missing`;
+    then the problem is returned (the store serves embedding queries only) and None otherwise."""
+    why = problem(store, version, path)
     if why is not None and not allow_missing:
-        raise BadInput(f"{why} (gallery model set-path {store.path} {version} PATH, or "
-                       "--allow-missing-model to serve embedding queries only)")
+        remedy = remedy or f"gallery model set-path {store.path} {version} PATH"
+        raise BadInput(f"{why} ({remedy}, or --allow-missing-model to serve embedding queries only)")
+    return why

@@ -1,5 +1,5 @@
 """Model files (issue 16, item 5): recorded relative to the store's folder when inside it,
-absolute otherwise; `gallery model set-path`; rollback refuses a missing or changed model file
+absolute otherwise; `gallery model set-path`; rollback and upgrade refuse a missing or changed model file
 (store byte-identical) unless --allow-missing-model."""
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ def test_set_path_remembers_a_moved_file_and_refuses_another_model(models, tmp_p
     assert ok("history", store, "--json")[-1]["event"] == "model_path"
 
 
-@pytest.mark.parametrize("damage", ["missing", "changed"])
-def test_rollback_refuses_without_the_target_models_file(models, tmp_path, damage):
+def _upgraded(models: Path, tmp_path: Path) -> Path:
+    """v1 -> v2 upgraded store; both model files are copies in tmp_path (free to damage)."""
     store = tmp_path / "g.h5"
     for name in ("v1.onnx", "v2.onnx"):
         shutil.copy(models / name, tmp_path / name)
@@ -81,15 +81,75 @@ def test_rollback_refuses_without_the_target_models_file(models, tmp_path, damag
     ok("check-compat", "--old", tmp_path / "v1.onnx", "--new", tmp_path / "v2.onnx", "--data", models / "eval",
        "--json", tmp_path / "r.json", "--max-new-drop", "1", "--impostor-pairs", "500")
     ok("upgrade", store, "--model", tmp_path / "v2.onnx", "--report", tmp_path / "r.json")
+    return store
+
+
+def _damage(path: Path, damage: str, other: Path) -> None:
     if damage == "missing":
-        (tmp_path / "v1.onnx").unlink()
+        path.unlink()
     else:
-        shutil.copy(models / "v2.onnx", tmp_path / "v1.onnx")
+        shutil.copy(other, path)
+
+
+def _refused_one_line(result, damage: str) -> None:
+    assert result.exit_code == 2 and result.stderr.startswith("error:") and result.stderr.count("\n") == 1, \
+        result.stderr
+    assert ("is missing" if damage == "missing" else "changed") in result.stderr
+    assert "--allow-missing-model" in result.stderr
+
+
+@pytest.mark.parametrize("damage", ["missing", "changed"])
+def test_rollback_refuses_without_the_target_models_file(models, tmp_path, damage):
+    store = _upgraded(models, tmp_path)
+    _damage(tmp_path / "v1.onnx", damage, models / "v2.onnx")
     before = store_sha256(store)
-    refused = run("rollback", store)
-    assert refused.exit_code == 2 and refused.stderr.startswith("error:") and refused.stderr.count("\n") == 1
-    assert ("is missing" if damage == "missing" else "changed") in refused.stderr
-    assert "--allow-missing-model" in refused.stderr
+    _refused_one_line(run("rollback", store), damage)
     assert store_sha256(store) == before
     back = ok("rollback", store, "--allow-missing-model", "--json")
     assert back["to"] == "v1"
+
+
+@pytest.mark.parametrize("damage", ["missing", "changed"])
+def test_upgrade_again_refuses_without_the_target_models_file(models, tmp_path, damage):
+    """After a rollback, upgrading to the registered v2 again with its file gone (or another
+    model in its place) is refused like a rollback; --allow-missing-model switches, embedding-only."""
+    store = _upgraded(models, tmp_path)
+    ok("rollback", store)
+    _damage(tmp_path / "v2.onnx", damage, models / "v1.onnx")
+    before = store_sha256(store)
+    _refused_one_line(run("upgrade", store, "--model", tmp_path / "v2.onnx", "--report", tmp_path / "r.json"), damage)
+    assert store_sha256(store) == before
+    done = ok("upgrade", store, "--model", tmp_path / "v2.onnx", "--report", tmp_path / "r.json",
+              "--allow-missing-model", "--json")
+    assert done["to"] == "v2" and done["registered"] is False
+    assert ("is missing" if damage == "missing" else "changed") in done["missing_model"]
+    assert ok("info", store, "--json")["active_model"] == "v2"
+    assert ok("history", store, "--json")[-1]["missing_model"] == done["missing_model"]
+    # embedding queries still served; image queries name the missing file
+    lost = run("search", store, "--image", models / "images" / "digit0", "-k", "1")
+    assert lost.exit_code == 2 and "model v2" in lost.stderr and lost.stderr.count("\n") == 1
+    # the real file back: upgrade's path check passes again and set-path is not needed
+    shutil.copy(models / "v2.onnx", tmp_path / "v2.onnx")
+    ok("search", store, "--image", models / "images" / "digit0", "-k", "1")
+
+
+def test_upgrade_of_a_staged_model_checks_its_file_and_a_new_model_needs_one(models, tmp_path):
+    store = tmp_path / "g.h5"
+    for name in ("v1.onnx", "v2.onnx"):
+        shutil.copy(models / name, tmp_path / name)
+    ok("init", store, "--model", tmp_path / "v1.onnx")
+    ok("check-compat", "--old", tmp_path / "v1.onnx", "--new", tmp_path / "v2.onnx", "--data", models / "eval",
+       "--json", tmp_path / "r.json", "--max-new-drop", "1", "--impostor-pairs", "500")
+    before = store_sha256(store)
+    (tmp_path / "v2.onnx").rename(tmp_path / "v2-away.onnx")
+    # not registered yet: its file is what registers it, the flag cannot stand in for it
+    for extra in ((), ("--allow-missing-model",)):
+        gone = run("upgrade", store, "--model", tmp_path / "v2.onnx", "--report", tmp_path / "r.json", *extra)
+        assert gone.exit_code == 2 and "model file not found" in gone.stderr and gone.stderr.count("\n") == 1
+    assert store_sha256(store) == before
+    ok("upgrade", store, "--model", tmp_path / "v2-away.onnx", "--report", tmp_path / "r.json", "--stage")
+    (tmp_path / "v2-away.onnx").unlink()
+    staged = store_sha256(store)
+    _refused_one_line(run("upgrade", store, "--model", tmp_path / "v2-away.onnx", "--report", tmp_path / "r.json"),
+                      "missing")
+    assert store_sha256(store) == staged

@@ -18,6 +18,8 @@ from cli.common import (DETECT, DETECTOR, JSON_FLAG, STORE_ARG, STORE_OPTION, co
 from gallery.errors import BadInput
 
 JSON = JSON_FLAG
+ALLOW_MISSING_MODEL = typer.Option(False, "--allow-missing-model", help="Switch even if the target model's file is "
+                                   "missing or another model (embedding queries only).")
 
 alias_app = typer.Typer(help="Name model versions (aliases pin models against prune).", no_args_is_help=True)
 
@@ -39,12 +41,14 @@ def upgrade_cmd(
     stage: bool = typer.Option(False, "--stage", help="Register and calibrate only; switch later (shadow it first)."),
     sign_key: Optional[Path] = typer.Option(None, "--sign-key", help="Key file: check the report's HMAC signature."),
     require_signed: bool = typer.Option(False, "--require-signed", help="Refuse a report not signed with --sign-key."),
+    allow_missing_model: bool = ALLOW_MISSING_MODEL,
     as_json: bool = JSON,
 ) -> None:
     """Make --model the query model, admitted by a passing compatibility report."""
     with gallery.open(store) as g:
         result = g.upgrade(model, report, version=version, force=force, stage=stage,
-                           sign_key=sign_key, require_signed=require_signed)
+                           sign_key=sign_key, require_signed=require_signed,
+                           allow_missing_model=allow_missing_model)
     warn_uncalibrated(result["uncalibrated"], store)
     if as_json:
         emit_json(result)
@@ -63,8 +67,7 @@ def upgrade_cmd(
 def rollback_cmd(
     store: Path = STORE_ARG,
     to: Optional[str] = typer.Option(None, "--model-version", "--to", help="An earlier query model (default: the one replaced)."),
-    allow_missing_model: bool = typer.Option(False, "--allow-missing-model",
-                                             help="Switch even if the model's file is missing (embedding queries only)."),
+    allow_missing_model: bool = ALLOW_MISSING_MODEL,
     as_json: bool = JSON,
 ) -> None:
     """Restore the previous query model (one atomic switch; models and rows are kept)."""

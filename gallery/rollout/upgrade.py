@@ -139,24 +139,44 @@ def check_report(report: dict, sign_key: str | Path | None = None, require_signe
             "report_tool_version": tool.get("version")}
 
 
+def _registered_new(store: Store, report: dict) -> str | None:
+    """The version of the store that is the report's new model (by sha256), if any."""
+    sha = report["models"]["new"].get("sha256")
+    return next((m.version for m in store.models() if sha and m.sha256 == sha), None)
+
+
 def upgrade(store_path: str | Path, model_path: str | Path, report_path: str | Path,
             version: str | None = None, force: bool = False, stage: bool = False,
-            sign_key: str | Path | None = None, require_signed: bool = False) -> dict:
+            sign_key: str | Path | None = None, require_signed: bool = False,
+            allow_missing_model: bool = False) -> dict:
     """Register `model_path` (if new), store its thresholds and make it the query model.
 
     `stage` stops before the switch: the model is registered with its thresholds, so
     `gallery shadow --new VERSION` can compare it before the cut-over; running the
     upgrade again without `stage` then only switches. `sign_key`/`require_signed`:
-    see `check_report`.
+    see `check_report`. When the report's new model is already registered (staged, or
+    upgrading again after a rollback) and `model_path` is missing or another model, the
+    upgrade is refused like a rollback (gallery.modelfiles.require) unless
+    `allow_missing_model`: then it switches to the registered version, which serves
+    embedding queries only until `gallery model set-path`. A model not registered yet is
+    registered from its file, so it needs one.
     """
     report_path, model_path = Path(report_path), Path(model_path)
     report = load_report(report_path)
     checks = check_report(report, sign_key, require_signed)
-    if not model_path.is_file():
-        raise BadInput(f"model file not found: {model_path}")
-    info = ModelInfo.from_encoder(version or "pending", load_encoder(model_path))
-    info.path = str(model_path.resolve())
+    missing = None
     with Store.open(store_path, "r") as st:
+        registered = _registered_new(st, report)
+        if registered is not None and registered != st.active_model:  # (the active one: _plan refuses)
+            missing = modelfiles.require(st, registered, allow_missing_model, model_path,
+                                         remedy="give that model's file with --model")
+        if missing is not None:
+            info = st.model(registered)  # its record as it is: no file to read the model from
+        elif not model_path.is_file():
+            raise BadInput(f"model file not found: {model_path}")
+        else:
+            info = ModelInfo.from_encoder(version or "pending", load_encoder(model_path))
+            info.path = str(model_path.resolve())
         plan = _plan(st, report, info, version)
     if plan["failures"] and not force:
         raise GateFailed(f"upgrade refused: {'; '.join(plan['failures'])} (report {report_path}); "
@@ -166,10 +186,11 @@ def upgrade(store_path: str | Path, model_path: str | Path, report_path: str | P
         plan = _plan(st, report, info, version)  # again, under the lock
         summary = {**_summary(report, report_path, digest), "checks": checks}
         with st.transaction():  # registration, thresholds, lineage, switch, record: one commit
-            return _apply(st, plan, info, summary, force, stage)
+            return _apply(st, plan, info, summary, force, stage, missing)
 
 
-def _apply(st: Store, plan: dict, info: ModelInfo, summary: dict, force: bool, stage: bool) -> dict:
+def _apply(st: Store, plan: dict, info: ModelInfo, summary: dict, force: bool, stage: bool,
+           missing_model: str | None = None) -> dict:
     old, new = plan["old"], plan["new"]
     per_model: dict[str, dict[str, float]] = {}
     for q, g, value, _ in plan["thresholds"]:
@@ -200,7 +221,11 @@ def _apply(st: Store, plan: dict, info: ModelInfo, summary: dict, force: bool, s
                           "forced": bool(forced_over), "forced_over": forced_over,
                           "thresholds": [{"query": q, "gallery": g, "threshold": v, "far": far}
                                          for q, g, v, far in plan["thresholds"]],
-                          "unsupported_far": plan["unsupported"]})
+                          "unsupported_far": plan["unsupported"],
+                          "missing_model": missing_model})
+    if missing_model is not None:
+        log.warning("upgrade of %s to %s without its model file (--allow-missing-model): %s", st.path, new,
+                    missing_model)
     if forced_over:
         log.warning("upgrade of %s forced over: %s", st.path, "; ".join(forced_over))
     return result
