@@ -312,15 +312,17 @@ class Gallery:
 
     def calibrate(self, data: PathLike | None = None, report: PathLike | None = None, target_far: float = 1e-4,
                   impostor_pairs: int = 100_000, seed: int = 0, batch_size: int = 64,
-                  progress: Progress = None) -> dict:
+                  progress: Progress = None, detect: bool | None = None,
+                  detector: PathLike | None = None) -> dict:
         """Calibrate every served pair's threshold at `target_far` on labelled images `data`
-        (ROOT/<identity>/<image>, check-compat's protocol), or copy them from a check-compat
-        `report` about the store's models. Nothing is written when it is refused."""
+        (ROOT/<identity>/<image>, check-compat's protocol; face models: photos detected and
+        aligned unless detect=False), or copy them from a check-compat `report` about the
+        store's models. Nothing is written when it is refused."""
         with self._lock:
             self.refresh()
             return thresholds.calibrate(self.path, data=data, report=report, target_far=target_far,
                                         batch_size=batch_size, progress=progress, seed=seed,
-                                        impostor_pairs=impostor_pairs)
+                                        impostor_pairs=impostor_pairs, detect=detect, detector=detector)
 
     def set_threshold(self, query: str, rows: str, value: float) -> dict:
         """Set the threshold (a cosine in [-1, 1]) of queries of model `query` against rows of

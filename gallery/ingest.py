@@ -41,11 +41,16 @@ def declares_faces(encoder: "Encoder") -> bool:
     return encoder.identity.get("metadata", {}).get("gallery.alignment") == ALIGNED_FACES
 
 
+def uses_faces(encoder: "Encoder", detect: bool | None = None) -> bool:
+    """Whether `encoder`'s images are detected + aligned: as asked, else as the model declares."""
+    return declares_faces(encoder) if detect is None else detect
+
+
 def image_loader(encoder: "Encoder", detect: bool | None = None, detector: str | Path | None = None,
                  landmarks: str | Path | None = None) -> Callable[[Path], np.ndarray]:
     """path -> HxWxC uint8 ready for `embed_images`: aligned face crops when the model declares
     face alignment (unless detect=False) or landmarks are given, else the plain resize."""
-    faces = bool(landmarks) or (declares_faces(encoder) if detect is None else detect)
+    faces = bool(landmarks) or uses_faces(encoder, detect)
     if not faces:
         return lambda path: load_image(path, encoder.spec)
     try:

@@ -109,21 +109,30 @@ def _from_report(store: Store, report_path: str | Path) -> list[dict]:
 
 def _from_data(store: Store, data: str | Path, target_far: float, pairs_wanted: list[tuple[str, str]],
                batch_size: int, progress: Callable[[int], None] | None,
-               seed: int, impostor_pairs: int) -> tuple[list[dict], list[str]]:
-    """Embed the evaluation set once per model and calibrate each wanted pair on its impostor pairs."""
+               seed: int, impostor_pairs: int, detect: bool | None = None,
+               detector: str | Path | None = None) -> tuple[list[dict], list[str]]:
+    """Embed the evaluation set once per model and calibrate each wanted pair on its impostor pairs.
+    Face models get detected, aligned crops as check-compat gives them; photos without a face
+    are left out for every model (the pairs are drawn over the rest)."""
 
     if not 0.0 < target_far < 1.0:
         raise BadInput(f"--target-far must be in (0, 1), got {target_far}")
     protocol = CheckConfig(seed=seed, impostor_pairs=impostor_pairs).protocol()
     evalset, pairs = open_protocols(str(data), protocol)
-    skipped, units = [], {}
+    skipped, encoders = [], {}
     for version in sorted({v for pair in pairs_wanted for v in pair}):
         if not store.model(version).has_encoder:
             skipped.append(f"{version} is embedding-only (no encoder to embed the evaluation images)")
             continue
-        encoder = load_registered(store.model(version), store.path)
-        log.info("embedding %d evaluation items with %s", evalset.num_items, version)
-        units[version] = l2_normalize(evalset.to_units(evalset.embed(encoder, batch_size, progress)))
+        encoders[version] = load_registered(store.model(version), store.path)
+    log.info("embedding %d evaluation items with %s", evalset.num_items, ", ".join(encoders))
+    done = evalset.embed_roles(encoders, batch_size, progress, detect, detector)
+    if done.kept is not None:
+        log.warning("%d evaluation items without a face left out (first: %s)", len(done.errors),
+                    done.errors[0]["item"])
+        evalset = evalset.subset(done.kept)
+        pairs = evalset.pair_protocol(protocol)
+    units = {version: l2_normalize(evalset.to_units(array)) for version, array in done.items.items()}
     out = []
     for q, r in pairs_wanted:
         if q in units and r in units:
@@ -135,8 +144,10 @@ def _from_data(store: Store, data: str | Path, target_far: float, pairs_wanted: 
 def calibrate(store_path: str | Path, data: str | Path | None = None, report: str | Path | None = None,
               target_far: float = 1e-4, batch_size: int = 64,
               progress: Callable[[int], None] | None = None, seed: int = 0,
-              impostor_pairs: int = 100_000) -> dict:
-    """Calibrate every served pair from labelled images (`data`) or copy them from a `report`."""
+              impostor_pairs: int = 100_000, detect: bool | None = None,
+              detector: str | Path | None = None) -> dict:
+    """Calibrate every served pair from labelled images (`data`) or copy them from a `report`.
+    Face models: photos detected + aligned unless detect=False (as check-compat)."""
     if (data is None) == (report is None):
         raise BadInput("give either --data EVAL (labelled images) or --report REPORT.json")
     if data is not None and not Path(data).exists():
@@ -147,7 +158,7 @@ def calibrate(store_path: str | Path, data: str | Path | None = None, report: st
             entries, skipped = [e for e in _from_report(st, report) if (e["query"], e["rows"]) in wanted], []
         else:
             entries, skipped = _from_data(st, data, target_far, wanted, batch_size, progress,
-                                          seed, impostor_pairs)
+                                          seed, impostor_pairs, detect, detector)
     if not entries:
         raise BadInput(f"nothing to calibrate in {store_path}: " + ("; ".join(skipped) or
                        "the report's models are not the store's served pairs"))

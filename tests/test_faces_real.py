@@ -203,3 +203,60 @@ def test_old_model_features_use_the_declared_preprocessing(sface, tmp_path) -> N
     order = sorted(crops)  # ImageFolder order: identity, then file name
     expected = embed_images(sface["encoder"], np.stack([crops[k] for k in order]))
     np.testing.assert_allclose(old, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_check_compat_detects_faces_the_model_declares(sface, tmp_path) -> None:
+    """check-compat on a photo folder with a face model: detected + aligned by default (the
+    numbers equal --no-detect on the aligned crops written out by hand), a photo without a
+    face is left out for both models and reported (or fails the run with --on-error fail)."""
+    import json
+    import shutil
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from gallery.preprocess import PreprocessSpec
+
+    people = {"Obama": _photos("obama.jpg", "obama2.jpg", "obama3.jpg"),
+              **{who: sorted(FOUND["unknowns"].glob(f"{who}_*.jpg"))[:3] for who in ("Female_40", "Female_41")}}
+    photos, crops = tmp_path / "photos", tmp_path / "crops"
+    rgb = FaceCropper(PreprocessSpec(), sface["detector"])  # the aligned crop, RGB, as a PNG keeps it
+    for who, paths in people.items():
+        assert len(paths) == 3
+        (photos / who).mkdir(parents=True)
+        (crops / who).mkdir(parents=True)
+        for path in paths:
+            shutil.copy(path, photos / who / path.name)
+            Image.fromarray(rgb.crop(path)).save(crops / who / (path.stem + ".png"))
+    Image.new("RGB", (200, 200), (90, 140, 200)).save(photos / "Obama" / "sky.png")
+    run = CliRunner().invoke
+    common = ["check-compat", "--old", str(sface["path"]), "--new", str(sface["path"]), "--impostor-pairs", "500",
+              "--detector", str(FOUND["yunet"]), "--json"]
+
+    def report(*args: str) -> dict:
+        result = run(app, [*common, *args])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    detected = report("--data", str(photos))
+    assert detected["data"]["left_out"] == 1 and detected["data"]["num_items"] == 9
+    assert [e["item"] for e in detected["data"]["item_errors"]] == ["Obama/sky.png"]
+    assert "no face detected" in detected["data"]["item_errors"][0]["error"]
+    by_hand = report("--data", str(crops), "--no-detect")
+    assert by_hand["data"]["left_out"] == 0 and by_hand["data"]["item_errors"] == []
+    assert detected["comparisons"] == by_hand["comparisons"]
+    assert detected["thresholds"] == by_hand["thresholds"]
+    # --no-detect on the photos: every photo squashed to 112x112 (sky.png included), other numbers
+    squashed = report("--data", str(photos), "--no-detect")
+    assert squashed["data"]["num_items"] == 10 and squashed["comparisons"] != detected["comparisons"]
+    failed = run(app, [*common, "--data", str(photos), "--on-error", "fail"])
+    assert failed.exit_code == 2 and failed.stderr.count("\n") == 1 and "no face detected" in failed.stderr
+    # threshold calibrate embeds the same way: the store's threshold is the report's old/old one
+    store = tmp_path / "g.h5"
+    assert run(app, ["init", str(store), "--model", str(sface["path"])]).exit_code == 0
+    calibrated = run(app, ["threshold", "calibrate", str(store), "--data", str(photos), "--impostor-pairs", "500",
+                           "--detector", str(FOUND["yunet"]), "--json"])
+    assert calibrated.exit_code == 0, calibrated.output
+    old_old = [t["threshold"] for t in detected["thresholds"] if t["query"] == t["gallery"] == "old"]
+    assert [e["threshold"] for e in json.loads(calibrated.stdout)["calibrated"]] == old_old

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 import gallery
-from cli.common import console, emit_json, err_console, handle_errors, progress_bar
+from cli.common import DETECT, DETECTOR, console, emit_json, err_console, handle_errors, progress_bar
 from gallery.errors import BadInput
 
 
@@ -105,6 +105,11 @@ def check_compat(
                           "which the criterion and gates then judge.")] = None,
     sign_key: Annotated[Optional[Path], typer.Option(
         "--sign-key", help="Key file: add an HMAC-SHA256 signature (upgrade --require-signed checks it).")] = None,
+    detect: Optional[bool] = DETECT,
+    detector: Optional[Path] = DETECTOR,
+    on_error: Annotated[str, typer.Option(
+        "--on-error", help="A photo without a face (face models): skip (left out for every model, listed in "
+                           "the report) | fail.")] = "skip",
 ) -> None:
     """Check that new-model queries can search the old model's gallery; exit 1 when a gate fails."""
     json_out = _report_path(as_json, out, legacy)
@@ -119,7 +124,12 @@ def check_compat(
             gallery_per_identity=gallery_per_identity, batch_size=batch_size,
             save_embeddings=None if save_embeddings is None else str(save_embeddings),
             adapter=None if adapter is None else str(adapter),
-            sign_key=None if sign_key is None else str(sign_key))
+            sign_key=None if sign_key is None else str(sign_key), detect=detect,
+            detector=None if detector is None else str(detector), on_error=on_error)
+    errors, left_out = result.report["data"].get("item_errors", []), result.report["data"].get("left_out", 0)
+    if left_out:
+        err_console.print(f"[yellow]warning:[/] {left_out} evaluation image(s) left out for every model "
+                          f"(first: {errors[0]['item']}: {errors[0]['error']})", highlight=False, soft_wrap=True)
     if as_json:
         emit_json(result.report)
     else:

@@ -8,8 +8,8 @@ from typing import List, Optional
 import typer
 
 import gallery
-from cli.common import (JSON_FLAG, STORE_ARG, STORE_OPTION, console, emit_json, err_console, handle_errors, progress_bar,
-                        render_table, split_store)
+from cli.common import (DETECT, DETECTOR, JSON_FLAG, STORE_ARG, STORE_OPTION, console, emit_json, err_console,
+                        handle_errors, progress_bar, render_table, split_store)
 from gallery.errors import BadInput
 
 JSON = JSON_FLAG
@@ -40,12 +40,14 @@ def calibrate_cmd(
     impostor_pairs: int = typer.Option(100_000, "--impostor-pairs", help="Impostor pairs to sample (as check-compat)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the impostor sampling (as check-compat)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per encoder batch."),
+    detect: Optional[bool] = DETECT,
+    detector: Optional[Path] = DETECTOR,
     as_json: bool = JSON,
 ) -> None:
     """Calibrate every (query model, row model) pair the store serves."""
     with gallery.open(store) as g, progress_bar("embedding evaluation images", as_json) as (_, advance):
         result = g.calibrate(data=data, report=report, target_far=target_far, impostor_pairs=impostor_pairs,
-                             seed=seed, batch_size=batch_size, progress=advance)
+                             seed=seed, batch_size=batch_size, progress=advance, detect=detect, detector=detector)
     if as_json:
         emit_json(result)
         return

@@ -14,6 +14,7 @@ import numpy as np
 
 from gallery.adapter import load_adapter
 from gallery.compat.evalsets import EmbeddingSet, EvalSet, open_evalset, read_embeddings, write_embeddings
+from gallery.compat.evalsets.base import Embedded
 from gallery.compat.gates import check_same_dim, evaluate_gates, headline_value, pick_headline
 from gallery.compat.protocols import PairProtocol, ProtocolConfig, SearchProtocol, pairs_from_search
 from gallery.compat.report import build_report
@@ -23,6 +24,7 @@ from gallery.compat.signing import read_key, sign
 from gallery.encoder import describe, load_encoder, old_space_view
 from gallery.errors import BadInput, GateFailed
 from gallery.fingerprint import file_sha256
+from gallery.ingest import ON_ERROR
 from gallery.metrics.identification import identification_report, mean_identification_report, search_stats
 from gallery.metrics.retrieval import mean_average_precision
 from gallery.metrics.verification import DEFAULT_FARS, threshold_at_far, verification_report
@@ -54,6 +56,9 @@ class CheckConfig:
     save_embeddings: str | None = None
     adapter: str | None = None             # h: old space -> new space (gallery train-adapter)
     sign_key: str | None = None            # key file: the report gets an HMAC-SHA256 (compat/signing.py)
+    detect: bool | None = None             # photo folders: detect + align faces (None: as the model declares)
+    detector: str | None = None            # YuNet ONNX (default $GALLERY_YUNET_MODEL)
+    on_error: str = "skip"                 # a photo without a face: left out and reported, or "fail"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,6 +82,7 @@ class CheckResult:
             raise GateFailed(f"compatibility gate(s) failed: {', '.join(self.report['failed_gates'])}")
 
 
+MAX_ERRORS = 100  # item errors listed in a report (their count is data.left_out)
 OLD_SPACE = "new_old_space"  # role: a v2's projection into v1's space (train-compatible --dim != v1's)
 ADAPTED = "new->h(old)"  # new queries against the old gallery mapped by the adapter
 COMPARISONS = {"old/old": ("old", "old"), "new/new": ("new", "new"), "new->old": ("new", "old"),
@@ -97,6 +103,8 @@ def _validate(config: CheckConfig) -> None:
         raise BadInput(f"--headline must be auto, rank1 or tar, got {config.headline!r}")
     if config.batch_size < 1:
         raise BadInput(f"--batch-size must be >= 1, got {config.batch_size}")
+    if config.on_error not in ON_ERROR:
+        raise BadInput(f"--on-error must be one of {', '.join(ON_ERROR)}, got {config.on_error!r}")
     if config.sign_key is not None:
         read_key(config.sign_key)  # a bad key fails now, not after the embedding
 
@@ -164,18 +172,21 @@ def _names(config: CheckConfig, items: dict) -> list[str]:
     return names + (["reference/reference"] if config.reference else [])
 
 
-def _embed(evalset, encoders, pre, config, progress, on_total) -> dict[str, np.ndarray]:
+def _embed(evalset, encoders, pre, config, progress, on_total) -> Embedded:
+    """Every role's item embeddings; items a face model found no face in are left out of all."""
     if on_total is not None:
         on_total(evalset.num_items * len(encoders))
-    items = {}
-    for role, encoder in encoders.items():
-        log.info("embedding %d items with the %s model", evalset.num_items, role)
-        items[role] = evalset.embed(encoder, batch_size=config.batch_size, progress=progress)
+    log.info("embedding %d items with the %s model(s)", evalset.num_items, ", ".join(encoders))
+    done = evalset.embed_roles(encoders, config.batch_size, progress, config.detect, config.detector,
+                               config.on_error)
     if pre is not None:
         for role, array in pre["features"].items():
-            if role in _roles(config) and role not in items:
-                items[role] = array
-    return items
+            if role in _roles(config) and role not in done.items:
+                done.items[role] = array if done.kept is None else array[done.kept]
+    if done.errors:
+        log.warning("%d of %d evaluation items left out (first: %s: %s)", len(done.errors), evalset.num_items,
+                    done.errors[0]["item"], done.errors[0]["error"])
+    return done
 
 
 def _pair_scores(q: np.ndarray, g: np.ndarray, pairs: PairProtocol, chunk: int = 32_768) -> np.ndarray:
@@ -278,7 +289,11 @@ def run_check(
     adapter = _load_adapter(config, identities)
     _check_dims(encoders, pre, adapter, config)
     _check_rows(evalset, pre, config)
-    items = _embed(evalset, encoders, pre, config, progress, on_total)
+    done = _embed(evalset, encoders, pre, config, progress, on_total)
+    items = done.items
+    if done.kept is not None:  # the protocols over the items every model embedded
+        evalset = evalset.subset(done.kept)
+        pairs, search = _protocols(evalset, config.protocol())
     if config.save_embeddings:
         _save(config.save_embeddings, evalset, items, identities, pairs)
     if adapter is not None:  # per item, before any template aggregation, as a store would
@@ -297,7 +312,7 @@ def run_check(
     gates, summary = evaluate_gates(config, {n: headline_value(headline, c) for n, c in comparisons.items()},
                                     cross=ADAPTED if adapter is not None else "new->old")
     report = build_report(
-        models=identities, data=_data_identity(evalset, pre, config),
+        models=identities, data={**_data_identity(evalset, pre, config), "item_errors": done.errors[:MAX_ERRORS]},
         protocol=_protocol_summary(config, evalset, pre, pairs, search), comparisons=comparisons,
         headline=headline, summary=summary, gates=gates,
         thresholds=_thresholds(name_roles, curves, identities, config.target_far), config=config.to_dict(),

@@ -8,7 +8,10 @@ seeded 1:1 and 1:N protocols) or fixed pairs / a fixed 1:N split, or both.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from dataclasses import dataclass, field
+
+from pathlib import Path
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -20,8 +23,18 @@ from gallery.compat.protocols import (
     verification_protocol,
 )
 from gallery.encoder import Encoder, embed_images
+from gallery.errors import BadInput
 
 Progress = Callable[[int], None] | None
+
+
+@dataclass
+class Embedded:
+    """Every role's item embeddings over the same items: all of the set's, or only `kept`
+    (positions) when some could not be embedded (`errors`: {"item", "error"} each)."""
+    items: dict[str, np.ndarray]
+    kept: np.ndarray | None = None
+    errors: list[dict] = field(default_factory=list)
 
 
 class EvalSet:
@@ -44,6 +57,20 @@ class EvalSet:
             if progress is not None:
                 progress(len(batch))
         return np.concatenate(parts) if parts else np.zeros((0, encoder.dim), np.float32)
+
+    def embed_roles(self, encoders: Mapping[str, Encoder], batch_size: int = 64, progress: Progress = None,
+                    detect: bool | None = None, detector: str | Path | None = None,
+                    on_error: str = "skip") -> Embedded:
+        """Each encoder's embeddings of every item. Face detection applies to photo folders
+        only (FolderSet): a .bin holds aligned crops, IJB-C aligns from its landmarks file."""
+        if detect:
+            raise BadInput(f"--detect applies to image folders; {self.path} is a {self.kind} set "
+                           "(its faces are aligned already or by its landmarks)")
+        return Embedded({role: self.embed(enc, batch_size, progress) for role, enc in encoders.items()})
+
+    def subset(self, kept: np.ndarray) -> "EvalSet":
+        """The set restricted to items `kept` (positions), for sets whose units are items."""
+        raise BadInput(f"a {self.kind} set cannot leave items out")
 
     def to_units(self, item_features: np.ndarray) -> np.ndarray:
         """Item embeddings -> unit embeddings (L2-normalised by the checker)."""
