@@ -24,8 +24,6 @@ BELOW_STORE = {"gallery.errors", "gallery.registry", "gallery.fingerprint", "gal
 # The store's upward imports that the crash-safe store work (issue 13) removes; listed so the
 # test guards everything else now. Remove an entry when its import goes (a stale one fails).
 STORE_UPWARD_PENDING: set[tuple[str, str]] = set()  # (module, import) pairs allowed for now: none left
-# Files whose in-function imports predate the rule and belong to that same work.
-UNCOMMENTED_PENDING = ("gallery/store/", "gallery/index/sidecar.py")
 
 
 def module_files(package: Path) -> dict[str, Path]:
@@ -170,8 +168,7 @@ def test_store_imports_nothing_above_it():
 
 def test_every_import_inside_a_function_says_why():
     _, inner = import_graph(ROOT / "gallery")
-    silent = [f"{path.relative_to(ROOT)}:{line}" for path, line, commented in inner
-              if not commented and not str(path.relative_to(ROOT)).startswith(UNCOMMENTED_PENDING)]
+    silent = [f"{path.relative_to(ROOT)}:{line}" for path, line, commented in inner if not commented]
     assert not silent, "imports inside functions without a comment (torch/cv2 optional? CLI start-up?): " \
                        + ", ".join(silent)
 

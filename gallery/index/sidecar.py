@@ -233,7 +233,7 @@ def _build_for_store(store: "Store", kind: str | None, checksum: str, **params: 
 
 def _load(store: "Store") -> GalleryIndex:
     """The sidecar, only if its faiss file is the one its record names (sha256)."""
-    import faiss
+    import faiss  # lazy: CLI start-up (every command imports gallery.index; few search)
 
     meta = checked_record(json.loads(_meta_path(store).read_text()))
     path = store.dir / Path(str(meta["file"])).name  # the file this record names, not a later one
@@ -250,7 +250,7 @@ def _load(store: "Store") -> GalleryIndex:
 
 
 def _save(store: "Store", index: GalleryIndex) -> None:
-    import faiss
+    import faiss  # lazy: CLI start-up, as in _load
 
     meta_path = _meta_path(store)
     tmp = store.dir / f".sidecar.{os.getpid()}.tmp"

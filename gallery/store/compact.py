@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gallery.store import manifest as mf
-from gallery.store import reads, segments
+from gallery.store import overlays, reads, segments
 from gallery.store.schema import SEGMENT_COLUMNS
 
 if TYPE_CHECKING:
@@ -116,8 +116,6 @@ def _merge_run(store: "Store", segs: list[dict], new) -> dict:
 
 
 def _merge_overlay(store: "Store", version: str, new) -> None:
-    from gallery.store import overlays
-
     over = store.manifest["overlays"][version]
     rows = overlays.rows_of(store, version)
     emb = overlays._read(store, version, "embedding")

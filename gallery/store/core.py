@@ -25,10 +25,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from gallery import validate
 from gallery.errors import BadInput, GalleryError
+from gallery.limits import check_dim
+from gallery.store import compact, export, idindex, items, reads, schema, segments, verify
 from gallery.store import manifest as mf
-from gallery.store import schema, segments
 from gallery.store.locking import WriterLock
+from gallery.store.migrations import backup_path, legacy_schema
 from gallery.store.models import ModelRecords, with_stored_path
 from gallery.store.schema import EMPTY_CHAIN, ModelInfo  # noqa: F401  (EMPTY_CHAIN: older callers)
 
@@ -41,7 +44,6 @@ PIN_RETRIES = 20
 def _refuse_file(path: Path) -> None:
     """Why a file is not an openable store: not HDF5, cut short, not a gallery, or a
     single-file (schema v1/v2) store that `gallery migrate` converts."""
-    from gallery.store.migrations import legacy_schema
 
     version = legacy_schema(path)  # BadInput for an unreadable or foreign file
     if version > schema.SCHEMA_VERSION:
@@ -57,7 +59,6 @@ def check_store_path(path: Path) -> None:
         return
     if path.is_file():
         _refuse_file(path)
-    from gallery.store.migrations import backup_path
 
     if backup_path(path).exists():
         raise BadInput(f"store {path} is half-way through `gallery migrate`; run it again to finish")
@@ -96,7 +97,6 @@ class Store(ModelRecords):
             raise BadInput(f"store already exists: {path}")
         if dtype not in schema.DTYPES:
             raise BadInput(f"embedding dtype {dtype!r} not one of {schema.DTYPES}")
-        from gallery.limits import check_dim
         check_dim(model.dim, f"store {path}")
         schema.check_version_name(model.version)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
@@ -383,39 +383,30 @@ class Store(ModelRecords):
     # gallery.index), which take a Store: the store imports nothing above it.
     def enroll(self, embeddings: np.ndarray, ids: Sequence[str], identities: Sequence[str] | None = None,
                **kwargs: Any) -> dict:
-        from gallery import validate
-        from gallery.store import items
         validate.enrolment(embeddings, ids, identities)  # values no store may hold (gallery/validate.py)
         return items.enroll(self, embeddings, ids, identities, **kwargs)
 
     def remove(self, ids: Sequence[str]) -> dict:
-        from gallery.store import items
         return items.remove(self, ids)
 
     def find_ids(self, ids: Sequence[str]) -> dict[str, int]:
         """{id: row} for those of `ids` the store holds (live or removed: ids are never reused)."""
-        from gallery.store import idindex
         return idindex.find(self, ids)
 
     def columns(self) -> dict[str, np.ndarray]:
-        from gallery.store import reads
         return reads.columns(self)
 
     def values_at(self, name: str, rows: np.ndarray) -> np.ndarray:
-        from gallery.store import reads
         return reads.values_at(self, name, rows)
 
     def tombstones(self) -> np.ndarray:
         """bool per committed row: removed."""
-        from gallery.store import reads
         return reads.snapshot(self)[2]
 
     def embeddings(self, rows: np.ndarray | None = None) -> np.ndarray:
-        from gallery.store import reads
         return reads.embeddings(self, rows)
 
     def content_checksum(self) -> str:
-        from gallery.store import reads
         return reads.content_checksum(self)
 
     def count(self) -> int:
@@ -423,19 +414,15 @@ class Store(ModelRecords):
         return int((~self.tombstones()).sum())
 
     def verify(self, quick: bool = False) -> dict:
-        from gallery.store import verify
         return verify.verify(self, quick=quick)
 
     def compact(self, **kwargs: Any) -> dict:
-        from gallery.store import compact
         return compact.compact(self, **kwargs)
 
     def export(self, out: str | Path) -> dict:
-        from gallery.store import export
         return export.export(self, out)
 
     def info(self) -> dict:
-        from gallery.store import reads
         return {
             "path": str(self.path), "schema_version": self.schema_version, "dim": self.dim,
             "dtype": self.dtype, "created": str(self.manifest["created"]),

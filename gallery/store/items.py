@@ -22,6 +22,7 @@ from gallery.errors import BadInput, NotFound
 from gallery.preprocess import l2_normalize
 from gallery.store import idindex, schema, segments
 from gallery.store import manifest as mf
+from gallery.store.compact import compact, small_segments
 from gallery.store.reads import snapshot
 from gallery.store.schema import ITEM_COLUMNS, SEGMENT_COLUMNS
 
@@ -134,8 +135,6 @@ def enroll(
 
 def auto_compact(store: "Store") -> None:
     """Merge small files once there are many (bounded read cost and manifest size)."""
-    from gallery.store.compact import compact, small_segments
-
     if len(small_segments(store)) > AUTO_COMPACT_FILES or len(store.manifest["deletions"]) > AUTO_COMPACT_FILES:
         compact(store)
 

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from gallery.errors import BadInput
+from gallery.modelfiles import resolve, to_stored
 from gallery.store import schema
 from gallery.store.schema import ModelInfo
 
@@ -21,8 +22,6 @@ from gallery.store.schema import ModelInfo
 def with_stored_path(store_path: Path, model: ModelInfo) -> ModelInfo:
     """The record as written: its file path relative to the store's folder when inside it
     (in memory, `model()` gives it resolved, so a record read and written back is unchanged)."""
-    from gallery.modelfiles import to_stored
-
     return replace(model, path=to_stored(store_path, model.path))
 
 
@@ -48,8 +47,6 @@ class ModelRecords:
 
     def model(self, version: str | None = None) -> ModelInfo:
         """The record of a version or alias (default: the active query model)."""
-        from gallery.modelfiles import resolve
-
         version = self.resolve_version(version or self.active_model)
         info = ModelInfo.from_attrs(self.manifest["models"][version])
         found = resolve(self.path, info.path)  # recorded relative to the store's folder when inside it

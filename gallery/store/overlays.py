@@ -15,6 +15,7 @@ manifest["overlays"][version]["plan"] with its cursor and settings.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -181,8 +182,6 @@ def checksum_part(store: "Store") -> str:
     """What the searchable content depends on beyond the committed batches."""
     if not store.manifest["overlays"]:
         return ""
-    import json
-
     counts = {v: count(store, v) for v in versions(store)}
     return json.dumps({"lineage": lineage(store), "overlay": counts}, sort_keys=True)
 

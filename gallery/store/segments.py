@@ -16,6 +16,7 @@ opened for writing again.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -63,8 +64,6 @@ def _dataset(h5: h5py.File, name: str, data: np.ndarray) -> None:
 def _finish(directory: Path, name: str, data: bytes, durable: bool) -> dict:
     """Write `data` as NAME.tmp, fsync, rename to NAME (a file under its final name is always
     complete); returns its manifest record (name, size, sha256 of these very bytes)."""
-    import hashlib
-
     tmp = directory / f"{name}.tmp"
     tmp.unlink(missing_ok=True)
     mf.write_bytes(tmp, data, durable)
@@ -114,8 +113,6 @@ def read_array(directory: Path, record: dict, display: Path | None = None, data:
         data = (directory / record["file"]).read_bytes() if data is None else data
     except OSError as exc:
         raise Damaged(f"store file {path} is unreadable ({exc.strerror}); run `gallery verify`") from None
-    import hashlib
-
     if len(data) != record["bytes"] or hashlib.sha256(data).hexdigest() != record["sha256"]:
         raise Damaged(f"store file {path} is damaged (checksum mismatch); run `gallery verify`")
     return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
