@@ -275,7 +275,7 @@ class Store(ModelRecords):
                 out.append((f"backfill plan of {version}", over["plan"]))
         return out
 
-    def new_file(self, kind: str) -> str:
+    def _new_file(self, kind: str) -> str:
         """A never-used file name (the counter lives in the manifest being built)."""
         number = int(self.manifest["next_file"])
         self.manifest["next_file"] = number + 1
@@ -443,7 +443,7 @@ class _NewFiles:
         self.names: list[str] = []
 
     def name(self, kind: str) -> str:
-        name = self.store.new_file(kind)
+        name = self.store._new_file(kind)  # _NewFiles is this module's
         self.names.append(name)
         return name
 
