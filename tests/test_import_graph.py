@@ -13,6 +13,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # What the store may import from outside gallery.store: modules below it.
@@ -151,23 +153,30 @@ def store_upward(edges: dict[str, set[str]]) -> set[tuple[str, str]]:
             for t in targets if not t.startswith("gallery.store") and t not in BELOW_STORE}
 
 
-def test_no_import_cycles_in_gallery():
-    edges, _ = import_graph(ROOT / "gallery")
+@pytest.fixture(scope="module")
+def gallery_graph():
+    """The graph of gallery/, read once for the tests below (each gets its own copy of the edges)."""
+    edges, inner = import_graph(ROOT / "gallery")
+    return edges, inner
+
+
+def test_no_import_cycles_in_gallery(gallery_graph):
+    edges = defaultdict(set, {m: set(t) for m, t in gallery_graph[0].items()})
     for module, target in STORE_UPWARD_PENDING:
         edges[module].discard(target)
     assert cycles(edges) == []
 
 
-def test_store_imports_nothing_above_it():
-    edges, _ = import_graph(ROOT / "gallery")
+def test_store_imports_nothing_above_it(gallery_graph):
+    edges = gallery_graph[0]
     upward = store_upward(edges)
     assert not upward - STORE_UPWARD_PENDING, "gallery.store imports upward: " + repr(sorted(upward - STORE_UPWARD_PENDING))
     stale = STORE_UPWARD_PENDING - upward
     assert not stale, f"gone from gallery.store, remove from STORE_UPWARD_PENDING: {sorted(stale)}"
 
 
-def test_every_import_inside_a_function_says_why():
-    _, inner = import_graph(ROOT / "gallery")
+def test_every_import_inside_a_function_says_why(gallery_graph):
+    inner = gallery_graph[1]
     silent = [f"{path.relative_to(ROOT)}:{line}" for path, line, commented in inner if not commented]
     assert not silent, "imports inside functions without a comment (torch/cv2 optional? CLI start-up?): " \
                        + ", ".join(silent)

@@ -60,8 +60,10 @@ def _run(extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
 
 
-def test_import_gallery_without_torch():
-    result = _run("")
+def test_import_gallery_and_the_serving_cli_without_torch():
+    """Every gallery module imports, then the CLI answers --help, in one interpreter where
+    torch cannot be imported (one process: a fresh interpreter costs about a second)."""
+    result = _run(SERVING)
     assert result.returncode == 0, result.stdout + result.stderr
     count = int(result.stdout.split("modules")[1])
     assert count >= 8  # store, index, encoder, search... were all imported
@@ -71,8 +73,3 @@ def test_blocker_really_blocks():
     """The harness must fail if something imports torch (guards against a vacuous pass)."""
     result = _run("import trainer.methods.base")
     assert result.returncode != 0 and "blocked for this test: torch" in result.stderr
-
-
-def test_serving_cli_without_torch():
-    result = _run(SERVING)
-    assert result.returncode == 0, result.stdout + result.stderr
