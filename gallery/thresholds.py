@@ -23,8 +23,8 @@ from gallery.compat.verdicts import check_report
 from gallery.encoder import load_registered
 from gallery.errors import BadInput
 from gallery.preprocess import l2_normalize
-from gallery.rollout import overlay, state
-from gallery.store import Store
+from gallery.rollout import state
+from gallery.store import Store, overlays
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def query_models(store: Store) -> list[str]:
 
 def row_models(store: Store) -> list[str]:
     """Versions that embedded live rows (as stored, or re-embedded by a backfill)."""
-    found = {v for v, n in store.info()["per_model"].items() if n} | set(overlay.versions(store))
+    found = {v for v, n in store.info()["per_model"].items() if n} | set(overlays.versions(store))
     return sorted(v for v in found if v in store.model_versions())
 
 

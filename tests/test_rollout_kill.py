@@ -17,7 +17,7 @@ import pytest
 from cli_helpers import ok, upgraded_store
 from gallery.rollout import overlay
 from gallery.search import search
-from gallery.store import Store
+from gallery.store import Store, overlays
 
 pytest.importorskip("torch")
 
@@ -60,7 +60,7 @@ def _state(path: Path) -> dict:
     with Store.open(path) as st:
         rows = overlay.committed_rows(st, "v2")  # committed = published: every commit is visible
         return {"rows": rows, "published": len(rows), "emb": st.embeddings(),
-                "models": st.columns()["model"], "verify": st.verify()["ok"] and not overlay.check(st),
+                "models": st.columns()["model"], "verify": st.verify()["ok"] and not overlays.check(st),
                 "events": [e for e in st.history() if e["event"] == "backfill"]}
 
 

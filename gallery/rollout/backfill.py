@@ -28,7 +28,7 @@ from gallery.errors import BadInput
 from gallery.fingerprint import file_sha256
 from gallery.preprocess import l2_normalize
 from gallery.rollout import overlay, state
-from gallery.store import Store
+from gallery.store import Store, overlays
 from gallery.store.reads import model_counts
 
 log = logging.getLogger(__name__)
@@ -90,13 +90,13 @@ def _embed(encoder: Any, paths: list[Path], dtype: str, load: Any) -> np.ndarray
 
 def _start(st: Store, config: BackfillConfig, root: Path) -> tuple[np.ndarray, int, dict, bool]:
     version = st.active_model
-    existing = overlay.plan(st, version)
+    existing = overlays.plan(st, version)
     if existing is not None:
         rows, cursor, meta = existing
         log.info("resuming backfill of %s at %d/%d", st.path, cursor, len(rows))
         return rows, cursor, meta, True
     rows, missing = plan_rows(st, root)
-    base = overlay.count(st, version)
+    base = overlays.count(st, version)
     meta = {"batch_size": config.batch_size, "images": str(root.resolve()), "missing": missing,
             "base": base, "started": time.time(), "trust_images": config.trust_images}
     overlay.start_plan(st, version, rows, meta)
@@ -133,7 +133,7 @@ def backfill(config: BackfillConfig, progress: Progress = None,
                 progress(len(chunk))
         with st.transaction():  # the last rows, the end of the run and its record: one commit
             overlay.finish_plan(st, version)
-            committed = overlay.count(st, version)
+            committed = overlays.count(st, version)
             result = {"model": version, "batch_size": batch, "planned": int(len(rows)),
                       "embedded": committed - int(meta["base"]),
                       "skipped_no_image": int(meta["missing"]), "resumed": resumed,
@@ -150,8 +150,8 @@ def _older_rows(store: Store) -> int:
 def status(store_path: str | Path) -> dict:
     """Backfill progress of the query model: rows per model version and any unfinished run."""
     with Store.open(store_path, "r") as st:
-        pending = overlay.plan(st, st.active_model)
-        problems = overlay.check(st)
+        pending = overlays.plan(st, st.active_model)
+        problems = overlays.check(st)
         return {"model": st.active_model, "rows_per_model": model_counts(st),  # not every row decoded
                 "unfinished_run": None if pending is None else {"done": pending[1], "planned": len(pending[0])},
                 "ok": not problems, "problems": problems}

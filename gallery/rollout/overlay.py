@@ -9,51 +9,52 @@ the same plan and batch boundaries (backfill.py).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import weakref
 
 import numpy as np
 
-from gallery.store.overlays import (OverlayView, check, count, drop, lineage, plan, rows_of,  # noqa: F401
-                                    versions, view)
-from gallery.store import overlays
+from gallery.store import Store, overlays
 
-if TYPE_CHECKING:
-    from gallery.store import Store
-
-
-def committed_rows(store: "Store", version: str) -> np.ndarray:
-    return rows_of(store, version)
+# A backfill's batches since its last commit, per open writer handle and version:
+# {version: [cursor after the last batch, (rows, embedding, hashes), ...]}. Kept here, not
+# on the Store: the buffer is the backfill's; it goes with the handle.
+_PENDING: "weakref.WeakKeyDictionary[Store, dict[str, list]]" = weakref.WeakKeyDictionary()
 
 
-def start_plan(store: "Store", version: str, rows: np.ndarray, meta: dict) -> None:
+def committed_rows(store: Store, version: str) -> np.ndarray:
+    """Rows re-embedded by `version` that readers see (committed = published)."""
+    return overlays.rows_of(store, version)
+
+
+def start_plan(store: Store, version: str, rows: np.ndarray, meta: dict) -> None:
     """Fix the rows a backfill run visits (in order) so a resumed run makes the same batches."""
     with store.transaction():
         overlays.set_plan(store, version, rows, meta)
         store.commit()
 
 
-def pending_rows(store: "Store", version: str) -> int:
+def pending_rows(store: Store, version: str) -> int:
     """Rows re-embedded by this process since its last commit."""
-    return sum(len(r) for r, _, _ in store._overlay_pending.get(version, [])[1:])
+    return sum(len(r) for r, _, _ in _PENDING.get(store, {}).get(version, [])[1:])
 
 
-def commit_batch(store: "Store", version: str, rows: np.ndarray, embedding: np.ndarray,
+def commit_batch(store: Store, version: str, rows: np.ndarray, embedding: np.ndarray,
                  hashes: list[str], cursor: int, publish: bool = True) -> None:
     """Add re-embedded rows (unit length) and advance the plan cursor; `publish` commits
     everything buffered since the last commit (rows and cursor together), otherwise the
     batch waits in memory (a kill loses it; the resumed run redoes it identically)."""
     store.require_writer()
     # [cursor, batch, batch, ...]: the cursor after the last buffered batch, then the batches
-    queue = store._overlay_pending.setdefault(version, [None])
+    queue = _PENDING.setdefault(store, {}).setdefault(version, [None])
     queue[0] = int(cursor)
     queue.append((np.asarray(rows, np.int64), np.asarray(embedding), list(hashes)))
     if publish:
         flush(store, version)
 
 
-def flush(store: "Store", version: str) -> None:
+def flush(store: Store, version: str) -> None:
     """Commit the buffered rows and the cursor of `version`'s run."""
-    cursor, *queue = store._overlay_pending.pop(version, [None])
+    cursor, *queue = _PENDING.get(store, {}).pop(version, [None])
     with store.transaction():
         if queue:
             rows = np.concatenate([r for r, _, _ in queue])
@@ -64,7 +65,7 @@ def flush(store: "Store", version: str) -> None:
         store.commit()
 
 
-def finish_plan(store: "Store", version: str) -> None:
+def finish_plan(store: Store, version: str) -> None:
     """Commit what is buffered and end the run (one commit; inside the caller's transaction
     when there is one)."""
     with store.transaction():

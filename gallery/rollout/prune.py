@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 from gallery.rollout import overlay, state
-from gallery.store import Store
+from gallery.store import Store, overlays
 from gallery.store.columns import stored_models
 
 
@@ -46,7 +46,7 @@ def prune(store_path: str | Path, dry_run: bool = False, drop_rollback: bool = F
             return result
         with st.transaction():  # one commit: no model half-removed
             for version in doomed:
-                result["overlay_rows_dropped"] += overlay.drop(st, version)
+                result["overlay_rows_dropped"] += overlays.drop(st, version)
                 st.manifest["models"].pop(version)
                 state.set_parent(st, version, None)
             parents = state.parents(st)

@@ -23,9 +23,9 @@ from gallery.errors import BadInput
 from gallery.imagefolder import expand_image_args, list_image_folder
 from gallery.index.core import faiss_module
 from gallery.preprocess import l2_normalize
-from gallery.rollout import overlay, state
+from gallery.rollout import state
 from gallery.search import SearchResult
-from gallery.store import Store
+from gallery.store import Store, overlays
 from gallery.store.columns import stored_models
 from gallery.store.reads import embeddings
 
@@ -76,7 +76,7 @@ def gallery_view(store: Store, version: str) -> tuple[np.ndarray, np.ndarray, np
     emb = embeddings(store, None, version)  # the store's one "vectors as `version` sees them"
     names, codes = stored_models(store, n)
     models = np.asarray(names, dtype=object)[codes] if n else np.empty(0, object)
-    view = overlay.view(store, version)
+    view = overlays.view(store, version)
     if view is not None and len(view.rows):
         models[view.rows] = view.versions
     live = np.flatnonzero(~store.tombstones())

@@ -80,7 +80,6 @@ class Store(ModelRecords):
         self._cache: dict[str, Any] = {}
         self._files = segments.Files(self.dir, path)
         self._small: dict[str, bytes] = {}  # deletion and plan files' bytes, read when pinned
-        self._overlay_pending: dict[str, list] = {}  # a backfill's batches since its last commit
         self._tx_depth = 0
         self._tx_dirty = False
         self._base = int(manifest["version"])  # the manifest this handle's changes build on
