@@ -112,6 +112,20 @@ def test_bad_input_raises_and_creates_no_store(tmp_path) -> None:
         assert not (tmp_path / "g.h5").exists(), name
 
 
+def test_failed_first_enrol_leaves_no_store(tmp_path, monkeypatch) -> None:
+    """The store exists once created; an enrol that fails after that removes it again."""
+    enc, ids, labels = _gallery(10, seed=2)
+    _write_all(tmp_path, enc, ids, labels)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Store, "enroll", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        import_dlib(tmp_path / "enc.h5", tmp_path / "g.h5")
+    assert not (tmp_path / "g.h5").exists()
+
+
 def test_mismatched_ids_rejected(tmp_path) -> None:
     enc, ids, labels = _gallery()
     _write_all(tmp_path, enc, ids, labels)

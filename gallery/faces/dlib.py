@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -164,8 +165,8 @@ def import_dlib(encodings_path: str | Path, store_path: str | Path, ids: str | P
                                   "rows": len(item_ids)})
     except BaseException:
         # a failed first enrol leaves no store behind: nothing half-written
-        if created:
-            store_path.unlink(missing_ok=True)
+        if created:  # the store is a directory (it was a file before the segmented store)
+            shutil.rmtree(store_path, ignore_errors=True)
         raise
     log.info("imported %d dlib encodings into %s", len(item_ids), store_path)
     return {"store": str(store_path), "version": version, "model_id": DLIB_MODEL_ID,
