@@ -1,7 +1,8 @@
 """Reproduce the MixBCT comparison on glyph identities, end to end, through the `gallery` CLI.
 
     python examples/reproduce.py --preset cpu                # quick: one seed, open-class
-    python examples/reproduce.py --preset cpu-large --jobs N # 3 seeds, both scenarios, every method
+    python examples/reproduce.py --preset cpu-large --jobs 2 # 3 seeds, both scenarios, every method
+    python examples/reproduce.py --preset gpu-medium --jobs N --set train.device=cuda  # the same, larger
     python examples/reproduce.py --preset gpu                # iresnet, 112x112, one GPU
 
 Steps (each skipped when its output already exists, so an interrupted run resumes and
@@ -146,6 +147,8 @@ def build_data(run: Runner, preset: dict, scenarios: list[str]) -> Path:
             "--per-identity", str(d["per_identity"]), "--eval-per-identity", str(d["eval_per_identity"]),
             "--image-size", str(d["image_size"]), "--seed", str(d["seed"]),
             "--scenarios", ",".join(scenarios), "--workers", str(d.get("workers", 1)), "--quiet"]
+    if "eval_fraction" in d:  # a small training set can still keep ~200 eval identities
+        args += ["--eval-fraction", str(d["eval_fraction"])]
     run.step("data", out / "manifest.json", args)
     run.flush()
     return out
@@ -223,7 +226,7 @@ def check_all(run: Runner, preset: dict, eval_dir: Path, olds: dict[str, Path], 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="cpu", help="cpu | cpu-large | gpu | path/to/preset.toml")
+    parser.add_argument("--preset", default="cpu", help="cpu | cpu-large | gpu-medium | gpu | path/to/preset.toml")
     parser.add_argument("--work", type=Path, default=None, help="Working folder (default runs/<preset>).")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="Override a preset value, e.g. new.epochs=8 (repeatable).")

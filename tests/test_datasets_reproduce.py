@@ -99,10 +99,37 @@ def test_paired_gaps_match_a_naive_bootstrap_and_the_reports(tmp_path):
     assert "| mixbct |" in md and "| l2 |" in md
 
 
-def test_cpu_large_preset_and_method_variants():
-    preset = reproduce.load_preset("cpu-large", [])
+@pytest.mark.parametrize("name", ["cpu-large", "gpu-medium"])
+def test_large_presets_and_method_variants(name):
+    preset = reproduce.load_preset(name, [])
+    assert preset["name"] == name
     assert reproduce.method_entry(preset, "bct-official") == ("bct", {"bct_variant": "official"})
     assert reproduce.method_entry(preset, "bct-scaled") == ("bct", {"bct_variant": "scaled"})
     assert reproduce.method_entry(preset, "mixbct")[0] == "mixbct"
-    assert {"unibct", "nccl", "auto"} <= set(preset["methods"]["names"])
+    assert reproduce.method_entry(preset, "nccl") == ("nccl", {})
+    assert {"independent", "l2", "unibct", "nccl", "auto"} <= set(preset["methods"]["names"])
     assert len(preset["seeds"]) == 3 and preset["scenarios"] == ["open-class", "open-data"]
+    assert set(preset["old"]) == {"weak", "strong"}
+
+
+def test_every_preset_resolves_and_builds_its_data_command(tmp_path, monkeypatch):
+    """Each shipped preset parses, names itself after its file, and turns into one
+    `gallery data glyphs` call (cpu-large keeps 200 eval identities via --eval-fraction)."""
+    names = sorted(p.stem for p in (EXAMPLES / "presets").glob("*.toml"))
+    assert {"cpu", "cpu-large", "gpu-medium", "gpu"} <= set(names)
+    for name in names:
+        preset = reproduce.load_preset(name, [])
+        assert preset["name"] == name
+        assert {"data", "train", "old", "new", "methods"} <= set(preset)
+        run = reproduce.Runner(tmp_path / name, jobs=1)
+        monkeypatch.setattr(run, "flush", lambda: None)  # queue only; nothing is trained here
+        reproduce.build_data(run, preset, list(preset.get("scenarios", ["open-class"])))
+        (step,) = run.pending
+        args = step[2]
+        assert args[:2] == ["data", "glyphs"]
+        assert args[args.index("--identities") + 1] == str(preset["data"]["identities"])
+        if "eval_fraction" in preset["data"]:
+            fraction = float(args[args.index("--eval-fraction") + 1])
+            assert round(preset["data"]["identities"] * fraction) == 200
+        else:
+            assert "--eval-fraction" not in args
