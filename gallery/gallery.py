@@ -32,13 +32,13 @@ from gallery import rollout
 from gallery import search as search_mod
 from gallery import thresholds
 from gallery.arrayfiles import read_embedding_file
-from gallery.encoder import Encoder, load_encoder, load_registered
+from gallery.encoder import Encoder, load_encoder, load_registered, old_space_view
 from gallery.errors import BadInput
 from gallery.model_identity import model_sha256
 from gallery.modelfiles import to_stored
 from gallery.rollout.backfill import status as backfill_status
 from gallery.rollout import state as rollout_state
-from gallery.store import ModelInfo, Store
+from gallery.store import ModelInfo, Store, spaces
 from gallery.store.generation import current, stamp
 from gallery.store.migrations import migrate_path
 
@@ -188,6 +188,7 @@ class Gallery:
         if engine is not None and (detect or landmarks):
             raise BadInput("--engine takes --embeddings or --image queries (no --detect/--landmarks)")
         errors: list[dict] = []
+        old_space = None
         with self._reader() as st:
             version = st.resolve_version(query_model or st.active_model)
             if embeddings is not None:
@@ -198,6 +199,11 @@ class Gallery:
                 vectors, names, errors = ingest.embed_queries(
                     self.encoder(version), [queries] if isinstance(queries, (str, Path)) else list(queries),
                     batch_size, progress, on_error, detect, detector, landmarks)
+                view = old_space_view(self.encoder(version))
+                if view is not None and spaces.groups(st, version).old_space.size and names:
+                    # older rows of another dimension meet these queries through the projection
+                    old_space = ingest.embed_queries(view, names, batch_size, None, "fail", detect, detector,
+                                                     landmarks)[0]
             if engine is not None:  # the serving view a `gallery sync` keeps, same decisions
                 with engines.connect(*engines.parse_engine(engine, st, collection)) as eng:
                     result = engines.search(eng, collection or engines.default_alias(st), vectors, k=k,
@@ -206,7 +212,7 @@ class Gallery:
             else:
                 result = search_mod.search(st, vectors, k=k, threshold=threshold, query_version=version,
                                            kind=index, nprobe=nprobe, ef_search=ef_search, rerank=rerank,
-                                           accept_uncalibrated=accept_uncalibrated)
+                                           accept_uncalibrated=accept_uncalibrated, old_space_queries=old_space)
         result.names, result.errors = names, errors
         return result
 
@@ -341,17 +347,22 @@ class Gallery:
     # ---- rollout ----------------------------------------------------------------
     def upgrade(self, model: PathLike, report: PathLike, version: str | None = None, force: bool = False,
                 stage: bool = False, sign_key: PathLike | None = None, require_signed: bool = False,
-                 allow_missing_model: bool = False) -> dict:
+                allow_missing_model: bool = False, adapter: PathLike | None = None, batch_size: int = 16_384,
+                progress: Progress = None, on_total: Progress = None) -> dict:
         """Make `model` the query model, admitted by a passing check-compat `report`
         (GateFailed otherwise, unless `force`); `stage` registers it without switching.
         An already registered target whose file `model` is missing or another model is
         refused unless `allow_missing_model` (then it serves embedding queries only).
+        `adapter` (from `train-adapter`, scored by the report): the query model's rows are
+        mapped into the new model's space first, `batch_size` rows per commit (resumable: call
+        again after a kill).
         `uncalibrated` in the result: served model pairs still without a threshold."""
         with self._lock:
             self.refresh()
             result = rollout.upgrade(self.path, model, report, version=version, force=force, stage=stage,
                                      sign_key=sign_key, require_signed=require_signed,
-                                     allow_missing_model=allow_missing_model)
+                                     allow_missing_model=allow_missing_model, adapter=adapter,
+                                     batch_size=batch_size, progress=progress, on_total=on_total)
         return {**result, "uncalibrated": self.uncalibrated()}
 
     def rollback(self, to: str | None = None, allow_missing_model: bool = False) -> dict:

@@ -12,6 +12,14 @@ never accepted, so they never win the open-set decision, unless the caller opts 
 with `accept_uncalibrated` (then they are accepted at any score, margin = raw score).
 Raw cosine scores of different pairs live on different scales, which is why a pair
 without its own threshold cannot be compared with one that has it.
+
+A store of several dimensions (gallery/store/spaces.py) is searched per group: the query
+model's own space (the index sidecar when it is the query model, else a flat index of its
+rows; rows an adapter or a backfill mapped into that space included), and, for a model
+with an old-space output, the older rows through `old_space_queries`. Each group gives
+its k best; they are merged by the calibrated decision rule: the margin of each hit over
+its own pair's threshold (the raw score for an uncalibrated pair), best first. Rows no
+group covers are counted in `SearchResult.not_compared`.
 """
 
 from __future__ import annotations
@@ -23,9 +31,9 @@ import numpy as np
 
 from gallery import limits, validate
 from gallery.errors import BadInput
-from gallery.index import store_index
+from gallery.index import group_index, store_index
 from gallery.preprocess import l2_normalize
-from gallery.store import Store
+from gallery.store import Store, spaces
 
 
 @dataclass
@@ -40,6 +48,7 @@ class SearchResult:
     accept_uncalibrated: bool = False
     names: list[str] | None = None  # what each query was (image path, id); row numbers if None
     errors: list[dict] = field(default_factory=list)  # {"item", "error"}: query images left out
+    not_compared: dict[str, int] = field(default_factory=dict)  # row model -> live rows not searched
 
     @property
     def calibrated(self) -> np.ndarray:
@@ -130,18 +139,26 @@ def search(
     ef_search: int | None = None,
     rerank: int | None = None,
     accept_uncalibrated: bool = False,
+    old_space_queries: np.ndarray | None = None,
 ) -> SearchResult:
     """k nearest live rows for each query embedding (raw or normalised).
 
     rerank=F fetches F*k candidates from the (approximate) index and re-scores them
     exactly against the store's own vectors: the recall of IVF's cell coverage at the
-    memory of PQ codes, for a few ms of row reads per query."""
+    memory of PQ codes, for a few ms of row reads per query. `old_space_queries`: the
+    same queries through the query model's old-space output (a store of several
+    dimensions; see the module's docstring)."""
     k = limits.check_k(k)
     if rerank is not None and rerank < 1:
         raise BadInput(f"rerank must be >= 1, got {rerank}")
     if threshold is not None and not np.isfinite(threshold):
         raise BadInput(f"threshold must be finite, got {threshold}")
     version = store.resolve_version(query_version or store.active_model)
+    if isinstance(store, Store) and spaces.mixed(store):  # not a serving snapshot (gallery/serve)
+        result = _search_groups(store, version, queries, old_space_queries, k, threshold, kind, nprobe,
+                                ef_search, rerank)
+        result.accept_uncalibrated = accept_uncalibrated
+        return result
     q = prepare_queries(queries, store.dim)
     # a serving snapshot (gallery/serve) brings the index it serves; a Store's is its sidecar
     index = store_index(store, kind=kind) if isinstance(store, Store) else store.index(kind=kind)
@@ -157,6 +174,87 @@ def search(
     result = assemble(store, version, *_pad(scores, rows, k), threshold, keep=k)
     result.accept_uncalibrated = accept_uncalibrated
     return result
+
+
+def _search_groups(store: "Store", version: str, queries: np.ndarray, old_space_queries: np.ndarray | None,
+                   k: int, threshold: float | None, kind: str | None, nprobe: int | None,
+                   ef_search: int | None, rerank: int | None) -> SearchResult:
+    """Each group's k best, merged by margin over the pair's threshold (module docstring)."""
+    groups = spaces.groups(store, version)
+    q = prepare_queries(queries, groups.dim)
+    parts = []
+    if groups.direct.size:
+        if version == store.active_model:
+            index = store_index(store, kind=kind)
+            if nprobe is not None or ef_search is not None:
+                index.set_search_params(nprobe=nprobe, ef_search=ef_search)
+        else:
+            index = group_index(store, ("direct", version), groups.direct,
+                                lambda rows: store.embeddings(rows, version=version))
+        parts.append(_group_hits(store, index, q, k, rerank, version, threshold, groups.direct_models))
+    not_compared = dict(groups.not_compared)
+    if groups.old_space.size:
+        if old_space_queries is None:  # embedding queries without the projection: cannot compare
+            models = store.values_at("model", groups.old_space)
+            for name, count in zip(*np.unique(models, return_counts=True)):
+                not_compared[str(name)] = not_compared.get(str(name), 0) + int(count)
+        else:
+            oq = prepare_queries(old_space_queries, int(groups.old_space_dim or 0))
+            if len(oq) != len(q):
+                raise BadInput(f"{len(q)} queries but {len(oq)} old-space queries")
+            index = group_index(store, ("old_space", version), groups.old_space,
+                                lambda rows: spaces.raw_vectors(store, rows))
+            parts.append(_group_hits(store, index, oq, k, None, version, threshold, groups.old_space_models))
+    if not parts:
+        parts = [(np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64))]
+    result = assemble(store, version, np.concatenate([p[0] for p in parts], axis=1),
+                      np.concatenate([p[1] for p in parts], axis=1), threshold)
+    margin = np.where(result.rows >= 0, result.scores - np.where(np.isfinite(result.thresholds),
+                                                                 result.thresholds, 0), -np.inf)
+    order = np.argsort(-margin, axis=1, kind="stable")[:, :k]  # the decision rule of SearchResult.best
+    for name in ("scores", "rows", "ids", "identities", "models", "thresholds"):
+        setattr(result, name, np.take_along_axis(getattr(result, name), order, 1))
+    result.not_compared = not_compared
+    return result
+
+
+def _group_hits(store: "Store", index: Any, q: np.ndarray, k: int, rerank: int | None, version: str,
+                threshold: float | None, models: set[str]) -> tuple[np.ndarray, np.ndarray]:
+    """One group's k best live hits by margin over their pair's threshold, (nq, k) each, padded.
+
+    A group can hold rows of several models (a v2's own rows and v1 rows an adapter mapped),
+    each with its own threshold, so its k best by margin need not be its k best by raw
+    score: more candidates are fetched until no unfetched row (raw score at most the last
+    fetched one's) could beat the k-th margin found, or the whole group is fetched."""
+    offsets = _thresholds(store, version, np.array(sorted(models) or [""]), threshold)
+    lowest = float(np.min(np.where(np.isfinite(offsets), offsets, 0)))
+    fetch = max(1, min(k * (rerank or 1), index.count))
+    while True:
+        scores, rows = index.search(q, fetch + int(index.meta.get("dead", 0)))
+        if rerank:
+            scores, rows = rescore_exactly(store, q, live_first(store, scores, rows, fetch)[1], fetch, version)
+        scores, rows = live_first(store, scores, rows, fetch)
+        if fetch >= index.count:
+            break
+        margin = _margins(store, version, scores, rows, threshold)
+        kth = -np.sort(-margin, axis=1)[:, k - 1] if margin.shape[1] >= k else np.full(len(q), -np.inf)
+        if (kth >= scores[:, -1] - lowest).all():
+            break
+        fetch = min(fetch * 4, index.count)
+    margin = _margins(store, version, scores, rows, threshold)
+    order = np.argsort(-margin, axis=1, kind="stable")[:, :k]
+    return _pad(np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1), k)
+
+
+def _margins(store: "Store", version: str, scores: np.ndarray, rows: np.ndarray,
+             threshold: float | None) -> np.ndarray:
+    """Each hit's score over its pair's threshold (0 for an uncalibrated pair), -inf for no hit."""
+    hit = rows >= 0
+    models = np.full(rows.shape, "", dtype=object)
+    if hit.any():
+        models[hit] = store.values_at("model", rows[hit])
+    limits = _thresholds(store, version, models.astype(str), threshold)
+    return np.where(hit, scores - np.where(np.isfinite(limits), limits, 0), -np.inf)
 
 
 def _pad(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -186,11 +284,13 @@ def live_first(store: "Store", scores: np.ndarray, rows: np.ndarray, keep: int) 
     return scores[:, :keep], rows[:, :keep]
 
 
-def rescore_exactly(store: "Store", q: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact cosine of each query to its candidate rows (store vectors), best k kept."""
+def rescore_exactly(store: "Store", q: np.ndarray, rows: np.ndarray, k: int,
+                    version: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine of each query to its candidate rows (store vectors as `version`'s
+    queries see them), best k kept."""
     found = rows >= 0
     uniq, inverse = np.unique(rows[found], return_inverse=True)
-    vectors = store.embeddings(uniq)
+    vectors = store.embeddings(uniq, version=version)
     exact = np.full(rows.shape, -np.inf, np.float32)
     qi = np.nonzero(found)[0]
     exact[found] = np.einsum("nd,nd->n", q[qi], vectors[inverse])

@@ -78,6 +78,7 @@ SLOW = (
     "test_methods_resume.py::test_resume_equals_uninterrupted[unibct]",
     "test_reliability_cli.py::test_export_serving_is_an_alias_of_sync",
     "test_reliability_env.py",
+    "test_rollout_adapter.py",
     "test_rollout_e2e.py",
     "test_rollout_kill.py",
     "test_rollout_script.py",

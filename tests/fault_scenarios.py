@@ -37,6 +37,7 @@ class Scenario:
     steps: bool = False                           # commits several times (a resumable run)
     rerun_when_done: bool = False                 # idempotent: rerun even if it had finished
     notes: list[str] = field(default_factory=list)
+    prefix: Callable[[dict, dict, dict], bool] | None = None  # a step's state (default: _prefix_of)
 
 
 # ---- templates --------------------------------------------------------------------------------
@@ -68,22 +69,37 @@ def _threshold_child(root: Path, store: Path) -> list[str]:
     return [sys.executable, "-c", code, str(store)]
 
 
-def _onnx_store(root: Path, upgraded: bool) -> None:
-    """v1 ONNX encoder, digit images enrolled, a passing check-compat report for v2."""
-    from tiny_models import make_onnx_encoder, write_digit_folder  # needs torch: only the ONNX scenarios
+def _onnx_store(root: Path, upgraded: bool, adapter: bool = False) -> None:
+    """v1 ONNX encoder, digit images enrolled, a passing check-compat report for v2. `adapter`
+    (issue 20, `upgrade --adapter`): v1 16-d, v2 24-d and an adapter v1 -> v2 the report scored."""
+    from tiny_models import make_onnx_adapter, make_onnx_encoder, write_digit_folder  # needs torch: only the ONNX scenarios
 
-    make_onnx_encoder(root / "v1.onnx", seed=0)
-    make_onnx_encoder(root / "v2.onnx", seed=1)
+    make_onnx_encoder(root / "v1.onnx", seed=0, **({"dim": 16} if adapter else {}))
+    make_onnx_encoder(root / "v2.onnx", seed=1, **({"dim": 24} if adapter else {}))
+    scored = []
+    if adapter:
+        make_onnx_adapter(root / "a.onnx", root / "v1.onnx", root / "v2.onnx")
+        scored = ["--adapter", root / "a.onnx"]
     write_digit_folder(root / "images", n_per_class=3, seed=0)
     write_digit_folder(root / "eval", n_per_class=3, seed=2)
     store = root / "template" / "g.h5"
     store.parent.mkdir(parents=True)
     ok("init", store, "--model", root / "v1.onnx")
     ok("enroll", store, "--images", root / "images")
-    ok("check-compat", "--old", root / "v1.onnx", "--new", root / "v2.onnx", "--data", root / "eval",
+    ok("check-compat", "--old", root / "v1.onnx", "--new", root / "v2.onnx", *scored, "--data", root / "eval",
        "--json", root / "report.json", "--max-new-drop", "1", "--impostor-pairs", "200")
     if upgraded:
         ok("upgrade", store, "--model", root / "v2.onnx", "--report", root / "report.json")
+
+
+def _adapter_prefix(state: dict, before: dict, after: dict) -> bool:
+    """An adapter run stopped at one of its commits: the new model registered with its
+    thresholds (as after), not yet the query model (as before), its adapter overlay a prefix
+    of the finished run's, the rows unchanged."""
+    if any(state[k] != before[k] for k in ("ids", "deleted", "active", "aliases", "parents")):
+        return False
+    done, got = after["overlays"].get("v2", []), state["overlays"].get("v2", [])
+    return state["models"] == after["models"] and got == done[: len(got)]
 
 
 def _legacy_store(root: Path) -> None:
@@ -121,6 +137,10 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("upgrade", lambda r: _onnx_store(r, upgraded=False),
              _gallery("upgrade", "STORE", "--model", "ROOT/v2.onnx", "--report", "ROOT/report.json"),
              needs_torch=True),
+    Scenario("upgrade-adapter", lambda r: _onnx_store(r, upgraded=False, adapter=True),
+             _gallery("upgrade", "STORE", "--model", "ROOT/v2.onnx", "--adapter", "ROOT/a.onnx",
+                      "--report", "ROOT/report.json", "--batch-size", 8),
+             needs_torch=True, steps=True, prefix=_adapter_prefix),
     Scenario("rollback", lambda r: _onnx_store(r, upgraded=True), _gallery("rollback", "STORE"), needs_torch=True),
     Scenario("backfill", lambda r: _onnx_store(r, upgraded=True),
              _gallery("backfill", "STORE", "--images", "ROOT/images", "--batch-size", 4, "--publish-every", 8),
@@ -215,7 +235,7 @@ def kill_point(p: Prepared, at: int) -> str:
         left = "after"
     elif state == p.before or (p.scenario.name == "migrate" and state == "half-migrated"):
         left = "before"
-    elif p.scenario.steps and isinstance(state, dict) and _prefix_of(state, p.before, p.after):
+    elif p.scenario.steps and isinstance(state, dict) and (p.scenario.prefix or _prefix_of)(state, p.before, p.after):
         left = "step"
     else:
         raise AssertionError(f"{where}: half-applied state {json.dumps(_diff(state, p.before, p.after))[:600]}")

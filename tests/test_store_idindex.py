@@ -43,7 +43,7 @@ def _new_store(path: Path, ids: list[str]) -> Path:
 def test_id_hash_written_with_every_batch(tmp_path):
     ids = [f"x{i}" for i in range(10)] + ["é", "日本", "a,b"]
     with Store.open(_new_store(tmp_path / "g.h5", ids)) as store:
-        assert store.schema_version == schema.SCHEMA_VERSION == 3
+        assert store.schema_version == schema.SCHEMA_VERSION == 4
         assert column_range(store, "id_hash", 0, store.committed).tolist() == naive_hash(ids)
         assert check_sidecar(store.verify(), store)["ok"]
 

@@ -86,3 +86,29 @@ def torch_reference(net, images_rgb: np.ndarray, spec: PreprocessSpec) -> np.nda
     x = (x - np.array(spec.mean)) / np.array(spec.std)
     with torch.no_grad():
         return net(torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32))).numpy()
+
+
+def make_onnx_adapter(path: Path, old_model: Path, new_model: Path, seed: int = 0) -> Path:
+    """A random linear adapter (old model's space -> new model's) exported as `train-adapter`
+    exports one, with gallery.adapter.* metadata naming both model files."""
+    from gallery.adapter import ADAPTER_FORMAT, adapter_metadata
+    from gallery.encoder import load_encoder
+    from gallery.model_identity import model_sha256
+    from trainer.adapter import ResidualAdapter
+
+    old, new = load_encoder(old_model), load_encoder(new_model)
+    torch.manual_seed(seed)
+    net = ResidualAdapter(old.dim, new.dim, arch="linear").eval()
+    torch.onnx.export(net, (torch.randn(2, old.dim),), str(path), input_names=["embedding"],
+                      output_names=["adapted"], dynamic_axes={"embedding": {0: "n"}, "adapted": {0: "n"}},
+                      dynamo=False)
+    values = {"format": ADAPTER_FORMAT, "from_sha256": model_sha256(old_model), "from_model_id": old.identity["model_id"],
+              "to_sha256": model_sha256(new_model), "to_model_id": new.identity["model_id"],
+              "from_dim": old.dim, "to_dim": new.dim, "data_fingerprint": "random", "num_images": 0,
+              "arch": {"name": "linear"}, "model_id": f"tiny-adapter-{seed}", "training": {"seed": seed}}
+    model = onnx.load(str(path))
+    for key, value in adapter_metadata(values).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    return path

@@ -42,13 +42,17 @@ def upgrade_cmd(
     sign_key: Optional[Path] = typer.Option(None, "--sign-key", help="Key file: check the report's HMAC signature."),
     require_signed: bool = typer.Option(False, "--require-signed", help="Refuse a report not signed with --sign-key."),
     allow_missing_model: bool = ALLOW_MISSING_MODEL,
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="Adapter from train-adapter: map the old rows into "
+                                           "--model's space first (killable; rerun to resume)."),
+    batch_size: int = typer.Option(16_384, "--batch-size", help="With --adapter: rows mapped per commit."),
     as_json: bool = JSON,
 ) -> None:
     """Make --model the query model, admitted by a passing compatibility report."""
-    with gallery.open(store) as g:
+    with gallery.open(store) as g, progress_bar("adapting", as_json or adapter is None) as (on_total, advance):
         result = g.upgrade(model, report, version=version, force=force, stage=stage,
                            sign_key=sign_key, require_signed=require_signed,
-                           allow_missing_model=allow_missing_model)
+                           allow_missing_model=allow_missing_model, adapter=adapter,
+                           batch_size=batch_size, progress=advance, on_total=on_total)
     warn_uncalibrated(result["uncalibrated"], store)
     if as_json:
         emit_json(result)
@@ -56,6 +60,9 @@ def upgrade_cmd(
     forced = f" [red]FORCED over: {'; '.join(result['forced_over'])}[/]" if result["forced"] else ""
     verb = "staged" if stage else "upgraded"
     console.print(f"{verb} {store}: query model {result['from']} -> {result['to']}{forced}")
+    if "adapter" in result:
+        console.print(f"  {result['adapter']['rows']} {result['from']} rows mapped into {result['to']}'s space by "
+                      f"adapter {Path(result['adapter']['path']).name}")
     for t in result["thresholds"]:
         console.print(f"  threshold {t['query']} queries vs {t['gallery']} rows: {t['threshold']:.4f}")
     if result["unsupported_far"]:

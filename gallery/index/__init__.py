@@ -12,13 +12,15 @@ tombstoned rows are never added.
   so peak memory is the index plus one chunk, never every vector as float32.
 - sidecar.py: the sidecar's life cycle (fresh / stale / extend / rebuild), and the index
   each open store handle searches (`store_index`).
+- groups.py: flat indexes of the other row groups of a store of several dimensions.
 """
 
 from gallery.index.core import (FLAT_MAX, IVF_MAX, IVFSQ8_MAX, KINDS, GalleryIndex, IndexParams, build,
                                 default_kind, estimate_bytes, train_rows)
+from gallery.index.groups import group_index
 from gallery.index.sidecar import (check_sidecar, forget, refresh_after_write, sidecar_path, sidecar_state,
                                    store_index)
 
 __all__ = ["FLAT_MAX", "IVF_MAX", "IVFSQ8_MAX", "KINDS", "GalleryIndex", "IndexParams", "build",
            "default_kind", "estimate_bytes", "train_rows", "sidecar_path",
-           "sidecar_state", "store_index", "refresh_after_write", "forget", "check_sidecar"]
+           "sidecar_state", "store_index", "refresh_after_write", "forget", "check_sidecar", "group_index"]

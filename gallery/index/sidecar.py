@@ -25,6 +25,7 @@ import numpy as np
 
 from gallery.index.core import GalleryIndex, IndexParams, checked_record, default_kind
 from gallery.index.streaming import build_over_store
+from gallery.store import spaces
 from gallery.store.manifest import sha256_file
 from gallery.store.reads import batch_records, snapshot
 from gallery.store.schema import EMPTY_CHAIN
@@ -95,7 +96,7 @@ def sidecar_state(store: "Store", deep: bool = False) -> tuple[str, str]:
     except FileNotFoundError:  # a concurrent save replaced the record and removed this file
         return "stale", "replaced by a concurrent save while being checked"
     committed, _, deleted = snapshot(store)
-    live, dead = int((~deleted).sum()), int(meta.get("dead", 0))
+    live, dead = int(spaces.groups(store).direct.size), int(meta.get("dead", 0))
     if deep and built_from == (store.content_checksum(), committed) and meta.get("count") != live + dead:
         return "corrupt", f"{meta_path.name} claims {meta.get('count')} vectors for {live} live rows (+{dead} masked)"
     if built_from != (store.content_checksum(), committed):
@@ -178,14 +179,15 @@ def _extend(store: "Store", index: GalleryIndex, checksum: str) -> GalleryIndex 
     removed since as `dead` (still in the index, dropped by every search, which fetches
     that many extra candidates), instead of re-clustering a big gallery for a removal.
 
-    Only when the index's rows are the same batches, there is no backfill overlay, at
+    Only when the index's rows are the same batches, there is no backfill overlay nor a
+    second dimension (the rows indexed follow the query model: rebuilt), at
     most DEAD_MAX indexed rows were removed, and the gallery at most doubled: an IVF
     quantiser trained on a much smaller gallery would leave the cells unbalanced.
     """
     meta, (committed, current_chain, deleted) = index.meta, snapshot(store)
     base = int(meta["rows"])
     chain = _chain_at(store, base)
-    if store.manifest["overlays"] or base > committed or chain is None:
+    if store.manifest["overlays"] or base > committed or chain is None or spaces.mixed(store):
         return None
     if "excluded" in meta and meta.get("chain") == chain:
         excluded = int(meta["excluded"])  # rows below `base` never added: removed before
@@ -221,7 +223,7 @@ def _differs(current: dict, wanted: dict) -> bool:
 
 def _build_for_store(store: "Store", kind: str | None, checksum: str, **params: Any) -> GalleryIndex:
     committed, chain, deleted = snapshot(store)
-    live = np.flatnonzero(~deleted)
+    live = spaces.groups(store).direct  # the live rows in the query model's space (all, at one dim)
     kind = kind or default_kind(live.size)
     log.info("building %s index over %d rows of %s", kind, live.size, store.path)
     clean = {k: v for k, v in params.items() if v is not None}

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from gallery.index.core import GalleryIndex, IndexParams, build_from, check_fits, sample_positions, train_rows
-from gallery.store import ranges
+from gallery.store import ranges, spaces
 from gallery.store.ranges import live_blocks
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def build_over_store(store: "Store", live: np.ndarray, params: IndexParams, **meta: Any) -> GalleryIndex:
     """Index the given live rows of `store` (sorted row numbers)."""
-    n, dim = int(live.size), store.dim
+    n, dim = int(live.size), spaces.model_dim(store)  # the query model's space
     p = params.resolved(n, dim)
     check_fits(p, n, dim, extra=min(n, ranges.BLOCK_ROWS) * dim * 4)  # one block in flight
     sample_rows = live[sample_positions(train_rows(p, n), n)]

@@ -125,7 +125,7 @@ def backfill(config: BackfillConfig, progress: Progress = None,
             ok, hashes = _usable(cols, chunk, root, trust)
             keep = chunk[ok]
             emb = _embed(encoder, [root / str(ids[r]) for r in keep], st.dtype, load) if keep.size else \
-                np.empty((0, st.dim), st.dtype)
+                np.empty((0, encoder.dim), st.dtype)
             unpublished = overlay.pending_rows(st, version) + len(keep)
             overlay.commit_batch(st, version, keep, emb, hashes, cursor=lo + len(chunk),
                                  publish=unpublished >= config.publish_every)

@@ -58,7 +58,8 @@ def flush(store: Store, version: str) -> None:
     with store.transaction():
         if queue:
             rows = np.concatenate([r for r, _, _ in queue])
-            emb = np.concatenate([e.reshape(-1, store.dim) for _, e, _ in queue]).astype(store.dtype)
+            dim = overlays.version_dim(store, version)
+            emb = np.concatenate([e.reshape(-1, dim) for _, e, _ in queue]).astype(store.dtype)
             overlays.add_rows(store, version, rows, emb, [h for _, _, hs in queue for h in hs])
         if cursor is not None and overlays.plan(store, version) is not None:
             overlays.set_plan(store, version, None, cursor=cursor)

@@ -21,15 +21,18 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Any, Callable
 
 from gallery import modelfiles
+from gallery.adapter import load_adapter
 from gallery.compat import signing, verdicts
 from gallery.compat.report import load_report
 from gallery.encoder import load_encoder
 from gallery.errors import BadInput, GateFailed
 from gallery.fingerprint import file_sha256
-from gallery.rollout import state
-from gallery.store import ModelInfo, Store
+from gallery.compat.checker import OLD_SPACE
+from gallery.rollout import adapt, state
+from gallery.store import ModelInfo, Store, spaces
 from gallery.store.schema import check_version_name
 
 log = logging.getLogger(__name__)
@@ -76,11 +79,37 @@ def _next_version(store: Store) -> str:
     return f"v{n}"
 
 
-def _plan(store: Store, report: dict, new: ModelInfo, version: str | None) -> dict:
+def _route(store: Store, report: dict, old: ModelInfo, new: ModelInfo, adapter: Any) -> str:
+    """How the new model's queries will meet the old model's rows: "direct" (one space),
+    "adapter" (the adapter's overlay vectors) or "old_space" (the new model's projection
+    output); one clear refusal when none applies or the adapter is not for these models."""
+    scored = report["models"].get("adapted")
+    if adapter is not None:
+        if (adapter.from_dim, adapter.to_dim) != (old.dim, new.dim):
+            raise BadInput(f"adapter {adapter.path.name} maps {adapter.from_dim}-d -> {adapter.to_dim}-d, but the query "
+                           f"model {old.version} of {store.path} is {old.dim}-d and --model {new.dim}-d")
+        adapter.check_models({"sha256": old.sha256, "model_id": old.model_id},
+                             {"sha256": new.sha256, "model_id": new.model_id})
+        if not scored or scored.get("sha256") != adapter.identity["sha256"]:
+            raise BadInput(f"compat report did not score adapter {adapter.path.name} (run check-compat with "
+                           "--adapter on that file)")
+        return "adapter"
+    if scored:
+        raise BadInput(f"compat report scored new -> h(old) through adapter {str(scored.get('path'))!r}; "
+                       "give that adapter with --adapter")
+    if new.dim == old.dim:
+        return "direct"
+    if spaces.old_space_dim_of(new) == old.dim:
+        return "old_space"
+    raise BadInput(f"--model gives {new.dim}-d embeddings, the query model {old.version} of {store.path} gives "
+                   f"{old.dim}-d: give --adapter (from `gallery train-adapter`) or a model trained with "
+                   f"`train-compatible --dim` (an old_space output)")
+
+
+def _plan(store: Store, report: dict, new: ModelInfo, version: str | None, adapter: Any = None) -> dict:
     """Every check of an upgrade; returns what would be written. Reads only."""
     old = store.model()
-    if new.dim != store.dim:
-        raise BadInput(f"model gives {new.dim}-d embeddings, store {store.path} holds {store.dim}-d")
+    route = _route(store, report, old, new, adapter)
     if not _same_file(report["models"]["old"], old):
         raise BadInput(_mismatch("old", report["models"]["old"], old) + f", the query model of {store.path}")
     if report["models"]["new"].get("sha256") != new.sha256:
@@ -100,11 +129,17 @@ def _plan(store: Store, report: dict, new: ModelInfo, version: str | None) -> di
         if target in store.aliases:
             raise BadInput(f"version name {target!r} is an alias in {store.path}")
     roles = {"old": old.version, "new": target}
+    if route == "adapter":  # new queries meet old rows as h(old row): that pair's threshold
+        roles["adapted"] = old.version
+    elif route == "old_space":  # ... or through the new model's projection to the old space
+        roles[OLD_SPACE] = target
     thresholds, unsupported = [], []
     for entry in report["thresholds"]:
         q, g = roles.get(entry["query"]), roles.get(entry["gallery"])
         if q is None or g is None:
             continue  # reference model pairs
+        if route == "adapter" and (entry["query"], entry["gallery"]) == ("new", "old"):
+            continue  # raw new -> old is not how this store will compare them
         if (q, g) == (old.version, old.version) and old.version in old.thresholds:
             continue  # old/old is the operator's own setting once there is one
         value = entry["threshold"]
@@ -114,7 +149,7 @@ def _plan(store: Store, report: dict, new: ModelInfo, version: str | None) -> di
         if entry.get("supported") is False:
             unsupported.append(f"{q}->{g}")
     return {"old": old.version, "new": target, "register": not existing, "thresholds": thresholds,
-            "unsupported": unsupported, "failures": gate_failures(report)}
+            "unsupported": unsupported, "failures": gate_failures(report), "route": route}
 
 
 def _summary(report: dict, path: Path, digest: str) -> dict:
@@ -148,7 +183,9 @@ def _registered_new(store: Store, report: dict) -> str | None:
 def upgrade(store_path: str | Path, model_path: str | Path, report_path: str | Path,
             version: str | None = None, force: bool = False, stage: bool = False,
             sign_key: str | Path | None = None, require_signed: bool = False,
-            allow_missing_model: bool = False) -> dict:
+            allow_missing_model: bool = False, adapter: str | Path | None = None,
+            batch_size: int = adapt.BLOCK_ROWS, progress: Callable[[int], None] | None = None,
+            on_total: Callable[[int], None] | None = None) -> dict:
     """Register `model_path` (if new), store its thresholds and make it the query model.
 
     `stage` stops before the switch: the model is registered with its thresholds, so
@@ -159,11 +196,17 @@ def upgrade(store_path: str | Path, model_path: str | Path, report_path: str | P
     upgrade is refused like a rollback (gallery.modelfiles.require) unless
     `allow_missing_model`: then it switches to the registered version, which serves
     embedding queries only until `gallery model set-path`. A model not registered yet is
-    registered from its file, so it needs one.
+    registered from its file, so it needs one. `adapter` (a model of another
+    dimension, or one not trained to be compatible): the old model's rows are mapped into
+    the new space first (adapt.py; killable, rerun the same upgrade to resume),
+    `batch_size` rows per commit, then the query model is switched.
     """
     report_path, model_path = Path(report_path), Path(model_path)
     report = load_report(report_path)
     checks = check_report(report, sign_key, require_signed)
+    if batch_size < 1:
+        raise BadInput(f"--batch-size must be >= 1, got {batch_size}")
+    mapper = load_adapter(adapter) if adapter is not None else None
     missing = None
     with Store.open(store_path, "r") as st:
         registered = _registered_new(st, report)
@@ -177,20 +220,30 @@ def upgrade(store_path: str | Path, model_path: str | Path, report_path: str | P
         else:
             info = ModelInfo.from_encoder(version or "pending", load_encoder(model_path))
             info.path = str(model_path.resolve())
-        plan = _plan(st, report, info, version)
+        plan = _plan(st, report, info, version, mapper)
     if plan["failures"] and not force:
         raise GateFailed(f"upgrade refused: {'; '.join(plan['failures'])} (report {report_path}); "
                          "--force overrides and is recorded in the store's history")
     digest = file_sha256(report_path)
     with Store.open(store_path, "a") as st:
-        plan = _plan(st, report, info, version)  # again, under the lock
+        plan = _plan(st, report, info, version, mapper)  # again, under the lock
         summary = {**_summary(report, report_path, digest), "checks": checks}
-        with st.transaction():  # registration, thresholds, lineage, switch, record: one commit
-            return _apply(st, plan, info, summary, force, stage, missing)
+        if mapper is None:
+            with st.transaction():  # registration, thresholds, lineage, switch, record: one commit
+                return _apply(st, plan, info, summary, force, stage, missing)
+        with st.transaction():  # the model (not yet queried) and the rows to map: one commit
+            _register(st, plan, info, summary)
+            adapt.start(st, plan["new"], plan["old"], mapper)
+        mapped = adapt.run(st, plan["new"], mapper, batch_size, progress=progress, on_total=on_total)
+        with st.transaction():  # the end of the run, the switch and its record: one commit
+            adapt.finish(st, plan["new"])
+            plan["register"] = False
+            return _apply(st, plan, info, summary, force, stage, missing,
+                          adapter={**mapper.describe(), "rows": mapped["planned"], "resumed_at": mapped["resumed_at"]})
 
 
-def _apply(st: Store, plan: dict, info: ModelInfo, summary: dict, force: bool, stage: bool,
-           missing_model: str | None = None) -> dict:
+def _register(st: Store, plan: dict, info: ModelInfo, summary: dict) -> None:
+    """The new model's record (or its new file path) and every threshold of the plan."""
     old, new = plan["old"], plan["new"]
     per_model: dict[str, dict[str, float]] = {}
     for q, g, value, _ in plan["thresholds"]:
@@ -210,6 +263,12 @@ def _apply(st: Store, plan: dict, info: ModelInfo, summary: dict, force: bool, s
         if q == new:
             record.compat_report = summary
         st.update_model(record)
+
+
+def _apply(st: Store, plan: dict, info: ModelInfo, summary: dict, force: bool, stage: bool,
+           missing_model: str | None = None, adapter: dict | None = None) -> dict:
+    old, new = plan["old"], plan["new"]
+    _register(st, plan, info, summary)
     if not stage:
         state.set_parent(st, new, old)
         st.set_active_model(new)  # committed with everything above (the caller's transaction)
@@ -221,8 +280,8 @@ def _apply(st: Store, plan: dict, info: ModelInfo, summary: dict, force: bool, s
                           "forced": bool(forced_over), "forced_over": forced_over,
                           "thresholds": [{"query": q, "gallery": g, "threshold": v, "far": far}
                                          for q, g, v, far in plan["thresholds"]],
-                          "unsupported_far": plan["unsupported"],
-                          "missing_model": missing_model})
+                          "unsupported_far": plan["unsupported"], "route": plan["route"],
+                          "missing_model": missing_model, **({"adapter": adapter} if adapter else {})})
     if missing_model is not None:
         log.warning("upgrade of %s to %s without its model file (--allow-missing-model): %s", st.path, new,
                     missing_model)

@@ -15,6 +15,7 @@ automatically past items.AUTO_COMPACT_FILES small files.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -56,7 +57,8 @@ def _runs(store: "Store") -> list[list[int]]:
 
 
 def plan(store: "Store") -> dict:
-    over = {v: len(o["files"]) for v, o in store.manifest["overlays"].items() if len(o["files"]) > 1}
+    over = {v: len(o["files"]) for v, o in store.manifest["overlays"].items()
+            if max(Counter(f.get("provenance", "backfill") for f in o["files"]).values(), default=0) > 1}
     return {"segment_runs": _runs(store), "deletion_files": len(store.manifest["deletions"]), "overlays": over}
 
 
@@ -116,10 +118,18 @@ def _merge_run(store: "Store", segs: list[dict], new) -> dict:
 
 
 def _merge_overlay(store: "Store", version: str, new) -> None:
+    """One file per provenance (a backfill's vectors and an adapter's stay apart: the
+    backfill wins where both have a row)."""
     over = store.manifest["overlays"][version]
     rows = overlays.rows_of(store, version)
     emb = overlays._read(store, version, "embedding")
-    hashes = [h.decode() for h in overlays._read(store, version, "content_hash").tolist()]
-    name = new.name("ovl")
-    written = segments.write_overlay(store.dir, name, rows, emb, hashes, store.durable)
-    over["files"] = [dict(written, rows=int(len(rows)))]
+    hashes = np.array([h.decode() for h in overlays._read(store, version, "content_hash").tolist()], dtype=object)
+    adapted = overlays.adapted_of(store, version)
+    files = []
+    for made_by, mask in ((overlays.BACKFILL, ~adapted), (overlays.ADAPTER, adapted)):
+        if not mask.any():
+            continue
+        name = new.name("ovl")
+        written = segments.write_overlay(store.dir, name, rows[mask], emb[mask], list(hashes[mask]), store.durable)
+        files.append(dict(written, rows=int(mask.sum()), dim=int(emb.shape[1]), provenance=made_by))
+    over["files"] = files

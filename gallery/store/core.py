@@ -50,7 +50,7 @@ def _refuse_file(path: Path) -> None:
         raise BadInput(f"store {path} has schema v{version}, newer than this gallery understands "
                        f"(v{schema.SCHEMA_VERSION}); upgrade gallery")
     raise BadInput(f"store {path} is a single-file store (schema v{version}); run `gallery migrate {path}` "
-                   "to convert it to the crash-safe directory layout (schema v3)")
+                   f"to convert it to the crash-safe directory layout (schema v{schema.SCHEMA_VERSION})")
 
 
 def check_store_path(path: Path) -> None:
@@ -190,7 +190,7 @@ class Store(ModelRecords):
             except segments.Damaged:
                 self._damaged.append(name)  # reported by verify; reads of it refuse
         small = [d["file"] for d in self.manifest["deletions"]]
-        small += [o["plan"]["file"] for o in self.manifest["overlays"].values() if o.get("plan")]
+        small += [o[k]["file"] for o in self.manifest["overlays"].values() for k in schema.PLAN_KEYS if o.get(k)]
         for name in small:
             if name not in self._small:
                 try:
@@ -261,7 +261,7 @@ class Store(ModelRecords):
             names += [f["file"] for f in over["files"]]
         if not h5_only:
             names += [d["file"] for d in m["deletions"]]
-            names += [o["plan"]["file"] for o in m["overlays"].values() if o.get("plan")]
+            names += [o[k]["file"] for o in m["overlays"].values() for k in schema.PLAN_KEYS if o.get(k)]
         return names
 
     def file_records(self) -> list[tuple[str, dict]]:
@@ -269,9 +269,10 @@ class Store(ModelRecords):
         m = self.manifest
         out = [("segment", s) for s in m["segments"]] + [("deletions", d) for d in m["deletions"]]
         for version, over in sorted(m["overlays"].items()):
-            out += [(f"backfill overlay of {version}", f) for f in over["files"]]
-            if over.get("plan"):
-                out.append((f"backfill plan of {version}", over["plan"]))
+            out += [(f"{f.get('provenance', 'backfill')} overlay of {version}", f) for f in over["files"]]
+            for key, kind in zip(schema.PLAN_KEYS, ("backfill", "adapter")):
+                if over.get(key):
+                    out.append((f"{kind} plan of {version}", over[key]))
         return out
 
     def _new_file(self, kind: str) -> str:
@@ -402,8 +403,8 @@ class Store(ModelRecords):
         """bool per committed row: removed."""
         return reads.snapshot(self)[2]
 
-    def embeddings(self, rows: np.ndarray | None = None) -> np.ndarray:
-        return reads.embeddings(self, rows)
+    def embeddings(self, rows: np.ndarray | None = None, version: str | None = None) -> np.ndarray:
+        return reads.embeddings(self, rows, version)
 
     def content_checksum(self) -> str:
         return reads.content_checksum(self)

@@ -20,11 +20,12 @@ import numpy as np
 
 from gallery.errors import BadInput, NotFound
 from gallery.preprocess import l2_normalize
-from gallery.store import idindex, schema, segments
+from gallery.store import idindex, schema, segments, spaces
 from gallery.store import manifest as mf
 from gallery.store.compact import compact, small_segments
 from gallery.store.reads import snapshot
 from gallery.store.schema import ITEM_COLUMNS, SEGMENT_COLUMNS
+from gallery.store.spaces import model_dim
 
 if TYPE_CHECKING:
     from gallery.store.core import Store
@@ -51,13 +52,15 @@ def chain(previous: str, batch: str) -> str:
     return hashlib.sha256(f"{previous}:{batch}".encode()).hexdigest()
 
 
-def _validate(store: "Store", emb: np.ndarray, ids: list[str], identities: list[str]) -> np.ndarray:
+def _validate(store: "Store", emb: np.ndarray, ids: list[str], identities: list[str], version: str) -> np.ndarray:
     """Everything is checked before the first byte is written: bad input changes nothing.
     Returns the ids' schema.id_hash values (written with the rows)."""
+    dim = model_dim(store, version)  # the enrolling model's own dimension (spaces.py)
     if emb.ndim != 2 or emb.shape[0] == 0:
-        raise BadInput(f"embeddings must be a non-empty (N, {store.dim}) array, got shape {emb.shape}")
-    if emb.shape[1] != store.dim:
-        raise BadInput(f"embeddings have dimension {emb.shape[1]}, store {store.path} has {store.dim}")
+        raise BadInput(f"embeddings must be a non-empty (N, {dim}) array, got shape {emb.shape}")
+    if emb.shape[1] != dim:
+        where = f"store {store.path} has {dim}" if dim == store.dim else f"model {version} of {store.path} gives {dim}"
+        raise BadInput(f"embeddings have dimension {emb.shape[1]}, {where}")
     bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
     if bad.size:
         raise BadInput(f"embeddings contain NaN or inf in {bad.size} row(s), first row {bad[0]}")
@@ -107,7 +110,7 @@ def enroll(
     identities = ids if identities is None else [str(i) for i in identities]
     with np.errstate(over="ignore"):  # no RuntimeWarning line: the BadInput below says it
         emb = emb.astype(np.float32, copy=False)  # values beyond float32 become inf: rejected below
-    id_hashes = _validate(store, emb, ids, identities)
+    id_hashes = _validate(store, emb, ids, identities, version)
     if batch_size < 1:
         raise BadInput(f"batch size must be >= 1, got {batch_size}")
     stored = l2_normalize(emb).astype(store.dtype)
@@ -142,7 +145,7 @@ def auto_compact(store: "Store") -> None:
 def _check_space(store: "Store", rows: int) -> None:
     """Refuse an enrol the disk cannot hold, before the first byte is written: the rows'
     bytes (as stored, with HDF5 checksums) plus a new manifest and headroom."""
-    row_bytes = store.dim * np.dtype(store.dtype).itemsize + sum(
+    row_bytes = max(spaces.model_dims(store).values()) * np.dtype(store.dtype).itemsize + sum(
         np.dtype(kind).itemsize for kind in SEGMENT_COLUMNS.values())
     need = int(1.1 * rows * row_bytes) + len(str(store.manifest)) + SPACE_HEADROOM
     mf.check_space(store.dir, need, f"enrolling {rows} rows")

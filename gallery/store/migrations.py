@@ -1,5 +1,6 @@
 """`gallery migrate`: a single-file store (schema v1 or v2, one mutable HDF5 file) becomes
-the schema v3 directory (schema.py), under the same path.
+the directory store (schema.py), under the same path; a directory store of schema v3 (one
+dimension) is renumbered v4 by one manifest commit.
 
 Killable at any point, and rerunning it finishes the job:
   1. under the old file's lock, the new layout is built in `.NAME.migrating/` next to it
@@ -55,10 +56,9 @@ def migrate_path(path: str | Path, durable: bool | None = None) -> dict:
         if (path / mf.NAME).is_file():
             lock = WriterLock(path).acquire()  # a writer command even when there is nothing to do
             try:
-                manifest = mf.load(path)
+                return _bump(path, mf.load(path), durable)
             finally:
                 lock.release()
-            return {"path": str(path), "schema_version": int(manifest["schema_version"]), "migrated": False}
         raise BadInput(f"{path} is a folder but not a gallery store")
     if not path.exists() and backup.is_file() and (work / mf.NAME).is_file():
         os.rename(work, path)  # step 3 of a run killed after step 2
@@ -85,6 +85,21 @@ def migrate_path(path: str | Path, durable: bool | None = None) -> dict:
     log.info("migrated %s to schema v%d (old file kept as %s)", path, schema.SCHEMA_VERSION, backup)
     return {"path": str(path), "schema_version": schema.SCHEMA_VERSION, "migrated": True,
             "backup": str(backup), **summary}
+
+
+def _bump(path: Path, manifest: dict, durable: bool) -> dict:
+    """A directory store of an older readable schema (v3: one dimension) is a valid store of
+    the current one: one manifest commit renumbers it (atomic, so a kill leaves either)."""
+    found = int(manifest.get("schema_version", 0))
+    if found >= schema.SCHEMA_VERSION or found not in schema.READABLE_SCHEMAS:
+        return {"path": str(path), "schema_version": found, "migrated": False}
+    manifest["version"] = int(manifest["version"]) + 1
+    manifest["schema_version"] = schema.SCHEMA_VERSION
+    manifest["history"].append({"at": schema.now_iso(), "pid": os.getpid(), "event": "migrate",
+                                "from": found, "to": schema.SCHEMA_VERSION})
+    mf.commit(path, manifest, durable)
+    log.info("migrated %s from schema v%d to v%d (manifest only)", path, found, schema.SCHEMA_VERSION)
+    return {"path": str(path), "schema_version": schema.SCHEMA_VERSION, "migrated": True, "from": found}
 
 
 def _open_legacy(path: Path) -> tuple[h5py.File, int]:

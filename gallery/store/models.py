@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from gallery.errors import BadInput
+from gallery.limits import check_dim
 from gallery.modelfiles import resolve, to_stored
 from gallery.store import schema
 from gallery.store.schema import ModelInfo
@@ -33,6 +34,7 @@ class ModelRecords:
     append_history: Callable[[dict], None]
     transaction: Callable[[], Any]
     commit: Callable[[], None]
+    schema_version: int
 
     @property
     def active_model(self) -> str:
@@ -76,16 +78,21 @@ class ModelRecords:
         raise BadInput(f"unknown model version {name!r} in {self.path}; valid: {valid}")
 
     def add_model(self, model: ModelInfo) -> None:
-        """Register a new encoder version (same dimension); does not activate it."""
+        """Register a new encoder version; does not activate it. Its dimension may differ
+        from the other models' (spaces.py): which models' rows its queries can then compare
+        with is the rollout's business (an adapter, an old-space output; gallery/rollout)."""
         self.require_writer()
         schema.check_version_name(model.version)
         if model.version in self.manifest["models"] or model.version in self.aliases:
             raise BadInput(f"model version {model.version!r} already exists in {self.path}")
-        if model.dim != self.dim:
-            raise BadInput(f"model {model.version} has dimension {model.dim}, store has {self.dim}")
+        check_dim(model.dim, f"model {model.version}")
         with self.transaction():
+            if model.dim not in {int(m["dim"]) for m in self.manifest["models"].values()}:
+                # a reader of schema v3 assumes one dimension: it must refuse this store
+                self.manifest["schema_version"] = max(self.schema_version, schema.SCHEMA_VERSION)
             self.manifest["models"][model.version] = with_stored_path(self.path, model).to_attrs()
-            self.append_history({"event": "add_model", "model": model.version, "sha256": model.sha256})
+            self.append_history({"event": "add_model", "model": model.version, "sha256": model.sha256,
+                                 "dim": model.dim})
 
     def update_model(self, model: ModelInfo) -> None:
         """Rewrite an existing version's record (thresholds, compat report...)."""

@@ -9,8 +9,15 @@ manifest commit. So
   that upgraded from it) is the query model, per manifest["parents"] (the lineage);
 - readers see whole commits only, like every other change.
 
+An overlay segment's `provenance` says what made its vectors: "backfill" (the model
+itself, from the row's image; records without the field are backfills) or "adapter" (an
+adapter's h(stored vector), gallery/rollout/adapt.py). A row can have both; the real
+backfill wins. A row an adapter mapped keeps reporting the model that embedded it (its
+threshold is the calibrated (query, row model) pair: new -> h(old)).
+
 An unfinished run's plan (the rows it visits, in order) is a plan file listed in
-manifest["overlays"][version]["plan"] with its cursor and settings.
+manifest["overlays"][version]["plan"] (a backfill) or ["adapter_plan"] (an adapter run)
+with its cursor and settings.
 """
 
 from __future__ import annotations
@@ -25,6 +32,10 @@ from gallery.errors import BadInput
 from gallery.store import manifest as mf
 from gallery.store import segments
 from gallery.store.columns import stored_models
+from gallery.store.schema import PLAN_KEYS
+
+ADAPTER = "adapter"
+BACKFILL = "backfill"
 
 if TYPE_CHECKING:
     from gallery.store.core import Store
@@ -62,19 +73,38 @@ def count(store: "Store", version: str) -> int:
     return 0 if over is None else sum(int(f["rows"]) for f in over["files"])
 
 
+def version_dim(store: "Store", version: str) -> int:
+    """The dimension of `version`'s vectors (its model record; the store's for an unknown one)."""
+    model = store.manifest["models"].get(version)
+    return int(model["dim"]) if model else store.dim
+
+
+def provenance(record: dict) -> str:
+    return str(record.get("provenance", BACKFILL))
+
+
 def _read(store: "Store", version: str, dataset: str) -> np.ndarray:
     key = ("overlay", version, dataset)
     if key not in store._cache:
         over = record(store, version)
-        parts = [store._files.read(f["file"], dataset) for f in (over["files"] if over else []) if f["rows"]]
+        files = [f for f in (over["files"] if over else []) if f["rows"]]
+        if dataset == "adapted":  # bool per row: made by an adapter
+            parts = [np.full(int(f["rows"]), provenance(f) == ADAPTER) for f in files]
+        else:
+            parts = [store._files.read(f["file"], dataset) for f in files]
         if parts:
             value = np.concatenate(parts)
         elif dataset == "embedding":
-            value = np.empty((0, store.dim), np.float32)
+            value = np.empty((0, version_dim(store, version)), np.float32)
         else:
-            value = np.empty(0, np.int64 if dataset == "row" else "S64")
+            value = np.empty(0, {"row": np.int64, "adapted": bool}.get(dataset, "S64"))
         store._cache[key] = value
     return store._cache[key]
+
+
+def adapted_of(store: "Store", version: str) -> np.ndarray:
+    """bool per overlay row of `version` (in rows_of order): its vector is an adapter's."""
+    return _read(store, version, "adapted")
 
 
 def rows_of(store: "Store", version: str) -> np.ndarray:
@@ -90,6 +120,9 @@ def _pick(store: "Store", version: str | None):
     concatenated embeddings; or None."""
     present = [v for v in versions(store) if count(store, v)]
     chain = lineage(store, version)
+    # only overlays in the query model's own space (a lineage can change dimension)
+    dim = version_dim(store, chain[-1])
+    chain = [v for v in chain if version_dim(store, v) == dim]
     if not present or not set(present) & set(chain):
         return None
     rank = {v: i for i, v in enumerate(chain)}
@@ -101,10 +134,17 @@ def _pick(store: "Store", version: str | None):
         if v not in present:
             continue
         r = rows_of(store, v)
+        # a version's adapter rows first: its real backfill of the same row comes later and wins
+        order = np.argsort(~adapted_of(store, v), kind="stable")
+        r, adapted = r[order], adapted_of(store, v)[order]
         use = (r < n_rows) & (base[np.minimum(r, max(n_rows - 1, 0))] < rank[v]) if n_rows else r < 0
         rows.append(r[use])
-        names.append(np.full(int(use.sum()), v, dtype=object))
-        parts.append((v, use))
+        shown = np.full(int(use.sum()), v, dtype=object)
+        mapped = adapted[use]
+        if mapped.any():  # an adapted row reports the model that embedded it
+            shown[mapped] = np.asarray(names_, dtype=object)[codes[r[use][mapped]]]
+        names.append(shown)
+        parts.append((v, order[use]))
     all_rows = np.concatenate(rows)
     if not all_rows.size:
         return None
@@ -127,9 +167,20 @@ def view(store: "Store", version: str | None = None) -> OverlayView | None:
             store._cache[key] = None
         else:
             rows, names, parts, keep = picked
-            blocks = [embeddings_of(store, v)[use] for v, use in parts]
+            blocks = [embeddings_of(store, v)[positions] for v, positions in parts]
             store._cache[key] = OverlayView(rows, names, np.concatenate(blocks)[keep])
     return store._cache[key]
+
+
+def view_rows(store: "Store", version: str | None = None) -> np.ndarray:
+    """The rows view() substitutes for queries of `version`, without reading embeddings."""
+    if not store.manifest["overlays"]:
+        return np.empty(0, np.int64)
+    cached = store._cache.get(("overlay_view", version or store.active_model))
+    if cached is not None:
+        return cached.rows
+    picked = _pick(store, version)
+    return np.empty(0, np.int64) if picked is None else picked[0]
 
 
 def active_models(store: "Store") -> tuple[np.ndarray, np.ndarray] | None:
@@ -192,7 +243,7 @@ def check(store: "Store") -> list[str]:
     for v in versions(store):
         try:
             rows, emb = rows_of(store, v), embeddings_of(store, v)
-        except segments.Damaged as exc:
+        except (segments.Damaged, ValueError) as exc:  # ValueError: files of two widths
             problems.append(str(exc))
             continue
         n = count(store, v)
@@ -201,9 +252,17 @@ def check(store: "Store") -> list[str]:
             continue
         if n and (rows.min() < 0 or rows.max() >= store.committed):
             problems.append(f"backfill {v}: row numbers outside 0..{store.committed - 1}")
-        if len(np.unique(rows)) != n:
-            problems.append(f"backfill {v}: a row is backfilled twice")
-        if n and (not np.isfinite(emb).all() or np.abs(np.linalg.norm(emb, axis=1) - 1).max() > 1e-2):
+        adapted = adapted_of(store, v)
+        for made_by, mask in ((BACKFILL, ~adapted), (ADAPTER, adapted)):
+            if len(np.unique(rows[mask])) != int(mask.sum()):
+                problems.append(f"{made_by} overlay of {v}: a row has two vectors")
+        dim = version_dim(store, v)
+        for f in record(store, v)["files"]:
+            width = store._files.get(f["file"])["embedding"].shape[1] if f["rows"] else dim
+            if width != dim or int(f.get("dim", dim)) != dim:
+                problems.append(f"overlay file {f['file']} of {v} holds {width}-d vectors, {v} is {dim}-d")
+        if n and emb.shape[1] == dim and (not np.isfinite(emb).all()
+                                          or np.abs(np.linalg.norm(emb, axis=1) - 1).max() > 1e-2):
             problems.append(f"backfill {v}: embeddings not finite unit vectors")
     return problems
 
@@ -213,43 +272,47 @@ def _entry(store: "Store", version: str) -> dict:
     return store.manifest["overlays"].setdefault(version, {"files": [], "plan": None})
 
 
-def add_rows(store: "Store", version: str, rows: np.ndarray, embedding: np.ndarray, hashes: list[str]) -> None:
-    """Write one overlay segment and list it (committed by the caller)."""
+def add_rows(store: "Store", version: str, rows: np.ndarray, embedding: np.ndarray, hashes: list[str],
+             made_by: str = BACKFILL) -> None:
+    """Write one overlay segment of `version`'s vectors and list it (committed by the caller)."""
     store.require_writer()
     if not len(rows):
         return
-    if embedding.shape[1] != store.dim:
-        raise BadInput(f"backfill embeddings have dimension {embedding.shape[1]}, store has {store.dim}")
+    dim = version_dim(store, version)
+    if embedding.shape[1] != dim:
+        raise BadInput(f"{made_by} vectors have dimension {embedding.shape[1]}, model {version} has {dim}")
     need = embedding.nbytes + 72 * len(rows) + (1 << 20)
-    mf.check_space(store.dir, need, f"backfilling {len(rows)} rows")
+    mf.check_space(store.dir, need, f"writing {len(rows)} {made_by} rows")
     with store.write_files() as new:
         name = new.name("ovl")
         written = segments.write_overlay(store.dir, name, rows, embedding, hashes, store.durable)
-        _entry(store, version)["files"].append(dict(written, rows=int(len(rows))))
+        _entry(store, version)["files"].append(dict(written, rows=int(len(rows)), dim=dim, provenance=made_by))
 
 
 def set_plan(store: "Store", version: str, rows: np.ndarray | None, meta: dict | None = None,
-             cursor: int = 0) -> None:
-    """Fix (rows given), advance (rows None, cursor) or end (cursor < 0) a run's plan."""
+             cursor: int = 0, key: str = "plan") -> None:
+    """Fix (rows given), advance (rows None, cursor) or end (cursor < 0) a run's plan
+    (`key`: "plan" for a backfill, "adapter_plan" for an adapter run)."""
     store.require_writer()
+    assert key in PLAN_KEYS, key
     over = _entry(store, version)
     if rows is not None:
         with store.write_files() as new:
             name = new.name("plan")
             written = segments.write_array(store.dir, name, np.asarray(rows, np.int64), store.durable)
-            over["plan"] = {**dict(written), "rows": int(len(rows)), "cursor": 0, "meta": meta or {}}
+            over[key] = {**dict(written), "rows": int(len(rows)), "cursor": 0, "meta": meta or {}}
     elif cursor < 0:
-        over["plan"] = None
+        over[key] = None
     else:
-        over["plan"]["cursor"] = int(cursor)
+        over[key]["cursor"] = int(cursor)
 
 
-def plan(store: "Store", version: str) -> tuple[np.ndarray, int, dict] | None:
+def plan(store: "Store", version: str, key: str = "plan") -> tuple[np.ndarray, int, dict] | None:
     """(plan rows, cursor, plan meta) of an unfinished run, or None."""
     over = record(store, version)
-    if over is None or not over.get("plan"):
+    if over is None or not over.get(key):
         return None
-    p = over["plan"]
+    p = over[key]
     return segments.read_array(store.dir, p, store.path, store._small.get(p["file"])), int(p["cursor"]), \
         dict(p["meta"])
 

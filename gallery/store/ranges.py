@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
+from gallery.store import spaces
 from gallery.store.columns import column_range
 from gallery.store.reads import with_backfills
 
@@ -32,11 +33,15 @@ def live_blocks(store: "Store", rows: np.ndarray, block_rows: int | None = None
     """(vectors, row numbers) of the given sorted rows, one block of the file at a time."""
     rows = np.asarray(rows, dtype=np.int64)
     block_rows = block_rows or BLOCK_ROWS
+    mixed = spaces.mixed(store)
     for lo in range(0, store.committed, block_rows):
         first, last = np.searchsorted(rows, [lo, lo + block_rows])
         if first == last:
             continue
         wanted = rows[first:last]
+        if mixed:  # rows of several dimensions: the query model's space (spaces.py), run by run
+            yield spaces.vectors(store, wanted), wanted
+            continue
         block = embeddings_between(store, int(wanted[0]), int(wanted[-1]) + 1)
         yield block[wanted - wanted[0]], wanted
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gallery.errors import BadInput
-from gallery.store import overlays, segments
+from gallery.store import overlays, segments, spaces
 from gallery.store.columns import READ_CHUNK, column_range, column_rows, decode, stored_models
 from gallery.store.schema import ITEM_COLUMNS
 
@@ -86,7 +86,11 @@ def model_counts(store: "Store") -> dict[str, int]:
 def embeddings(store: "Store", rows: np.ndarray | None = None, version: str | None = None) -> np.ndarray:
     """Committed embeddings as float32 (all, or the given row numbers) as queries of
     `version` (default: the query model) see them: backfilled rows substituted. The one
-    function search, shadow, export, prune and index builds read vectors through."""
+    function search, shadow, export, prune and index builds read vectors through. In a
+    store of several dimensions (spaces.py): vectors in `version`'s own space, and every
+    row asked for must have one there (BadInput otherwise)."""
+    if spaces.mixed(store):
+        return spaces.vectors(store, rows, version)
     return with_backfills(store, _raw_embeddings(store, rows), rows, version)
 
 
@@ -157,6 +161,8 @@ def content_checksum(store: "Store") -> str:
     digest.update(f"{committed}:{chain}:".encode())
     digest.update(np.packbits(deleted).tobytes())
     digest.update(overlays.checksum_part(store).encode())
+    if spaces.mixed(store):  # which rows the query model compares, and how, follow it
+        digest.update(f":{store.active_model}:{spaces.model_dim(store)}".encode())
     return digest.hexdigest()
 
 

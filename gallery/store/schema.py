@@ -1,17 +1,19 @@
 """The on-disk layout of a gallery store (a directory) and the model record.
 
-Layout (schema version 3; `gallery migrate` converts the single-file v1/v2 stores):
+Layout (schema version 4, see SCHEMA_VERSION; `gallery migrate` converts the single-file v1/v2 stores):
   STORE/MANIFEST         JSON, the commit point (manifest.py): format, schema_version, version
-                         (bumped by every commit), dim, dtype, created, active_model, aliases,
+                         (bumped by every commit), dim (the first model's: each model record has
+                         its own), dtype, created, active_model, aliases,
                          models {version: ModelInfo fields}, parents (rollout lineage),
                          segments [{file, start, rows, dim, bytes, sha256}], batches [{start, stop,
                          sha256, chain, model}], committed, chain, deletions [{file, rows, bytes,
-                         sha256}], overlays {version: {files: [...], plan: {...} | null}},
+                         sha256}], overlays {version: {files: [{..., dim, provenance}], plan: {...} | null,
+                         adapter_plan: {...} | null}},
                          history [events], next_file
   STORE/seg-NNNNNN.h5    rows of one commit (segments.py): SEGMENT_COLUMNS + embedding (rows, dim);
-                         each segment records its own dim (room for per-model-version dims)
+                         each segment records its own dim: its model's (models of several dims, spaces.py)
   STORE/del-NNNNNN.npy   tombstones of one removal: (row, deleted_at)
-  STORE/ovl-NNNNNN.h5    backfilled embeddings of one commit: row, embedding, content_hash
+  STORE/ovl-NNNNNN.h5    re-made vectors of one commit (a backfill, or an adapter's): row, embedding, content_hash
   STORE/plan-NNNNNN.npy  the rows a backfill run visits (fixed when it starts)
   STORE/LOCK             the writer's pid (informational; the lock is an flock on STORE itself)
   STORE/index*           the faiss index sidecar (gallery/index/sidecar.py), bound to a content checksum
@@ -35,7 +37,13 @@ from gallery.errors import BadInput
 
 FORMAT = "gallery.store"
 EMPTY_CHAIN = "0" * 64  # the batch chain checksum of a store with no rows
-SCHEMA_VERSION = 3
+# v4: models (and row segments) of several dimensions, overlay records with a provenance
+# and dim, adapter plans. A v3 store (one dimension) is a valid v4 store: it is read and
+# written as it is; `gallery migrate` bumps the number (a manifest commit), and so does the
+# commit that first registers a model of another dimension (a v3 reader would misread it).
+SCHEMA_VERSION = 4
+READABLE_SCHEMAS = (3, 4)
+PLAN_KEYS = ("plan", "adapter_plan")  # an overlay's unfinished backfill run, adapter run
 DTYPES = ("float32", "float16")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 

@@ -5,8 +5,8 @@ is checked by gallery.index.check_sidecar; `Gallery.verify` and `gallery verify`
 `ok` is False for real damage, and each problem names the damaged file: a file missing,
 of the wrong size or failing its checksum; a batch whose rows do not hash to its record;
 duplicate ids; an id_hash that is not its id's; rows naming unknown models; non-finite
-vectors. `quick=True` checks that every file exists with its recorded size only (no
-reading).
+vectors; a segment or overlay whose vectors do not have its model's dimension.
+`quick=True` checks that every file exists with its recorded size only (no reading).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gallery.store import columns, idindex, overlays, reads, segments
+from gallery.store import columns, idindex, overlays, reads, segments, spaces
 from gallery.store import manifest as mf
 from gallery.store.items import batch_sha256, chain
 from gallery.store.schema import EMPTY_CHAIN
@@ -114,8 +114,8 @@ def _check_rows(store: "Store", cols: dict, problems: list[str]) -> None:
     deleted_rows = reads._deletions(store)[0]
     if deleted_rows.size and (deleted_rows.min() < 0 or deleted_rows.max() >= store.committed):
         problems.append(f"deletion files name rows outside 0..{store.committed - 1}")
-    for lo in range(0, store.committed, columns.READ_CHUNK):
-        block = columns.column_range(store, "embedding", lo, min(store.committed, lo + columns.READ_CHUNK))
+    _check_dims(store, problems)
+    for lo, block in _embedding_blocks(store):
         block = block.astype(np.float32)
         if not np.isfinite(block).all():
             problems.append(f"non-finite embedding values in rows {lo}..{lo + len(block)}")
@@ -124,3 +124,28 @@ def _check_rows(store: "Store", cols: dict, problems: list[str]) -> None:
         if len(block) and np.abs(norms - 1).max() > 1e-2:
             problems.append(f"embeddings not unit-length in rows {lo}..{lo + len(block)}")
             break
+
+
+def _embedding_blocks(store: "Store"):
+    """(first row, stored vectors) per READ_CHUNK rows of each segment (segments can differ in dim)."""
+    for seg in store.manifest["segments"]:
+        for lo in range(0, int(seg["rows"]), columns.READ_CHUNK):
+            hi = min(int(seg["rows"]), lo + columns.READ_CHUNK)
+            yield seg["start"] + lo, store._files.read(seg["file"], "embedding", slice(lo, hi))
+
+
+def _check_dims(store: "Store", problems: list[str]) -> None:
+    """Per-version dimensions (spaces.py): every segment's vectors have the dim it records,
+    which is the dim of the model(s) that embedded its rows."""
+    dims = spaces.model_dims(store)
+    for seg in store.manifest["segments"]:
+        if not seg["rows"]:
+            continue
+        width = store._files.get(seg["file"])["embedding"].shape[1]
+        recorded = int(seg.get("dim", store.dim))
+        models = [seg["model"]] if seg.get("model") else sorted(set(columns.decode(
+            store._files.read(seg["file"], "model")).tolist()))
+        wrong = [m for m in models if m in dims and dims[m] != width]
+        if width != recorded or wrong:
+            problems.append(f"segment {seg['file']} holds {width}-d vectors; the manifest says {recorded}-d"
+                            + (f", model {wrong[0]} is {dims[wrong[0]]}-d" if wrong else ""))
