@@ -38,6 +38,7 @@ from gallery import gpu_kernels
 from gallery import search as search_mod
 from gallery.errors import BadInput
 from gallery.limits import check_k
+from gallery.store import spaces
 
 if TYPE_CHECKING:
     from gallery.search import SearchResult
@@ -194,6 +195,7 @@ class TorchFlatIndex:
 def from_store(store: "Store", device: str | None = None, dtype: str = "float16",
                chunk: int = 1 << 18, **kwargs: Any) -> TorchFlatIndex:
     """Upload a store's live rows to the device, reading `chunk` rows at a time."""
+    spaces.require_one_dim(store, "the GPU search")
     live = np.flatnonzero(~store.tombstones())
     index = TorchFlatIndex(store.dim, device=device, dtype=dtype, **kwargs)
     for lo in range(0, live.size, chunk):

@@ -24,7 +24,7 @@ from gallery.errors import BadInput
 from gallery.index import forget, store_index
 from gallery.limits import check_k
 from gallery.search import prepare_queries
-from gallery.store import Store
+from gallery.store import Store, spaces
 
 SHARD_BITS = 40  # row numbers below 2**40 per shard
 
@@ -66,6 +66,8 @@ class ShardedGallery:
             if len(keys) > 1:
                 raise BadInput(f"shards hold embeddings of different models {sorted(map(str, keys))}; "
                                "a query is comparable with one model's gallery only")
+            for st in self.stores:
+                spaces.require_one_dim(st, "a sharded search")
             self.dim = self.stores[0].dim
             self.index = faiss.IndexShards(self.dim, threaded, False)
             self._parts = [self._shard_index(n, s, kind) for n, s in enumerate(self.stores)]

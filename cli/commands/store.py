@@ -196,6 +196,10 @@ def search_cmd(
         err_console.print(f"[yellow]skipped:[/] {e['item']}: {e['error']}", highlight=False, soft_wrap=True)
     if not accept_uncalibrated:
         warn_uncalibrated(sorted({p for rec in records for p in rec["uncalibrated_pairs"]}), store)
+    if result.not_compared:  # a store of several dimensions: rows these queries cannot reach
+        left = ", ".join(f"{n} of {m}" for m, n in sorted(result.not_compared.items()))
+        err_console.print(f"[yellow]warning:[/] live rows not compared with {result.query_model} queries "
+                          f"(another dimension, no vector in its space): {left}", highlight=False, soft_wrap=True)
     if as_json:
         emit_json(records)
         return
@@ -219,11 +223,12 @@ def render_search(title: str, records: list[dict]) -> None:
 
 @handle_errors
 def migrate_cmd(store: Path = STORE_ARG, as_json: bool = JSON) -> None:
-    """Convert a single-file (v1/v2) store to the crash-safe directory layout (v3), same path; killable, rerun finishes."""
+    """Convert a single-file (v1/v2) store to the crash-safe directory layout, same path (a v3 directory: renumbered v4); killable, rerun finishes."""
     from gallery.store.migrations import migrate_path
 
     result = migrate_path(store)
-    done = f" (old file kept as {result['backup']})" if result.get("migrated") else " (already current)"
+    done = (f" (old file kept as {result['backup']})" if "backup" in result else f" (from v{result.get('from')})") \
+        if result.get("migrated") else " (already current)"
     emit(as_json, result, f"{store}: schema v{result['schema_version']}{done}")
 
 

@@ -54,7 +54,7 @@ def _values(report: dict) -> dict[str, float]:
     comparisons, headline = report["comparisons"], report["headline"]
     if not isinstance(comparisons, dict) or not isinstance(headline, dict):
         raise _fail("comparisons and headline must be objects")
-    for name in ("old/old", "new/new"):  # the cross comparison (new->old, or new->h(old)): _cross
+    for name in ("old/old", "new/new", _cross_name(report)):
         if name not in comparisons:
             raise _fail(f"comparisons lacks {name}")
     values = {}
@@ -87,11 +87,16 @@ def _config(report: dict) -> SimpleNamespace:
     return SimpleNamespace(require_criterion=require, **limits)
 
 
-def _cross(report: dict, values: dict[str, float]) -> str:
+def _cross_name(report: dict) -> str:
     """The backfill-free comparison the criterion judges: new->old, or new->h(old) when the
-    report's config names an adapter (gallery/compat/checker.py ADAPTED)."""
+    report's config names an adapter (gallery/compat/checker.py ADAPTED; with models of two
+    dimensions there is no raw new->old)."""
     config = report["config"]
-    cross = ADAPTED if isinstance(config, dict) and config.get("adapter") else "new->old"
+    return ADAPTED if isinstance(config, dict) and config.get("adapter") else "new->old"
+
+
+def _cross(report: dict, values: dict[str, float]) -> str:
+    cross = _cross_name(report)
     if cross not in values:
         raise _fail(f"comparisons lacks {cross}")
     return cross

@@ -33,6 +33,7 @@ import numpy as np
 
 from gallery.engines.base import VIEW_FORMAT, Engine, Rows, local_path, safe_name
 from gallery.errors import BadInput
+from gallery.store import spaces
 
 if TYPE_CHECKING:
     from gallery.store import Store
@@ -72,6 +73,7 @@ class _Sync:
     """One run: the store snapshot, the cursor, and the engine batches."""
 
     def __init__(self, store: "Store", engine: Engine, alias: str, batch: int, progress: Progress) -> None:
+        spaces.require_one_dim(store, "gallery sync")  # one engine collection holds one dimension
         self.store, self.engine, self.alias, self.batch, self.progress = store, engine, alias, batch, progress
         self.query_model = store.active_model
         self.key = cursor_key(engine.name, engine.uri, alias, self.query_model)

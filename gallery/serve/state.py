@@ -25,7 +25,7 @@ import numpy as np
 
 from gallery.errors import BadInput
 from gallery.index import GalleryIndex, store_index
-from gallery.store import Store, generation
+from gallery.store import Store, generation, spaces
 from gallery.store.generation import current as generation_of
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,8 @@ def load_snapshot(path: Path, previous: Snapshot | None = None,
             content = _read_content(st, checksum)
         models = {m.version: m.summary() for m in st.models()}
         table = {v: st.thresholds(v) for v in models}
-        active, dim, info = st.active_model, st.dim, st.info()
+        # the query model's own dimension (a store can hold several: its index covers that space)
+        active, dim, info = st.active_model, spaces.model_dim(st), st.info()
         encoder, error = None, None
         if encoder_for is not None:
             try:
