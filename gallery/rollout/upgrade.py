@@ -14,6 +14,13 @@ as the operator set it, so a rollback restores today's behaviour exactly; only w
 it has none is the report's old/old stored (an uncalibrated pair never accepts a
 hit, so without it the old query path would reject everything). The result names
 the served pairs still uncalibrated (gallery.thresholds; Gallery.upgrade adds them to its result).
+
+A model of another dimension (docs/adapters.md) needs a route to the old rows: an adapter
+(`adapter`: its metadata names both models, the report scored it; the old rows are mapped
+block by block by adapt.py between a first commit that registers the model and the last
+one that switches, so a kill resumes with the same command), or the model's own old-space
+projection output (`train-compatible --dim`). The pair (new, old) then takes the report's
+new -> h(old), or old-space new -> old, threshold.
 """
 
 from __future__ import annotations

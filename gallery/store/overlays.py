@@ -238,12 +238,21 @@ def checksum_part(store: "Store") -> str:
 
 
 def check(store: "Store") -> list[str]:
-    """Integrity of every overlay: rows in range and unique, vectors finite and unit length."""
+    """Integrity of every overlay: vectors of its model's dimension, rows in range and
+    unique per provenance, vectors finite and unit length."""
     problems = []
     for v in versions(store):
+        dim = version_dim(store, v)
         try:
+            widths = {f["file"]: store._files.get(f["file"])["embedding"].shape[1] if f["rows"] else dim
+                      for f in record(store, v)["files"]}
+            wrong = [f for f in record(store, v)["files"] if widths[f["file"]] != dim or int(f.get("dim", dim)) != dim]
+            for f in wrong:
+                problems.append(f"overlay file {f['file']} of {v} holds {widths[f['file']]}-d vectors, {v} is {dim}-d")
+            if wrong:
+                continue
             rows, emb = rows_of(store, v), embeddings_of(store, v)
-        except (segments.Damaged, ValueError) as exc:  # ValueError: files of two widths
+        except segments.Damaged as exc:
             problems.append(str(exc))
             continue
         n = count(store, v)
@@ -256,13 +265,7 @@ def check(store: "Store") -> list[str]:
         for made_by, mask in ((BACKFILL, ~adapted), (ADAPTER, adapted)):
             if len(np.unique(rows[mask])) != int(mask.sum()):
                 problems.append(f"{made_by} overlay of {v}: a row has two vectors")
-        dim = version_dim(store, v)
-        for f in record(store, v)["files"]:
-            width = store._files.get(f["file"])["embedding"].shape[1] if f["rows"] else dim
-            if width != dim or int(f.get("dim", dim)) != dim:
-                problems.append(f"overlay file {f['file']} of {v} holds {width}-d vectors, {v} is {dim}-d")
-        if n and emb.shape[1] == dim and (not np.isfinite(emb).all()
-                                          or np.abs(np.linalg.norm(emb, axis=1) - 1).max() > 1e-2):
+        if n and (not np.isfinite(emb).all() or np.abs(np.linalg.norm(emb, axis=1) - 1).max() > 1e-2):
             problems.append(f"backfill {v}: embeddings not finite unit vectors")
     return problems
 

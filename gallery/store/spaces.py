@@ -53,9 +53,14 @@ def model_dims(store: "Store") -> dict[str, int]:
 
 
 def mixed(store: "Store") -> bool:
-    """Whether the store holds models (or rows) of more than one dimension."""
-    dims = set(model_dims(store).values()) | {int(s.get("dim", store.dim)) for s in store.manifest["segments"]}
-    return len(dims) > 1
+    """Whether the store holds models (or rows) of more than one dimension (asked by every
+    search: cached for this manifest's models and segments)."""
+    m = store.manifest
+    key = ("mixed", len(m["models"]), len(m["segments"]))
+    if key not in store._cache:
+        dims = set(model_dims(store).values()) | {int(s.get("dim", store.dim)) for s in m["segments"]}
+        store._cache[key] = len(dims) > 1
+    return store._cache[key]
 
 
 def model_dim(store: "Store", version: str | None = None) -> int:
