@@ -24,7 +24,7 @@ from gallery.encoder import load_registered
 from gallery.errors import BadInput
 from gallery.preprocess import l2_normalize
 from gallery.rollout import state
-from gallery.store import Store, overlays
+from gallery.store import Store, overlays, spaces
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def row_models(store: Store) -> list[str]:
 def served_pairs(store: Store) -> list[tuple[str, str]]:
     """Every (query model, row model) pair a search of this store can compare."""
     rows = row_models(store)
-    return [(q, r) for q in query_models(store) for r in sorted(set(rows) | {q})]
+    return [(q, r) for q in query_models(store) for r in sorted(set(rows) | {q}) if spaces.comparable(store, q, r)]
 
 
 def uncalibrated(store: Store) -> list[str]:
@@ -135,7 +135,11 @@ def _from_data(store: Store, data: str | Path, target_far: float, pairs_wanted: 
     units = {version: l2_normalize(evalset.to_units(array)) for version, array in done.items.items()}
     out = []
     for q, r in pairs_wanted:
-        if q in units and r in units:
+        if q in units and r in units and units[q].shape[1] != units[r].shape[1]:
+            # compared through an adapter or a projection: its threshold comes from the report
+            skipped.append(f"{q}->{r} compares models of two dimensions: calibrate it with --report "
+                           "(the check-compat report that scored the adapter or projection)")
+        elif q in units and r in units:
             entry = pair_threshold(units[q], units[r], pairs, target_far)
             out.append({"query": q, "rows": r, **entry, "source": str(data)})
     return out, skipped

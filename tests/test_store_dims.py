@@ -198,3 +198,23 @@ def test_schema_v3_store_is_read_bumped_by_migrate_and_by_a_second_dim(tmp_path)
         st.add_model(ModelInfo(version="v3", dim=D2, model_id="m3"))
     with Store.open(one) as st:
         assert st.schema_version == 4 and st.model("v3").dim == D2 and st.dim == D1
+
+
+def test_served_pairs_are_the_comparable_ones(tmp_path):
+    from gallery.thresholds import served_pairs
+
+    path = tmp_path / "g"
+    data = _two_dim_store(path)
+    with Store.open(path) as st:  # v2 (12-d) cannot compare with 8-d v1 rows yet, nor v1 with v2's
+        assert served_pairs(st) == [("v1", "v1"), ("v2", "v2")]
+    mapper = LinearAdapter(data["rng"].normal(size=(D1, D2)).astype(np.float32), tmp_path / "a.onnx")
+    with Store.open(path, "a") as st:
+        with st.transaction():
+            adapt.start(st, "v2", "v1", mapper)
+        adapt.run(st, "v2", mapper)
+    with Store.open(path) as st:
+        assert served_pairs(st) == [("v1", "v1"), ("v2", "v1"), ("v2", "v2")]
+    projecting = tmp_path / "p"
+    _two_dim_store(projecting, metadata={spaces.OLD_SPACE_DIM: str(D1)})
+    with Store.open(projecting) as st:
+        assert served_pairs(st) == [("v1", "v1"), ("v2", "v1"), ("v2", "v2")]

@@ -89,6 +89,15 @@ def _old_space(meta: dict) -> int | None:
         return None
 
 
+def comparable(store: "Store", query: str, rows: str) -> bool:
+    """Whether queries of model `query` can compare with rows of model `rows` at all: one
+    dimension, the query model's old-space output, or an adapter's vectors in its space."""
+    dim, other = model_dim(store, query), model_dim(store, rows)
+    if dim == other or old_space_dim(store, query) == other:
+        return True
+    return bool(overlays.adapted_of(store, store.resolve_version(query)).any())
+
+
 def row_dims(store: "Store") -> np.ndarray:
     """(committed,) int32: the dimension of each row's stored vector (its segment's)."""
     if "row_dims" not in store._cache:
