@@ -82,6 +82,7 @@ SLOW = (
     "test_rollout_e2e.py",
     "test_rollout_kill.py",
     "test_rollout_script.py",
+    "test_rollout_demo.py",
     "test_serve.py",
     "test_serve_switch.py",
     "test_fault_syscalls.py",
