@@ -78,9 +78,13 @@ def set_threshold(store: Store, query: str, rows: str, value: float) -> dict:
     """Set one pair's threshold by hand on a writer handle (recorded in history)."""
     if not math.isfinite(value) or not -1.0 <= value <= 1.0:
         raise BadInput(f"threshold must be a cosine score in [-1, 1], got {value}")
-    store.set_threshold(query, rows, value)
     q, r = store.resolve_version(query), store.resolve_version(rows)
-    return {"query": q, "rows": r, "threshold": float(value), "uncalibrated": uncalibrated(store)}
+    # Every read before the commit: the served pairs read the row-model column, and a read
+    # that fails after the commit (a damaged segment) would fail a command that changed the store.
+    served = served_pairs(store)
+    store.set_threshold(query, rows, value)
+    missing = [f"{a}->{b}" for a, b in served if b not in store.thresholds(a)]
+    return {"query": q, "rows": r, "threshold": float(value), "uncalibrated": missing}
 
 
 def _from_report(store: Store, report_path: str | Path) -> list[dict]:
