@@ -8,10 +8,12 @@ returns EROFS / ENOSPC; they are skipped where unshare is not permitted.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 import resource
+import shlex
 import shutil
 import signal
 import subprocess
@@ -22,6 +24,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import fault_scenarios
 from cli.main import app
 from cli_helpers import store_sha256
 from gallery.index import sidecar_path
@@ -127,7 +130,7 @@ def test_disk_full_refused_before_writing(tmp_path):
     out = proc.stdout.splitlines()
     assert "rc=1" in out and out[0].split()[0] == out[2].split()[0], proc.stdout  # byte-identical
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
-    assert len(errors) == 1 and re.search(r"not enough free disk space .* nothing was written", errors[0])
+    assert len(errors) == 1 and re.search(rf"not enough free disk space for {d}/g.h5: .* nothing was written", errors[0])
     report = json.loads("\n".join(out[3:]))
     assert report["ok"] and report["rows"] == 5 and report["warnings"] == []
 
@@ -158,6 +161,98 @@ def test_disk_filled_by_another_process_mid_enrol_keeps_the_previous_state(tmp_p
     report = json.loads(rest[: rest.index("\n}") + 2])
     assert report["ok"] and report["rows"] == 0 and report["problems"] == []
     assert '"rows": 5' in rest  # space returned with the removed segment: enrols work again
+
+
+# Disk full for the other writers that add files or records: backfill (overlay segments and
+# a plan), upgrade (a manifest with the new model), compact (merged segments). Each runs on
+# a copy of its fault-sweep template (tests/fault_scenarios.py) on a 16 MiB tmpfs filled to
+# 32 KiB ("refused": the command's own free-space check says no before writing) or to 0
+# bytes with that check skipped ("race": as if another process filled the disk after it
+# passed, so the first write itself meets ENOSPC). Either way: exit 1, one line, every file of the store
+# byte-identical, `verify` ok; once the filler is removed the same command succeeds and
+# the store ends equal to an uninterrupted run.
+SKIP_CHECK = ("import sys, gallery.store.manifest as mf; mf.check_space = lambda *a, **k: None; "
+              "from cli.main import main; sys.argv = ['gallery', *sys.argv[1:]]; main()")
+FILL = "head -c $(( $(df -B1 --output=avail '{d}' | tail -1) - {leave} )) /dev/zero > '{d}/fill' 2>/dev/null; true"
+EVERY_FILE = "(cd '{d}/g.h5' && ls -a && find . -type f ! -name LOCK | sort | xargs sha256sum) | sha256sum"
+
+
+@pytest.fixture(scope="module")
+def disk_full_templates(tmp_path_factory):
+    """name -> (root, state before, state after an uninterrupted run), built once."""
+    built: dict[str, tuple[Path, dict, dict]] = {}
+
+    def get(name: str) -> tuple[Path, dict, dict]:
+        if name not in built:
+            scenario = fault_scenarios.SCENARIOS[name]
+            if scenario.needs_torch and importlib.util.find_spec("torch") is None:
+                pytest.skip("needs torch to make the ONNX encoders")
+            root = tmp_path_factory.mktemp(f"full-{name}")
+            scenario.build(root)
+            work = root / "expected"
+            shutil.copytree(root / "template", work)
+            before = fault_scenarios.content(work / "g.h5")
+            argv = scenario.argv(root, work / "g.h5")
+            proc = subprocess.run([GALLERY, *argv[1:]], capture_output=True, text=True,
+                                  env={**os.environ, "PYTHONPATH": ROOT}, timeout=180)
+            assert proc.returncode == 0, proc.stderr
+            built[name] = (root, before, fault_scenarios.content(work / "g.h5"))
+        return built[name]
+
+    return get
+
+
+def _full_disk_run(root: Path, name: str, leave: int, skip_check: bool, out: Path) -> subprocess.CompletedProcess:
+    """The command on a copy of ROOT/template on a 16 MiB tmpfs with `leave` bytes free; then
+    the filler removed and the command run again. The store is copied to OUT/failed after
+    the first run and to OUT/rerun after the second."""
+    d = out / "mnt"
+    d.mkdir(parents=True)
+    argv = fault_scenarios.SCENARIOS[name].argv(root, d / "g.h5")[1:]
+    first = shlex.join([sys.executable, "-c", SKIP_CHECK, *argv] if skip_check else [GALLERY, *argv])
+    script = (f"mount -t tmpfs -o size=16m tmpfs '{d}' && cp -a '{root}/template/g.h5' '{d}/g.h5'"
+              f" && {FILL.format(d=d, leave=leave)} && {EVERY_FILE.format(d=d)} && ({first}; echo rc=$?)"
+              f" && {EVERY_FILE.format(d=d)} && cp -a '{d}/g.h5' '{out}/failed' && rm '{d}/fill'"
+              f" && {shlex.join([GALLERY, *argv])} >/dev/null && cp -a '{d}/g.h5' '{out}/rerun'")
+    return subprocess.run(["unshare", "-rm", "bash", "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
+
+
+@needs_ns
+@pytest.mark.parametrize("skip_check", [False, True], ids=["refused", "race"])
+@pytest.mark.parametrize("name", ["backfill", "upgrade", "compact"])
+def test_disk_full_writers_keep_the_previous_state(name, skip_check, disk_full_templates, tmp_path):
+    """`disk-full-backfill`, `-upgrade`, `-compact` (and their `-race`)."""
+    root, before, after = disk_full_templates(name)
+    proc = _full_disk_run(root, name, 0 if skip_check else 32 << 10, skip_check, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout.splitlines()
+    assert out[1] == "rc=1" and out[0] == out[2], proc.stdout + proc.stderr  # refused; every file as before
+    errors = [ln for ln in proc.stderr.splitlines() if not ln.startswith("WARNING")]
+    pattern = r"No space left on device; .*the previous state is kept" if skip_check else \
+        rf"not enough free disk space for {re.escape(str(tmp_path))}/mnt/g.h5: .* nothing was written"
+    assert len(errors) == 1 and re.match(r"error: ", errors[0]) and re.search(pattern, errors[0]), proc.stderr
+    assert fault_scenarios.content(tmp_path / "failed") == before  # verify passes (checked inside)
+    assert fault_scenarios.content(tmp_path / "rerun") == after    # space back: the command works
+
+
+@needs_ns
+def test_disk_filled_mid_backfill_resumes_from_its_last_commit(disk_full_templates, tmp_path):
+    """`disk-full-backfill-mid-run`: 32 KiB free and the free-space check skipped: the run's
+    plan and first batches commit, then a write meets ENOSPC. The store stays at the run's
+    last commit (a prefix of the finished overlay; no half-written file left), `verify`
+    passes, and once space returns the same command resumes and ends equal to an
+    uninterrupted run."""
+    root, before, after = disk_full_templates("backfill")
+    proc = _full_disk_run(root, "backfill", 32 << 10, True, tmp_path)
+    assert proc.returncode == 0 and "rc=1" in proc.stdout, proc.stdout + proc.stderr
+    assert re.search(r"error: cannot write store .*No space left on device; nothing was committed", proc.stderr)
+    failed = fault_scenarios.content(tmp_path / "failed")
+    assert failed != before and fault_scenarios._prefix_of(failed, before, after), failed  # its commits so far
+    assert failed["plans"]["v2"] is not None and len(failed["overlays"]["v2"]) < len(after["overlays"]["v2"])
+    with Store.open(tmp_path / "failed") as st:  # no half-written file left behind
+        assert sorted(p.name for p in st.path.iterdir()) == sorted(["MANIFEST", "LOCK", *st.data_files()])
+    assert fault_scenarios.content(tmp_path / "rerun") == after
 
 
 def test_file_size_limit_keeps_the_previous_state(tmp_path):

@@ -94,8 +94,11 @@ def _start(st: Store, config: BackfillConfig, root: Path) -> tuple[np.ndarray, i
     if existing is not None:
         rows, cursor, meta = existing
         log.info("resuming backfill of %s at %d/%d", st.path, cursor, len(rows))
+        overlays.check_space(st, len(rows) - cursor, overlays.version_dim(st, version))
         return rows, cursor, meta, True
     rows, missing = plan_rows(st, root)
+    # the whole run, before its plan is written
+    overlays.check_space(st, len(rows), overlays.version_dim(st, version), extra=rows.nbytes)
     base = overlays.count(st, version)
     meta = {"batch_size": config.batch_size, "images": str(root.resolve()), "missing": missing,
             "base": base, "started": time.time(), "trust_images": config.trust_images}

@@ -77,7 +77,7 @@ def compact(store: "Store", dry_run: bool = False) -> dict:
         return result
     need = sum(store.manifest["segments"][i]["bytes"] for run in runs for i in run)
     need += sum(f["bytes"] for o in store.manifest["overlays"].values() for f in o["files"])
-    mf.check_space(store.dir, int(1.1 * need) + (4 << 20), "compacting")
+    mf.check_space(store.dir, int(1.1 * need) + (4 << 20), "compacting", store.path)
     old_files = set(store.data_files())
     with store.transaction():
         with store.write_files() as new:

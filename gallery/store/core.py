@@ -317,11 +317,13 @@ class Store(ModelRecords):
                                f"{self._base}); nothing was committed, retry")
         self.manifest["version"] = on_disk + 1
         try:
-            mf.commit(self.dir, self.manifest, self.durable)
-        except OSError as exc:
+            mf.commit(self.dir, self.manifest, self.durable, self.path)
+        except (OSError, GalleryError) as exc:
             self.manifest = mf.load(self.dir)
             self._index()
             self.invalidate()
+            if isinstance(exc, GalleryError):  # refused for space before writing: its own line
+                raise
             raise GalleryError(f"cannot commit to store {self.path}: {exc.strerror or exc}; "
                                "the previous state is kept") from None
         self._base = self.manifest["version"]

@@ -148,7 +148,7 @@ def _check_space(store: "Store", rows: int) -> None:
     row_bytes = max(spaces.model_dims(store).values()) * np.dtype(store.dtype).itemsize + sum(
         np.dtype(kind).itemsize for kind in SEGMENT_COLUMNS.values())
     need = int(1.1 * rows * row_bytes) + len(str(store.manifest)) + SPACE_HEADROOM
-    mf.check_space(store.dir, need, f"enrolling {rows} rows")
+    mf.check_space(store.dir, need, f"enrolling {rows} rows", store.path)
 
 
 def _commit_segment(store: "Store", emb: np.ndarray, ids: list[str], identities: list[str],
@@ -197,7 +197,8 @@ def remove(store: "Store", ids: Sequence[str]) -> dict:
         if fresh.size:
             table = np.zeros(fresh.size, segments.DELETION_DTYPE)
             table["row"], table["at"] = fresh, time.time()
-            mf.check_space(store.dir, table.nbytes + SPACE_HEADROOM, f"removing {fresh.size} rows")
+            mf.check_space(store.dir, table.nbytes + SPACE_HEADROOM, f"removing {fresh.size} rows",
+                           store.path)
             with store.write_files() as new:
                 name = new.name("del")
                 written = segments.write_array(store.dir, name, table, store.durable)

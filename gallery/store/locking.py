@@ -58,8 +58,11 @@ class WriterLock:
                 f"store {self.store_path} is locked by another writer (pid {holder}); "
                 "wait for it to finish"
             ) from None
-        os.ftruncate(info, 0)
-        os.pwrite(info, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(info, 0)
+            os.pwrite(info, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass  # a full disk: the note only names the holder; the command's own space check speaks
         self._fd, self._info = fd, info
         return self
 

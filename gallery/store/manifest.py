@@ -28,6 +28,7 @@ from gallery.errors import BadInput, GalleryError
 NAME = "MANIFEST"
 TMP = "MANIFEST.tmp"
 HASH_BLOCK = 1 << 22
+COMMIT_HEADROOM = 64 << 10  # file system blocks and metadata of the new MANIFEST
 
 
 def durable_default() -> bool:
@@ -92,21 +93,29 @@ def _checksum(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def commit(directory: Path, manifest: dict, durable: bool = True) -> None:
+def commit(directory: Path, manifest: dict, durable: bool = True, display: Path | None = None) -> None:
     """Make `manifest` the store's state (steps 2-3 above; the files it lists are written)."""
     data = json.dumps({**manifest, "checksum": _checksum(manifest)}, sort_keys=True, default=str).encode()
+    # Commands that write only a manifest (upgrade, rollback, alias, prune, ...) are refused
+    # here, before any byte is written, when the disk cannot hold it.
+    check_space(directory, len(data) + COMMIT_HEADROOM, "committing the manifest", display)
     # The new files' names first: a manifest must never be durable before the files it lists.
     fsync_path(directory, durable)
     tmp = directory / TMP
     tmp.unlink(missing_ok=True)  # a crashed writer's leftover
-    write_bytes(tmp, data, durable)
+    try:
+        write_bytes(tmp, data, durable)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a disk filled since the check: leave no partial file behind
+        raise
     os.replace(tmp, directory / NAME)
     fsync_path(directory, durable)
 
 
-def check_space(directory: Path, need: int, what: str) -> None:
-    """Refuse before writing anything when the file system cannot hold `need` bytes."""
+def check_space(directory: Path, need: int, what: str, display: Path | None = None) -> None:
+    """Refuse before writing anything when the file system cannot hold `need` bytes
+    (`display`: the store's name for the message; `directory` may be a /proc/self/fd path)."""
     free = shutil.disk_usage(directory).free
     if free < need:
-        raise GalleryError(f"not enough free disk space for {directory}: {what} needs ~{need / 2**20:.1f} MiB, "
-                           f"{free / 2**20:.1f} MiB free; nothing was written")
+        raise GalleryError(f"not enough free disk space for {display or directory}: {what} needs "
+                           f"~{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free; nothing was written")

@@ -275,6 +275,13 @@ def _entry(store: "Store", version: str) -> dict:
     return store.manifest["overlays"].setdefault(version, {"files": [], "plan": None})
 
 
+def check_space(store: "Store", rows: int, dim: int, extra: int = 0, made_by: str = BACKFILL) -> None:
+    """Refuse overlay rows the disk cannot hold before anything is written: `rows` rows of
+    `dim` (embedding, row number and content hash, HDF5 overhead), `extra` bytes, headroom."""
+    need = rows * (dim * np.dtype(store.dtype).itemsize + 72) + extra + (1 << 20)
+    mf.check_space(store.dir, need, f"writing {rows} {made_by} rows", store.path)
+
+
 def add_rows(store: "Store", version: str, rows: np.ndarray, embedding: np.ndarray, hashes: list[str],
              made_by: str = BACKFILL) -> None:
     """Write one overlay segment of `version`'s vectors and list it (committed by the caller)."""
@@ -284,8 +291,7 @@ def add_rows(store: "Store", version: str, rows: np.ndarray, embedding: np.ndarr
     dim = version_dim(store, version)
     if embedding.shape[1] != dim:
         raise BadInput(f"{made_by} vectors have dimension {embedding.shape[1]}, model {version} has {dim}")
-    need = embedding.nbytes + 72 * len(rows) + (1 << 20)
-    mf.check_space(store.dir, need, f"writing {len(rows)} {made_by} rows")
+    check_space(store, len(rows), dim, made_by=made_by)  # again per publish: the disk may be filling
     with store.write_files() as new:
         name = new.name("ovl")
         written = segments.write_overlay(store.dir, name, rows, embedding, hashes, store.durable)
