@@ -299,7 +299,7 @@ class Gallery:
             if digest != info.sha256:
                 raise BadInput(f"{path} is not model {info.version} of {self.path} "
                                f"(sha256 {digest[:12]}..., expected {info.sha256[:12]}...)")
-        with self._writer() as st:
+        with self._writer() as st, st.transaction():  # the path and its record: one commit
             info = st.model(version)
             previous = info.path
             info.path = str(path.resolve())

@@ -170,7 +170,7 @@ def calibrate(store_path: str | Path, data: str | Path | None = None, report: st
     if not entries:
         raise BadInput(f"nothing to calibrate in {store_path}: " + ("; ".join(skipped) or
                        "the report's models are not the store's served pairs"))
-    with Store.open(store_path, "a") as st:
+    with Store.open(store_path, "a") as st, st.transaction():  # thresholds and record: one commit
         per_query: dict[str, dict[str, float]] = {}
         for e in entries:
             per_query.setdefault(e["query"], {})[e["rows"]] = e["threshold"]

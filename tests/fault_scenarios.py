@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -63,12 +62,6 @@ def _embedding_store(root: Path, rows: int = 40, extra_model: bool = False, remo
     (root / "new.txt").write_text("".join(f"n{i}\n" for i in range(30)))
 
 
-def _threshold_child(root: Path, store: Path) -> list[str]:
-    code = "import sys; from gallery.store import Store; s = Store.open(sys.argv[1], 'a'); " \
-           "s.set_threshold('v1', 'v1', 0.42); s.close()"
-    return [sys.executable, "-c", code, str(store)]
-
-
 def _onnx_store(root: Path, upgraded: bool, adapter: bool = False) -> None:
     """v1 ONNX encoder, digit images enrolled, a passing check-compat report for v2. `adapter`
     (issue 20, `upgrade --adapter`): v1 16-d, v2 24-d and an adapter v1 -> v2 the report scored."""
@@ -102,6 +95,18 @@ def _adapter_prefix(state: dict, before: dict, after: dict) -> bool:
     return state["models"] == after["models"] and got == done[: len(got)]
 
 
+def _hand_thresholds(root: Path) -> None:
+    """An upgraded ONNX store whose v2->v1 threshold was then set by hand (calibrate changes it)."""
+    _onnx_store(root, upgraded=True)
+    ok("threshold", "set", root / "template" / "g.h5", "v2", "v1", "0.5")
+
+
+def _moved_model(root: Path) -> None:
+    """An ONNX store whose v1 file is now also at ROOT/moved.onnx (for `model set-path`)."""
+    _onnx_store(root, upgraded=False)
+    shutil.copy(root / "v1.onnx", root / "moved.onnx")
+
+
 def _legacy_store(root: Path) -> None:
     import gzip
 
@@ -127,7 +132,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("remove", _embedding_store, _gallery("remove", "STORE", "s1", "s5", "s9")),
     Scenario("alias", _embedding_store, _gallery("alias", "set", "prod", "v1", "--store", "STORE"),
              rerun_when_done=True),
-    Scenario("threshold", _embedding_store, _threshold_child, rerun_when_done=True),
+    Scenario("threshold", _embedding_store, _gallery("threshold", "set", "STORE", "v1", "v1", 0.42),
+             rerun_when_done=True),
     Scenario("prune", lambda r: _embedding_store(r, extra_model=True), _gallery("prune", "STORE"),
              rerun_when_done=True),
     Scenario("compact", lambda r: _embedding_store(r, rows=48, removals=4, enrols=6), _gallery("compact", "STORE"),
@@ -142,6 +148,11 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
                       "--report", "ROOT/report.json", "--batch-size", 8),
              needs_torch=True, steps=True, prefix=_adapter_prefix),
     Scenario("rollback", lambda r: _onnx_store(r, upgraded=True), _gallery("rollback", "STORE"), needs_torch=True),
+    Scenario("calibrate", _hand_thresholds,
+             _gallery("threshold", "calibrate", "STORE", "--report", "ROOT/report.json"), needs_torch=True,
+             rerun_when_done=True),
+    Scenario("model-path", _moved_model, _gallery("model", "set-path", "STORE", "v1", "ROOT/moved.onnx"),
+             needs_torch=True, rerun_when_done=True),
     Scenario("backfill", lambda r: _onnx_store(r, upgraded=True),
              _gallery("backfill", "STORE", "--images", "ROOT/images", "--batch-size", 4, "--publish-every", 8),
              needs_torch=True, steps=True, rerun_when_done=True),
@@ -167,7 +178,7 @@ def content(store: Path) -> dict | str:
             "ids": st.columns()["id"].tolist(), "deleted": st.tombstones().tolist(),
             "embeddings": np.round(emb, 5).tobytes().hex() if len(emb) else "",
             "active": st.active_model, "aliases": st.aliases,
-            "models": {m.version: m.thresholds for m in st.models()}, "parents": st.manifest["parents"],
+            "models": {m.version: (m.thresholds, m.path) for m in st.models()}, "parents": st.manifest["parents"],
             "overlays": {v: overlays.rows_of(st, v).tolist() for v in overlays.versions(st)},
             "plans": {v: overlays.plan(st, v)[1] if overlays.plan(st, v) else None for v in overlays.versions(st)},
             "events": [e["event"] for e in st.history()],
