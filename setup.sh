@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # One-command set-up on a fresh Debian machine: system packages (CJK fonts for the
-# glyph benchmark, Fashion-MNIST), a virtualenv in .venv with gallery[train,test,faces,serve,serving],
-# then the short real demo. `--no-demo` stops after installing (used by CI).
+# glyph benchmark, Fashion-MNIST, a C compiler for the fault shim), a virtualenv in .venv
+# with gallery[train,test,faces,serve,serving], then the short real demo. `--no-demo`
+# stops after installing (used by CI).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 DEBIAN_PACKAGES=(
   fonts-noto-cjk fonts-arphic-ukai fonts-arphic-uming fonts-wqy-zenhei
   fonts-wqy-microhei fonts-ipafont fonts-droid-fallback dataset-fashion-mnist
+  gcc libc6-dev  # builds tests/faultshim.c: without it the syscall kill tests are skipped
 )
 
 if command -v apt-get >/dev/null; then
