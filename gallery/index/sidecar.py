@@ -251,15 +251,27 @@ def _load(store: "Store") -> GalleryIndex:
     return GalleryIndex(index, meta)
 
 
-def _save(store: "Store", index: GalleryIndex) -> None:
+def _write_hashed(index: Any, path: Path) -> str:
+    """Write a faiss index to `path` and return the sha256 of the bytes written, hashed as
+    they go out (one pass; re-reading a 2 GiB file to hash it cost as much again)."""
     import faiss  # lazy: CLI start-up, as in _load
 
+    digest = hashlib.sha256()
+    with open(path, "wb") as handle:
+        def write(chunk: bytes) -> None:
+            digest.update(chunk)
+            handle.write(chunk)
+
+        faiss.write_index(index, faiss.PyCallbackIOWriter(write))
+    return digest.hexdigest()
+
+
+def _save(store: "Store", index: GalleryIndex) -> None:
     meta_path = _meta_path(store)
     tmp = store.dir / f".sidecar.{os.getpid()}.tmp"
     tmp_meta = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
     try:
-        faiss.write_index(index.faiss, str(tmp))
-        digest = sha256_file(tmp)
+        digest = _write_hashed(index.faiss, tmp)
         path = store.dir / f"sidecar-{digest[:16]}.index"
         index.meta.update(sha256=digest, file=path.name, manifest_version=store.manifest_version)
         os.replace(tmp, path)
