@@ -126,6 +126,7 @@ class Files:
         self.directory = directory
         self.display = display or directory  # the store's name in messages
         self._open: dict[str, h5py.File] = {}
+        self._datasets: dict[tuple[str, str], h5py.Dataset] = {}  # kept open: HDF5's chunk cache with them
 
     def get(self, name: str) -> h5py.File:
         h5 = self._open.get(name)
@@ -145,7 +146,10 @@ class Files:
     def read(self, name: str, dataset: str, selection: slice | np.ndarray = slice(None)) -> np.ndarray:
         """dataset[selection] of a file; a failed checksum or unreadable chunk -> Damaged."""
         try:
-            return self.get(name)[dataset][selection]
+            ds = self._datasets.get((name, dataset))
+            if ds is None:
+                ds = self._datasets[(name, dataset)] = self.get(name)[dataset]
+            return ds[selection]
         except Damaged:
             raise
         except (OSError, KeyError, ValueError) as exc:
@@ -153,6 +157,7 @@ class Files:
                           f"{str(exc).split('(')[0].strip() or type(exc).__name__}); run `gallery verify`") from None
 
     def close(self) -> None:
+        self._datasets.clear()
         for h5 in self._open.values():
             try:
                 h5.close()
