@@ -205,14 +205,7 @@ class Store(ModelRecords):
         acknowledged, then the command would fail on the damage it reads (or a later one
         would), and a failed command must leave the store as it was. Sizes and HDF5 headers
         only (cheap); `verify` does the full checksums."""
-        sizes: list[str] = []
-        for _kind, record in self.file_records():
-            try:
-                if (self.dir / record["file"]).stat().st_size != record["bytes"]:
-                    sizes.append(record["file"])
-            except FileNotFoundError:
-                sizes.append(record["file"])
-        damaged = sorted(set(self._damaged) | set(sizes))
+        damaged = sorted(set(self._damaged) | {name for name, _ in verify.file_problems(self, quick=True)})
         if damaged:
             raise segments.Damaged(f"store file {self.path / damaged[0]} is damaged"
                                    + (f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else "")

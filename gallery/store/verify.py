@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 def verify(store: "Store", quick: bool = False) -> dict:
     problems: list[str] = []
     warnings: list[str] = []
-    damaged = _check_files(store, quick, problems)
+    bad_files = file_problems(store, quick)
+    problems.extend(problem for _, problem in bad_files)
+    damaged = bool(bad_files)
     n = store.committed
     live = None
     if not quick and not damaged:
@@ -53,24 +55,23 @@ def verify(store: "Store", quick: bool = False) -> dict:
     }
 
 
-def _check_files(store: "Store", quick: bool, problems: list[str]) -> bool:
-    """Every file the manifest lists: present, its size, and (unless quick) its sha256."""
-    damaged = False
+def file_problems(store: "Store", quick: bool) -> list[tuple[str, str]]:
+    """(file, problem) for every file the manifest lists that is missing, has another size or
+    (unless quick) fails its sha256. `verify` reports them; a writer refuses to open on them."""
+    found = []
     for kind, record in store.file_records():
         path = store.dir / record["file"]
         try:
             size = path.stat().st_size
         except FileNotFoundError:
-            problems.append(f"{kind} file {record['file']} is missing")
-            damaged = True
+            found.append((record["file"], f"{kind} file {record['file']} is missing"))
             continue
         if size != record["bytes"]:
-            problems.append(f"{kind} file {record['file']} has {size} bytes, the manifest says {record['bytes']}")
-            damaged = True
+            found.append((record["file"], f"{kind} file {record['file']} has {size} bytes, "
+                                          f"the manifest says {record['bytes']}"))
         elif not quick and mf.sha256_file(path) != record["sha256"]:
-            problems.append(f"{kind} file {record['file']} fails its checksum (damaged on disk)")
-            damaged = True
-    return damaged
+            found.append((record["file"], f"{kind} file {record['file']} fails its checksum (damaged on disk)"))
+    return found
 
 
 def _check_batches(store: "Store", n: int, problems: list[str]) -> None:
