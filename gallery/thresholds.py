@@ -51,9 +51,10 @@ def served_pairs(store: Store) -> list[tuple[str, str]]:
     return [(q, r) for q in query_models(store) for r in sorted(set(rows) | {q}) if spaces.comparable(store, q, r)]
 
 
-def uncalibrated(store: Store) -> list[str]:
-    """`query->rows` names of the served pairs without a threshold."""
-    return [f"{q}->{r}" for q, r in served_pairs(store) if r not in store.thresholds(q)]
+def uncalibrated(store: Store, served: list[tuple[str, str]] | None = None) -> list[str]:
+    """`query->rows` names of the served pairs (given, or read now) without a threshold."""
+    pairs = served_pairs(store) if served is None else served
+    return [f"{q}->{r}" for q, r in pairs if r not in store.thresholds(q)]
 
 
 def table(store: Store) -> list[dict]:
@@ -83,8 +84,7 @@ def set_threshold(store: Store, query: str, rows: str, value: float) -> dict:
     # that fails after the commit (a damaged segment) would fail a command that changed the store.
     served = served_pairs(store)
     store.set_threshold(query, rows, value)
-    missing = [f"{a}->{b}" for a, b in served if b not in store.thresholds(a)]
-    return {"query": q, "rows": r, "threshold": float(value), "uncalibrated": missing}
+    return {"query": q, "rows": r, "threshold": float(value), "uncalibrated": uncalibrated(store, served)}
 
 
 def _from_report(store: Store, report_path: str | Path) -> list[dict]:
