@@ -5,7 +5,10 @@ Every number is recomputed from the item embeddings each `gallery check-compat` 
 report's headline (rank-1) before use. Method gaps are *paired*: the same probes
 searched by two new models; the 95% interval is a percentile bootstrap over probes
 (the same resampled probes for every seed, the gap averaged over seeds), and the seed
-spread (min..max of the per-seed gaps) is shown next to it.
+spread (each seed's gap; each seed's rank-1 with mean ± sd) is shown next to it.
+
+    python examples/reproduce_paired.py DIR            # rewrite DIR/results.* from its saved hits
+    python examples/reproduce_paired.py OUT --merge RUN1 RUN2   # pool runs that trained other seeds
 """
 
 from __future__ import annotations
@@ -83,9 +86,11 @@ def summarise(hits: dict, draws: int, seed: int = 0) -> dict:
             for method, by_c in by_method.items():
                 seeds = by_c["new->old"].mean(axis=1)
                 old = by_c["old/old"].mean(axis=1)
+                own = by_c["new/new"].mean(axis=1)
                 rows[method] = {
-                    "old_old": float(old.mean()), "new_new": float(by_c["new/new"].mean()),
-                    "new_new_seeds": [float(v) for v in by_c["new/new"].mean(axis=1)],
+                    "old_old": float(old.mean()), "old_old_seeds": [float(v) for v in old],
+                    "new_new": float(own.mean()), "new_new_seeds": [float(v) for v in own],
+                    "new_new_sd": _sd(own), "new_old_sd": _sd(seeds),
                     "new_old": float(seeds.mean()), "new_old_seeds": [float(v) for v in seeds],
                     "margin": float((seeds - old).mean()),
                     "criterion_seeds": int(((seeds - old) > 0).sum()), "seeds": int(len(seeds)),
@@ -111,14 +116,25 @@ def summarise(hits: dict, draws: int, seed: int = 0) -> dict:
     return out
 
 
+def _sd(per_seed: np.ndarray) -> float:
+    """Sample standard deviation across seeds (0 for one seed)."""
+    return float(per_seed.std(ddof=1)) if len(per_seed) > 1 else 0.0
+
+
+def _spread(r: dict, key: str) -> str:
+    """'mean ± sd (per-seed values)', the seed spread of one cell."""
+    values = ", ".join(f"{v:.3f}" for v in r[key + "_seeds"])
+    return f"{r[key]:.4f} ± {r[key + '_sd']:.3f} ({values})"
+
+
 def _f(v: float, digits: int = 4) -> str:
     return f"{v:.{digits}f}"
 
 
 def _gap(g: dict) -> str:
     mark = "" if g["excludes_zero"] else " (ns)"
-    spread = f"{min(g['per_seed']):+.3f}..{max(g['per_seed']):+.3f}"
-    return f"{g['gap']:+.4f} [{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}]{mark}, seeds {spread}"
+    spread = ", ".join(f"{v:+.3f}" for v in g["per_seed"])
+    return f"{g['gap']:+.4f} [{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}]{mark}, per seed {spread}"
 
 
 def machine() -> dict:
@@ -126,7 +142,8 @@ def machine() -> dict:
 
 
 def markdown(summary: dict, preset: dict, timings: dict, cpu: dict, total: float,
-             host: dict | None = None) -> str:
+             host: dict | None = None, runs: list[dict] | None = None) -> str:
+    """The tables; `runs` (from merge_runs) names each run that contributed seeds and its cost."""
     host = host or machine()
     lines = [f"### Preset `{preset.get('name', 'custom')}`: pooled over seeds "
              f"{', '.join(map(str, preset.get('seeds', [0])))} (metric: rank-1)", ""]
@@ -134,16 +151,16 @@ def markdown(summary: dict, preset: dict, timings: dict, cpu: dict, total: float
         for kind, part in by_kind.items():
             rows = part["rows"]
             first = next(iter(rows.values()))
-            lines += [f"**{scenario}, old model {kind}** (old/old {_f(first['old_old'])}; "
-                      f"{first['seeds']} seed(s))", "",
-                      "| method | new/new (seeds min..max) | new->old (seeds min..max) | margin | "
+            old_seeds = ", ".join(f"{v:.3f}" for v in first.get("old_old_seeds", []))
+            lines += [f"**{scenario}, old model {kind}** (old/old {_f(first['old_old'])}"
+                      f"{f' ({old_seeds})' if old_seeds else ''}; {first['seeds']} seed(s))", "",
+                      "| method | new/new ± sd (per seed) | new->old ± sd (per seed) | margin | "
                       "criterion passed | mixbct - method, new->old [95% CI] | "
                       "mixbct - method, new/new [95% CI] |", "|---|---|---|---|---|---|---|"]
             for method, r in rows.items():
                 g = part["gaps_vs_mixbct"].get(method)
                 lines.append(
-                    f"| {method} | {_f(r['new_new'])} ({min(r['new_new_seeds']):.3f}..{max(r['new_new_seeds']):.3f}) "
-                    f"| {_f(r['new_old'])} ({min(r['new_old_seeds']):.3f}..{max(r['new_old_seeds']):.3f}) "
+                    f"| {method} | {_spread(r, 'new_new')} | {_spread(r, 'new_old')} "
                     f"| {r['margin']:+.4f} | {r['criterion_seeds']}/{r['seeds']} "
                     f"| {_gap(g['new->old']) if g else '-'} | {_gap(g['new/new']) if g else '-'} |")
             lines.append("")
@@ -153,10 +170,18 @@ def markdown(summary: dict, preset: dict, timings: dict, cpu: dict, total: float
             lines.append("")
     cpu_total = sum((cpu or {}).values())
     lines += ["(ns): the 95% interval contains 0. Intervals: percentile bootstrap over probes, "
-              "paired, gap averaged over seeds.", "",
-              f"Wall time {total / 60:.1f} min, CPU time (user+sys of all steps) {cpu_total / 60:.1f} min, "
-              f"{host['cpus']} CPU(s) ({host['arch']}), load average at the end "
-              f"{host['load']:.1f}; {len(timings)} steps run.", ""]
+              "paired, gap averaged over seeds.", ""]
+    if runs:  # merged: each run's own cost, then the sum
+        for run in runs:
+            lines.append(f"- seeds {', '.join(map(str, run['seeds']))} from `{run['source']}`: "
+                         f"wall {run['wall_s'] / 60:.1f} min, CPU (user+sys of its steps) "
+                         f"{run['cpu_s'] / 60:.1f} min, {run['steps']} steps, "
+                         f"{run['machine']['cpus']} CPU(s), load average at its end {run['machine']['load']:.1f}")
+        lines += ["", f"Runs in all: wall {total / 60:.1f} min, CPU {cpu_total / 60:.1f} min.", ""]
+    else:
+        lines += [f"Wall time {total / 60:.1f} min, CPU time (user+sys of all steps) {cpu_total / 60:.1f} min, "
+                  f"{host['cpus']} CPU(s) ({host['arch']}), load average at the end "
+                  f"{host['load']:.1f}; {len(timings)} steps run.", ""]
     return "\n".join(lines)
 
 
@@ -188,48 +213,129 @@ def plot(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def save_hits(path: Path, hits: dict) -> None:
+    np.savez_compressed(path, **{
+        "|".join((s, k, m, c)): rows for s, by_k in hits.items() for k, by_m in by_k.items()
+        for m, by_c in by_m.items() for c, rows in by_c.items()})
+
+
+def load_hits(path: Path, order: list[str]) -> dict:
+    """results*.hits.npz -> hits[scenario][kind][method][comparison], methods in `order`."""
+    hits: dict = {}
+    with np.load(path) as data:
+        for key in data.files:
+            scenario, kind, method, comparison = key.split("|")
+            hits.setdefault(scenario, {}).setdefault(kind, {}).setdefault(method, {})[comparison] = data[key]
+    return {s: {k: {m: by_m[m] for m in order if m in by_m} for k, by_m in by_k.items()}
+            for s, by_k in hits.items()}
+
+
+def write_summary(work: Path, suffix: str, record: dict, hits: dict, draws: int) -> str:
+    """results{suffix}.{md,json,png} from the per-probe hits; `record` is the JSON minus the summary."""
+    summary = summarise(hits, draws)
+    md = markdown(summary, record["preset"], record["timings_s"], record["cpu_s"], record["wall_s"],
+                  record.get("machine"), record.get("runs"))
+    (work / f"results{suffix}.md").write_text(md)
+    (work / f"results{suffix}.json").write_text(json.dumps(
+        {**record, "summary": summary, "bootstrap_draws": draws}, indent=2, sort_keys=True) + "\n")
+    plot(summary, work / f"results{suffix}.png")
+    return md
+
+
 def write_comparison(work: Path, suffix: str, preset: dict, paths: dict, reports: dict,
                      timings: dict, cpu: dict, total: float, draws: int = 1000) -> str:
     check_seed = int(preset.get("check", {}).get("seed", 0))
     hits = collect(paths, reports, check_seed)
-    np.savez_compressed(work / f"results{suffix}.hits.npz", **{
-        "|".join((s, k, m, c)): rows for s, by_k in hits.items() for k, by_m in by_k.items()
-        for m, by_c in by_m.items() for c, rows in by_c.items()})
-    summary = summarise(hits, draws)
-    done = {**preset, "seeds": sorted(paths)}
-    host = machine()
-    md = markdown(summary, done, timings, cpu, total, host)
-    (work / f"results{suffix}.md").write_text(md)
-    (work / f"results{suffix}.json").write_text(json.dumps(
-        {"preset": done, "summary": summary, "timings_s": timings, "cpu_s": cpu, "machine": host,
-         "wall_s": round(total, 1), "bootstrap_draws": draws}, indent=2, sort_keys=True) + "\n")
-    plot(summary, work / f"results{suffix}.png")
-    return md
+    save_hits(work / f"results{suffix}.hits.npz", hits)
+    record = {"preset": {**preset, "seeds": sorted(paths)}, "timings_s": timings, "cpu_s": cpu,
+              "machine": machine(), "wall_s": round(total, 1)}
+    return write_summary(work, suffix, record, hits, draws)
 
 
 def rewrite_from_hits(work: Path, suffix: str = "", draws: int = 1000) -> str:
     """Recompute results{suffix}.{md,json,png} from the saved per-probe hits (no models)."""
     saved = json.loads((work / f"results{suffix}.json").read_text())
+    hits = load_hits(work / f"results{suffix}.hits.npz", saved["preset"]["methods"]["names"])
+    return write_summary(work, suffix, saved, hits, draws)
+
+
+def merge_runs(out: Path, sources: list[Path], suffix: str = "", draws: int = 1000) -> str:
+    """Pool runs of one preset that trained different seeds (e.g. seed 0 first, seeds 1-2 in a
+    later run) into out/results{suffix}.*: per-probe hits stacked by seed, each run's cost kept.
+
+    The runs must agree on everything but the seeds (the same data and probes; a probe count
+    that differs is refused) and must not share a seed.
+    """
+    records, by_seed = [], {}
+    for source in sources:
+        saved = json.loads((source / f"results{suffix}.json").read_text())
+        hits = load_hits(source / f"results{suffix}.hits.npz", saved["preset"]["methods"]["names"])
+        seeds = [int(s) for s in saved["preset"]["seeds"]]
+        if set(seeds) & set(by_seed):
+            raise SystemExit(f"error: {source}: seeds {sorted(set(seeds) & set(by_seed))} are in an earlier run")
+        for i, seed in enumerate(seeds):
+            by_seed[seed] = {s: {k: {m: {c: rows[i] for c, rows in by_c.items()} for m, by_c in by_m.items()}
+                                 for k, by_m in by_k.items()} for s, by_k in hits.items()}
+        records.append((source, saved, seeds))
+    first = records[0][1]
+    base = {k: v for k, v in first["preset"].items() if k != "seeds"}
+    for source, saved, _ in records[1:]:
+        other = {k: v for k, v in saved["preset"].items() if k != "seeds"}
+        if other != base:
+            keys = sorted(k for k in set(base) | set(other) if base.get(k) != other.get(k))
+            raise SystemExit(f"error: {source}: preset differs from {records[0][0]}'s in {', '.join(keys)}")
+    seeds = sorted(by_seed)
+    keys = {(s, k, m, c) for s, by_k in by_seed[seeds[0]].items() for k, by_m in by_k.items()
+            for m, by_c in by_m.items() for c in by_c}
+    for seed in seeds:
+        got = {(s, k, m, c) for s, by_k in by_seed[seed].items() for k, by_m in by_k.items()
+               for m, by_c in by_m.items() for c in by_c}
+        if got != keys:
+            raise SystemExit(f"error: seed {seed} has other results than seed {seeds[0]}: "
+                             f"{sorted(got ^ keys)[:4]}")
     hits: dict = {}
-    with np.load(work / f"results{suffix}.hits.npz") as data:
-        for key in data.files:
-            scenario, kind, method, comparison = key.split("|")
-            (hits.setdefault(scenario, {}).setdefault(kind, {}).setdefault(method, {}))[comparison] = data[key]
-    # keep the preset's method order
-    order = saved["preset"]["methods"]["names"]
-    hits = {s: {k: {m: by_m[m] for m in order if m in by_m} for k, by_m in by_k.items()}
-            for s, by_k in hits.items()}
-    summary = summarise(hits, draws)
-    md = markdown(summary, saved["preset"], saved["timings_s"], saved["cpu_s"], saved["wall_s"],
-                  saved.get("machine"))
-    (work / f"results{suffix}.md").write_text(md)
-    (work / f"results{suffix}.json").write_text(json.dumps(
-        {**saved, "summary": summary, "bootstrap_draws": draws}, indent=2, sort_keys=True) + "\n")
-    plot(summary, work / f"results{suffix}.png")
-    return md
+    for s, k, m, c in keys:
+        rows = [by_seed[seed][s][k][m][c] for seed in seeds]
+        if len({len(r) for r in rows}) != 1:
+            raise SystemExit(f"error: {s}/{k}/{m}/{c}: probe counts differ between seeds "
+                             f"({[len(r) for r in rows]}); the runs did not use the same eval data")
+        hits.setdefault(s, {}).setdefault(k, {}).setdefault(m, {})[c] = np.stack(rows)
+    order = base["methods"]["names"]
+    hits = {s: {k: {m: by_m[m] for m in order if m in by_m} for k, by_m in hits[s].items()}
+            for s in base.get("scenarios", sorted(hits)) if s in hits}
+    timings, cpu, runs = {}, {}, []
+    for source, saved, run_seeds in records:
+        tag = "seeds" + "-".join(map(str, run_seeds))
+        for name, value in saved["timings_s"].items():
+            timings[name if name not in timings else f"{name}@{tag}"] = value
+        for name, value in saved["cpu_s"].items():
+            cpu[name if name not in cpu else f"{name}@{tag}"] = value
+        runs.append({"source": str(source), "seeds": run_seeds, "wall_s": saved["wall_s"],
+                     "cpu_s": round(sum(saved["cpu_s"].values()), 1), "steps": len(saved["timings_s"]),
+                     "machine": saved.get("machine", {"cpus": 0, "arch": "?", "load": float("nan")})})
+    save_hits(out / f"results{suffix}.hits.npz", hits)
+    record = {"preset": {**base, "seeds": seeds}, "timings_s": timings, "cpu_s": cpu, "runs": runs,
+              "machine": runs[-1]["machine"], "wall_s": round(sum(r["wall_s"] for r in runs), 1)}
+    return write_summary(out, suffix, record, hits, draws)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Rewrite a reproduce.py comparison from its saved "
+                                     "per-probe hits, or pool the seeds of several runs (--merge).")
+    parser.add_argument("work", type=Path, help="Folder with results[SUFFIX].json/.hits.npz (the output with --merge).")
+    parser.add_argument("suffix", nargs="?", default="", help="Results suffix, e.g. -mr05 (ablations).")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="RUN",
+                        help="Folders of runs of the same preset with different seeds, pooled into WORK.")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="Bootstrap draws.")
+    args = parser.parse_args(argv)
+    if args.merge:
+        args.work.mkdir(parents=True, exist_ok=True)
+        print(merge_runs(args.work, args.merge, args.suffix, args.bootstrap))
+    else:
+        print(rewrite_from_hits(args.work, args.suffix, args.bootstrap))
 
 
 if __name__ == "__main__":
-    import sys
-
-    print(rewrite_from_hits(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else ""))
+    main()

@@ -56,25 +56,23 @@ def test_preset_overrides():
         reproduce.load_preset("nope", [])
 
 
-def test_paired_gaps_match_a_naive_bootstrap_and_the_reports(tmp_path):
-    """Per-probe hits are recomputed from saved embeddings, checked against the report's
-    rank-1, and the paired gap's interval comes from resampling probes."""
+def _checked_seeds(tmp_path, seeds, identities=30):
+    """check-compat reports and saved embeddings of two methods (mixbct better than l2) per seed."""
     import numpy as np
 
-    import reproduce_paired
     from gallery.compat.checker import CheckConfig, run_check
     from gallery.compat.evalsets.embeddings import write_embeddings
 
     rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(30), 4)
-    centers = rng.normal(size=(30, 16))
+    labels = np.repeat(np.arange(identities), 4)
+    centers = rng.normal(size=(identities, 16))
     paths, reports = {}, {}
-    for seed in (0, 1):
-        old = centers[labels] + 0.9 * rng.normal(size=(120, 16))
+    for seed in seeds:
+        old = centers[labels] + 0.9 * rng.normal(size=(len(labels), 16))
         for method, noise in (("mixbct", 0.5), ("l2", 1.2)):
-            new = centers[labels] + noise * rng.normal(size=(120, 16))
+            new = centers[labels] + noise * rng.normal(size=(len(labels), 16))
             folder = tmp_path / f"s{seed}"
-            folder.mkdir(exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
             emb = folder / f"{method}.emb.h5"
             write_embeddings(emb, {"old": old, "new": new}, {}, labels=labels)
             report = run_check(CheckConfig(embeddings=str(emb))).report
@@ -82,6 +80,17 @@ def test_paired_gaps_match_a_naive_bootstrap_and_the_reports(tmp_path):
             check.write_text(json.dumps(report))
             paths.setdefault(seed, {"open-class": {"weak": {}}})["open-class"]["weak"][method] = check
             reports.setdefault(seed, {"open-class": {"weak": {}}})["open-class"]["weak"][method] = report
+    return paths, reports
+
+
+def test_paired_gaps_match_a_naive_bootstrap_and_the_reports(tmp_path):
+    """Per-probe hits are recomputed from saved embeddings, checked against the report's
+    rank-1, and the paired gap's interval comes from resampling probes."""
+    import numpy as np
+
+    import reproduce_paired
+
+    paths, reports = _checked_seeds(tmp_path, (0, 1))
     hits = reproduce_paired.collect(paths, reports, check_seed=0)
     a, b = hits["open-class"]["weak"]["mixbct"]["new->old"], hits["open-class"]["weak"]["l2"]["new->old"]
     assert a.shape == b.shape and a.shape[0] == 2
@@ -97,6 +106,56 @@ def test_paired_gaps_match_a_naive_bootstrap_and_the_reports(tmp_path):
     assert gap["ci95"][0] == pytest.approx(lo, abs=0.03) and gap["ci95"][1] == pytest.approx(hi, abs=0.03)
     md = reproduce_paired.markdown(summary, {"name": "t", "seeds": [0, 1]}, {}, {}, 1.0)
     assert "| mixbct |" in md and "| l2 |" in md
+
+
+def test_runs_of_other_seeds_merge_into_the_comparison_of_all_seeds(tmp_path):
+    """Seed 0 from one run and seeds 1-2 from a later one, merged, give exactly the tables of
+    one run of all three seeds; each cell's seed spread is the reports' own per-seed rank-1."""
+    import statistics
+
+    import reproduce_paired
+
+    paths, reports = _checked_seeds(tmp_path, (0, 1, 2))
+    preset = {"name": "t", "methods": {"names": ["independent", "mixbct", "l2"]}, "scenarios": ["open-class"]}
+    runs = {"all": (0, 1, 2), "first": (0,), "later": (1, 2)}
+    for name, seeds in runs.items():
+        (tmp_path / name).mkdir()
+        reproduce_paired.write_comparison(tmp_path / name, "", preset, {s: paths[s] for s in seeds},
+                                          {s: reports[s] for s in seeds}, {"data": 1.0}, {"data": 2.0},
+                                          60.0 * len(seeds), draws=300)
+    md = reproduce_paired.main([str(tmp_path / "merged"), "--merge", str(tmp_path / "first"),
+                                str(tmp_path / "later"), "--bootstrap", "300"])
+    assert md is None  # main prints
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())
+    whole = json.loads((tmp_path / "all" / "results.json").read_text())
+    assert merged["summary"] == whole["summary"] and merged["preset"]["seeds"] == [0, 1, 2]
+    assert [r["seeds"] for r in merged["runs"]] == [[0], [1, 2]] and merged["wall_s"] == 180.0
+    assert set(merged["cpu_s"]) == {"data", "data@seeds1-2"}
+    row = merged["summary"]["open-class"]["weak"]["rows"]["l2"]
+    per_seed = [reports[s]["open-class"]["weak"]["l2"]["headline"]["values"]["new->old"] for s in (0, 1, 2)]
+    assert row["new_old_seeds"] == pytest.approx(per_seed)
+    assert row["new_old_sd"] == pytest.approx(statistics.stdev(per_seed))
+    text = (tmp_path / "merged" / "results.md").read_text()
+    assert "pooled over seeds 0, 1, 2" in text and "seeds 1, 2 from" in text
+    assert f"± {statistics.stdev(per_seed):.3f} ({', '.join(f'{v:.3f}' for v in per_seed)})" in text
+    # the same merge from the merged folder's own files: rewrite_from_hits keeps the runs
+    reproduce_paired.rewrite_from_hits(tmp_path / "merged", draws=300)
+    assert json.loads((tmp_path / "merged" / "results.json").read_text())["summary"] == whole["summary"]
+    # refused: a seed twice, another preset, other eval data (probe counts differ)
+    with pytest.raises(SystemExit, match="seeds \\[0\\] are in an earlier run"):
+        reproduce_paired.merge_runs(tmp_path / "x", [tmp_path / "first", tmp_path / "all"])
+    other = tmp_path / "other"
+    other.mkdir()
+    reproduce_paired.write_comparison(other, "", {**preset, "name": "u"}, {1: paths[1]}, {1: reports[1]},
+                                      {}, {}, 1.0, draws=10)
+    with pytest.raises(SystemExit, match="preset differs .* in name"):
+        reproduce_paired.merge_runs(tmp_path / "x", [tmp_path / "first", other])
+    small_paths, small_reports = _checked_seeds(tmp_path / "small", (1,), identities=20)
+    (tmp_path / "small" / "run").mkdir()
+    reproduce_paired.write_comparison(tmp_path / "small" / "run", "", preset, small_paths, small_reports,
+                                      {}, {}, 1.0, draws=10)
+    with pytest.raises(SystemExit, match="probe counts differ"):
+        reproduce_paired.merge_runs(tmp_path / "x", [tmp_path / "first", tmp_path / "small" / "run"])
 
 
 @pytest.mark.parametrize("name", ["cpu-large", "gpu-medium"])
