@@ -136,10 +136,11 @@ class Gallery:
         with self._reader() as st:
             return index_mod.check_sidecar(st.verify(quick=quick), st)
 
-    def export(self, out: PathLike) -> dict:
-        """Write the live rows (embeddings, ids, identities, model versions) to a .h5 or .npz."""
+    def export(self, out: PathLike, progress: Progress = None, on_total: Progress = None) -> dict:
+        """Write the live rows (embeddings, ids, identities, model versions) to a .h5 or .npz
+        (`on_total(rows)`, then `progress(n)` per block read)."""
         with self._reader() as st:
-            return st.export(out)
+            return st.export(out, progress, on_total)
 
     def history(self, everything: bool = False) -> list[dict]:
         """Upgrades, rollbacks, aliases, backfills, prunes (`everything`: also enrol/remove)."""
@@ -170,7 +171,7 @@ class Gallery:
                batch_size: int = 64, on_error: str = "skip",
                detect: bool | None = None, detector: PathLike | None = None, landmarks: PathLike | None = None,
                engine: str | None = None, collection: str | None = None,
-               progress: Progress = None) -> search_mod.SearchResult:
+               progress: Progress = None, on_total: Progress = None) -> search_mod.SearchResult:
         """k nearest live items per query, with open-set rejection.
 
         `queries`: an (n, d) or (d,) array of embeddings made by `query_model` (default:
@@ -178,6 +179,7 @@ class Gallery:
         (face photos are detected and aligned when the model declares aligned face input,
         or with `detect` / `landmarks`; `detect=False` opts out). An image that cannot be
         used is skipped with its error in `result.errors` (`on_error="fail"` raises).
+        Image queries call `on_total(images)`, then `progress(1)` per image.
         Or `embeddings`: a .npy/.h5 file of query embeddings. The result's `names` are the
         image paths, the file's ids, or row numbers. A hit of a (query model, row model)
         pair without a calibrated threshold is never accepted unless `accept_uncalibrated`.
@@ -198,7 +200,7 @@ class Gallery:
             else:
                 vectors, names, errors = ingest.embed_queries(
                     self.encoder(version), [queries] if isinstance(queries, (str, Path)) else list(queries),
-                    batch_size, progress, on_error, detect, detector, landmarks)
+                    batch_size, progress, on_error, detect, detector, landmarks, on_total)
                 view = old_space_view(self.encoder(version))
                 if view is not None and spaces.groups(st, version).old_space.size and names:
                     # older rows of another dimension meet these queries through the projection
@@ -281,10 +283,13 @@ class Gallery:
         with self._writer() as st:
             return _caught_up(st, st.remove(list(ids)))
 
-    def reindex(self, index: str | None = None, nlist: int | None = None, hnsw_m: int | None = None) -> dict:
-        """Rebuild the faiss index sidecar now (it is otherwise caught up or rebuilt when stale)."""
+    def reindex(self, index: str | None = None, nlist: int | None = None, hnsw_m: int | None = None,
+                progress: Progress = None, on_total: Progress = None) -> dict:
+        """Rebuild the faiss index sidecar now (it is otherwise caught up or rebuilt when stale);
+        `on_total(live rows)`, then `progress(n)` per block added."""
         with self._reader() as st:
-            return index_mod.store_index(st, kind=index, rebuild=True, nlist=nlist, hnsw_m=hnsw_m).meta
+            return index_mod.store_index(st, kind=index, rebuild=True, progress=progress, on_total=on_total,
+                                         nlist=nlist, hnsw_m=hnsw_m).meta
 
     def set_model_path(self, version: str, path: PathLike) -> dict:
         """Record where `version`'s file is now; refused unless the file is that model (sha256)."""
@@ -309,12 +314,12 @@ class Gallery:
         self._encoders.clear()
         return {"model": info.version, "path": stored, "file": info.path, "previous": previous}
 
-    def migrate(self) -> dict:
+    def migrate(self, progress: Progress = None, on_total: Progress = None) -> dict:
         """The store's schema (a single-file v1/v2 store is converted by
         gallery.store.migrations.migrate_path before any Gallery can open it)."""
         with self._lock:
             self.refresh()
-            return migrate_path(self.path)
+            return migrate_path(self.path, progress=progress, on_total=on_total)
 
     def calibrate(self, data: PathLike | None = None, report: PathLike | None = None, target_far: float = 1e-4,
                   impostor_pairs: int = 100_000, seed: int = 0, batch_size: int = 64,

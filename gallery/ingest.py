@@ -149,10 +149,13 @@ def enroll_images(store: "Store", root: str | Path, labels: str | Path | None = 
 def embed_queries(encoder: "Encoder", paths: Sequence[str | Path], batch_size: int = 64,
                   progress: Callable[[int], None] | None = None, on_error: str = "skip",
                   detect: bool | None = None, detector: str | Path | None = None,
-                  landmarks: str | Path | None = None) -> tuple[np.ndarray, list[str], list[dict]]:
+                  landmarks: str | Path | None = None, on_total: Callable[[int], None] | None = None,
+                  ) -> tuple[np.ndarray, list[str], list[dict]]:
     """Query images (files or folders) embedded by `encoder`: (embeddings, names of the
-    embedded ones, errors of the skipped ones)."""
+    embedded ones, errors of the skipped ones); `on_total(images)`, then `progress(1)` per image."""
     files = expand_image_args(paths)
+    if on_total is not None:
+        on_total(len(files))
     done = embed_items(encoder, files, image_loader(encoder, detect, detector, landmarks), on_error,
                        batch_size, progress)
     return done.embeddings, [str(files[n]) for n in done.kept], done.errors

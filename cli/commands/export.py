@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 import gallery
-from cli.common import JSON_FLAG, console, emit_json, handle_errors
+from cli.common import JSON_FLAG, console, emit_json, handle_errors, progress_bar
 from gallery.errors import BadInput
 
 JSON = JSON_FLAG
@@ -23,9 +23,9 @@ def register(app: typer.Typer) -> None:
     app.command("export-model")(export_model_cmd)
 
 
-def _export_store(source: Path, out: Path) -> dict:
-    with gallery.open(source) as g:
-        return {"kind": "store", **g.export(out)}
+def _export_store(source: Path, out: Path, as_json: bool) -> dict:
+    with gallery.open(source) as g, progress_bar("export rows", as_json) as (on_total, advance):
+        return {"kind": "store", **g.export(out, progress=advance, on_total=on_total)}
 
 
 def _export_model(source: Path, out: Path) -> dict:
@@ -60,7 +60,7 @@ def export_cmd(
     if source.suffix.lower() in TORCH_SUFFIXES:
         _render(_export_model(source, out), as_json)
     else:
-        _render(_export_store(source, out), as_json)
+        _render(_export_store(source, out, as_json), as_json)
 
 
 @handle_errors
@@ -71,7 +71,7 @@ def export_store_cmd(
     as_json: bool = JSON,
 ) -> None:
     """Export a store's live rows (embeddings, ids, identities, model versions)."""
-    _render(_export_store(source, out), as_json)
+    _render(_export_store(source, out, as_json), as_json)
 
 
 @handle_errors

@@ -185,12 +185,12 @@ def search_cmd(
     if bool(image) == (embeddings is not None):
         raise BadInput("give either --image PATH (repeatable) or --embeddings FILE")
     with gallery.open(store, model=model, providers=providers_list(providers), require_gpu=require_gpu) as g, \
-            progress_bar("embedding queries", as_json or not image) as (_, advance):
+            progress_bar("embedding queries", as_json or not image) as (on_total, advance):
         result = g.search(image or None, k=k, embeddings=embeddings, threshold=threshold, query_model=query_model,
                           index=index, nprobe=nprobe, ef_search=ef_search, rerank=rerank,
                           accept_uncalibrated=accept_uncalibrated, on_error=query_on_error, detect=detect,
                           detector=detector, landmarks=landmarks, engine=engine, collection=collection,
-                          progress=advance)
+                          progress=advance, on_total=on_total)
     records = result.to_records()
     for e in result.errors if not as_json else []:
         err_console.print(f"[yellow]skipped:[/] {e['item']}: {e['error']}", highlight=False, soft_wrap=True)
@@ -226,7 +226,8 @@ def migrate_cmd(store: Path = STORE_ARG, as_json: bool = JSON) -> None:
     """Convert a single-file (v1/v2) store to the crash-safe directory layout, same path (a v3 directory: renumbered v4); killable, rerun finishes."""
     from gallery.store.migrations import migrate_path
 
-    result = migrate_path(store)
+    with progress_bar("migrate rows", as_json) as (on_total, advance):
+        result = migrate_path(store, progress=advance, on_total=on_total)
     done = (f" (old file kept as {result['backup']})" if "backup" in result else f" (from v{result.get('from')})") \
         if result.get("migrated") else " (already current)"
     emit(as_json, result, f"{store}: schema v{result['schema_version']}{done}")
@@ -254,6 +255,6 @@ def reindex_cmd(
     as_json: bool = JSON,
 ) -> None:
     """Rebuild the faiss index sidecar from the store (normally automatic when stale)."""
-    with gallery.open(store) as g:
-        meta = g.reindex(index=index, nlist=nlist, hnsw_m=hnsw_m)
+    with gallery.open(store) as g, progress_bar("index rows", as_json) as (on_total, advance):
+        meta = g.reindex(index=index, nlist=nlist, hnsw_m=hnsw_m, progress=advance, on_total=on_total)
     emit(as_json, meta, f"built {meta['params']['kind']} index over {meta['count']} live rows of {store}")

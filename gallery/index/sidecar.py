@@ -19,7 +19,7 @@ import os
 import time
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -122,16 +122,19 @@ def check_sidecar(report: dict, store: "Store") -> dict:
     report["index"] = state
     return report
 
-def store_index(store: "Store", kind: str | None = None, rebuild: bool = False, **params: Any) -> GalleryIndex:
+
+def store_index(store: "Store", kind: str | None = None, rebuild: bool = False,
+                progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None,
+                **params: Any) -> GalleryIndex:
     """The store's index: cached or sidecar if fresh; caught up if rows were appended or a
     few removed (see _extend); else rebuilt. A different `kind` or build parameters also
-    mean a rebuild."""
+    mean a rebuild. A rebuild calls `on_total(live rows)`, then `progress(n)` per block added."""
     checksum = store.content_checksum()
     index = None if rebuild else _candidate(store, kind, params)
     if index is not None and index.meta["checksum"] != checksum:
         index = _extend(store, index, checksum)
     if index is None:
-        index = _build_for_store(store, kind, checksum, **params)
+        index = _build_for_store(store, kind, checksum, progress, on_total, **params)
     _IN_USE[store] = (store.manifest_version, index)
     return index
 
@@ -221,13 +224,17 @@ def _differs(current: dict, wanted: dict) -> bool:
     return any(v is not None and current.get(k) != v for k, v in wanted.items())
 
 
-def _build_for_store(store: "Store", kind: str | None, checksum: str, **params: Any) -> GalleryIndex:
+def _build_for_store(store: "Store", kind: str | None, checksum: str,
+                     progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None,
+                     **params: Any) -> GalleryIndex:
     committed, chain, deleted = snapshot(store)
     live = spaces.groups(store).direct  # the live rows in the query model's space (all, at one dim)
+    if on_total is not None:
+        on_total(int(live.size))
     kind = kind or default_kind(live.size)
     log.info("building %s index over %d rows of %s", kind, live.size, store.path)
     clean = {k: v for k, v in params.items() if v is not None}
-    index = build_over_store(store, live, IndexParams(kind=kind, **clean), checksum=checksum,
+    index = build_over_store(store, live, IndexParams(kind=kind, **clean), progress, checksum=checksum,
                              rows=committed, chain=chain, excluded=int(deleted.sum()), dead=0)
     _save(store, index)
     return index

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -25,8 +25,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def build_over_store(store: "Store", live: np.ndarray, params: IndexParams, **meta: Any) -> GalleryIndex:
-    """Index the given live rows of `store` (sorted row numbers)."""
+def build_over_store(store: "Store", live: np.ndarray, params: IndexParams,
+                     progress: Callable[[int], None] | None = None, **meta: Any) -> GalleryIndex:
+    """Index the given live rows of `store` (sorted row numbers); `progress(n)` as each
+    block of rows is added."""
     n, dim = int(live.size), spaces.model_dim(store)  # the query model's space
     p = params.resolved(n, dim)
     check_fits(p, n, dim, extra=min(n, ranges.BLOCK_ROWS) * dim * 4)  # one block in flight
@@ -34,7 +36,7 @@ def build_over_store(store: "Store", live: np.ndarray, params: IndexParams, **me
     started = time.perf_counter()
     train = _gather(store, sample_rows, dim)
     log.info("read %d training vectors of %s in %.1f s", len(train), store.path, time.perf_counter() - started)
-    return build_from(train, _logged(live_blocks(store, live), n, p.kind), n, dim, params, **meta)
+    return build_from(train, _logged(live_blocks(store, live), n, p.kind, progress), n, dim, params, **meta)
 
 
 def _gather(store: "Store", rows: np.ndarray, dim: int) -> np.ndarray:
@@ -46,12 +48,14 @@ def _gather(store: "Store", rows: np.ndarray, dim: int) -> np.ndarray:
     return out
 
 
-def _logged(blocks: Iterator[tuple[np.ndarray, np.ndarray]], n: int, kind: str
-            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _logged(blocks: Iterator[tuple[np.ndarray, np.ndarray]], n: int, kind: str,
+            progress: Callable[[int], None] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     done, next_report, started = 0, n // 10, time.perf_counter()
     for vectors, rows in blocks:
         yield vectors, rows
         done += len(rows)
+        if progress is not None:
+            progress(len(rows))
         if done >= next_report:
             log.info("%s index: added %d / %d rows (%.0f s)", kind, done, n, time.perf_counter() - started)
             next_report += max(1, n // 10)

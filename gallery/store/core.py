@@ -414,8 +414,8 @@ class Store(ModelRecords):
     def compact(self, **kwargs: Any) -> dict:
         return compact.compact(self, **kwargs)
 
-    def export(self, out: str | Path) -> dict:
-        return export.export(self, out)
+    def export(self, out: str | Path, progress: Any = None, on_total: Any = None) -> dict:
+        return export.export(self, out, progress, on_total)
 
     def info(self) -> dict:
         return {

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import h5py
 import numpy as np
 
 from gallery.errors import BadInput
+from gallery.store import spaces
+from gallery.store.ranges import live_blocks
 
 if TYPE_CHECKING:
     from gallery.store.core import Store
@@ -18,7 +20,9 @@ if TYPE_CHECKING:
 SUFFIXES = (".h5", ".hdf5", ".npz")
 
 
-def export(store: "Store", out: str | Path) -> dict:
+def export(store: "Store", out: str | Path, progress: Callable[[int], None] | None = None,
+           on_total: Callable[[int], None] | None = None) -> dict:
+    """Write the live rows; `on_total(rows)` then `progress(n)` as each block is read."""
     out = Path(out)
     if out.suffix.lower() not in SUFFIXES:
         raise BadInput(f"export target must end in {', '.join(SUFFIXES)}: {out}")
@@ -26,8 +30,10 @@ def export(store: "Store", out: str | Path) -> dict:
         raise BadInput(f"output folder does not exist: {out.parent}")
     cols = store.columns()
     live = np.flatnonzero(~cols["deleted"])
+    if on_total is not None:
+        on_total(int(live.size))
     arrays = {
-        "embeddings": store.embeddings(live),
+        "embeddings": _embeddings(store, live, progress),
         "ids": cols["id"][live].astype(str),
         "identities": cols["identity"][live].astype(str),
         "model_versions": cols["model"][live].astype(str),
@@ -51,4 +57,17 @@ def export(store: "Store", out: str | Path) -> dict:
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return {"out": str(out), "rows": int(live.size), "dim": store.dim}
+    return {"out": str(out), "rows": int(live.size), "dim": int(arrays["embeddings"].shape[1])}
+
+
+def _embeddings(store: "Store", live: np.ndarray, progress: Callable[[int], None] | None) -> np.ndarray:
+    """The live rows' embeddings as queries of the query model see them (its space, backfills
+    substituted), one block of the store at a time (what the bar counts)."""
+    out = np.empty((live.size, spaces.model_dim(store)), np.float32)
+    at = 0
+    for vectors, _ in live_blocks(store, live):
+        out[at : at + len(vectors)] = vectors
+        at += len(vectors)
+        if progress is not None:
+            progress(len(vectors))
+    return out

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import h5py
 import numpy as np
@@ -46,8 +47,10 @@ def work_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.migrating")
 
 
-def migrate_path(path: str | Path, durable: bool | None = None) -> dict:
-    """Convert (or finish converting) the single-file store at `path`; returns a summary."""
+def migrate_path(path: str | Path, durable: bool | None = None, progress: Callable[[int], None] | None = None,
+                 on_total: Callable[[int], None] | None = None) -> dict:
+    """Convert (or finish converting) the single-file store at `path`; returns a summary.
+    `on_total(rows)`, then `progress(n)` as each block of rows is copied."""
     path = Path(path)
     durable = mf.durable_default() if durable is None else durable
     backup, work = backup_path(path), work_path(path)
@@ -73,7 +76,7 @@ def migrate_path(path: str | Path, durable: bool | None = None) -> dict:
         if work.exists():
             shutil.rmtree(work)  # a run killed during step 1: start over
         work.mkdir()
-        summary = _convert(source, work, durable)
+        summary = _convert(source, work, durable, progress, on_total)
         if source == path:
             os.rename(path, backup)
             mf.fsync_path(parent, durable)
@@ -127,7 +130,8 @@ def legacy_schema(path: Path) -> int:
     return version
 
 
-def _convert(source: Path, work: Path, durable: bool) -> dict:
+def _convert(source: Path, work: Path, durable: bool, progress: Callable[[int], None] | None = None,
+             on_total: Callable[[int], None] | None = None) -> dict:
     h5, version = _open_legacy(source)
     with h5:
         if version not in LEGACY_VERSIONS:
@@ -153,6 +157,8 @@ def _convert(source: Path, work: Path, durable: bool) -> dict:
 
         need = int(1.1 * source.stat().st_size) + (4 << 20)
         mf.check_space(work, need, f"migrating {source}")
+        if on_total is not None:
+            on_total(n)
         for lo in range(0, n, BLOCK):
             hi = min(n, lo + BLOCK)
             columns = {c: items[c][lo:hi] for c in schema.SEGMENT_COLUMNS if c != "id_hash"}
@@ -164,6 +170,8 @@ def _convert(source: Path, work: Path, durable: bool) -> dict:
             written = segments.write_rows(work, file, columns, items["embedding"][lo:hi], durable)
             manifest["segments"].append(dict(written, start=lo, rows=hi - lo, dim=manifest["dim"],
                                                  model=models[0].decode() if len(models) == 1 else None))
+            if progress is not None:
+                progress(hi - lo)
         deleted = np.flatnonzero(items["deleted"][:n] != 0)
         if deleted.size:
             table = np.zeros(deleted.size, segments.DELETION_DTYPE)
