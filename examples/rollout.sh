@@ -11,7 +11,9 @@
 #   12 shadow failed or flipped too many decisions (v1 still the query model)
 #   13 backfill failed (rolled back)   14 verify failed (rolled back)   2 usage
 #
-# Tunables (environment): GALLERY (the CLI), GATES (check-compat gate options),
+# Tunables (environment): GALLERY (the CLI), GATES (check-compat gate options), TARGET_FAR
+# (the FAR v2's thresholds are calibrated at; default: the FAR of the store's current query
+# model's own threshold, so both query paths decide at the same operating point, else 1e-4),
 # MAX_FLIP_RATE (share of shadow queries whose decision may flip for the worse: labelled
 # queries ROOT/<identity>/<image> count lost correct matches and new wrong matches; a flat
 # folder of unlabelled queries counts every changed decision), WORK (report folder).
@@ -48,10 +50,16 @@ info = json.load(sys.stdin)
 active = [m for m in info["models"] if m["version"] == info["active_model"]][0]
 print(active["path"] or "")') || fail 2 "info" "cannot read $STORE"
 [[ -n "$OLD_MODEL" && -f "$OLD_MODEL" ]] || fail 2 "info" "query model file of $STORE not found: '$OLD_MODEL'"
+# The operating point: the FAR the query model's own threshold was calibrated at.
+TARGET_FAR=${TARGET_FAR:-$($GALLERY threshold show "$STORE" --json | python3 -c '
+import json, sys
+shown = json.load(sys.stdin)
+own = [p["far"] for p in shown["pairs"] if p["query"] == p["rows"] == shown["active_model"] and p["far"]]
+print(own[0] if own else 1e-4)')} || fail 2 "info" "cannot read the thresholds of $STORE"
 
-echo "rollout: 1/6 check-compat $OLD_MODEL -> $NEW_MODEL" >&2
+echo "rollout: 1/6 check-compat $OLD_MODEL -> $NEW_MODEL (thresholds at FAR $TARGET_FAR)" >&2
 $GALLERY check-compat --old "$OLD_MODEL" --new "$NEW_MODEL" --data "$EVAL_DATA" \
-    --out "$WORK/report.json" $GATES --old-to-new >&2
+    --out "$WORK/report.json" $GATES --old-to-new --target-far "$TARGET_FAR" >&2
 rc=$?
 [[ $rc -eq 0 ]] || fail 10 "check-compat" "exit $rc (1 = a gate failed, 2 = bad input); report: $WORK/report.json"
 

@@ -57,14 +57,34 @@ def uncalibrated(store: Store, served: list[tuple[str, str]] | None = None) -> l
     return [f"{q}->{r}" for q, r in pairs if r not in store.thresholds(q)]
 
 
+def pair_fars(store: Store) -> dict[tuple[str, str], float | None]:
+    """The FAR each pair's threshold was calibrated at, from the history event that set it
+    last (calibrate, upgrade/stage from a report; None when set by hand)."""
+    fars: dict[tuple[str, str], float | None] = {}
+    for event in store.history():
+        kind = event.get("event")
+        if kind == "calibrate":
+            for t in event.get("thresholds", []):
+                fars[(t["query"], t["rows"])] = t.get("far", event.get("target_far"))
+        elif kind in ("upgrade", "stage"):
+            for t in event.get("thresholds", []):
+                fars[(t["query"], t["gallery"])] = t.get("far")
+        elif kind == "threshold":
+            fars[(event["query"], event["gallery"])] = None
+    return fars
+
+
 def table(store: Store) -> list[dict]:
-    """One entry per served pair (and per other stored threshold): value, or None when uncalibrated."""
-    served = served_pairs(store)
+    """One entry per served pair (and per other stored threshold): value, or None when
+    uncalibrated, and the FAR it was calibrated at (None: set by hand or unknown)."""
+    served, fars = served_pairs(store), pair_fars(store)
     out = [{"query": q, "rows": r, "threshold": store.thresholds(q).get(r), "served": True} for q, r in served]
     for info in store.models():
         for r, value in sorted(info.thresholds.items()):
             if (info.version, r) not in served:
                 out.append({"query": info.version, "rows": r, "threshold": value, "served": False})
+    for entry in out:
+        entry["far"] = fars.get((entry["query"], entry["rows"])) if entry["threshold"] is not None else None
     return out
 
 
@@ -179,6 +199,7 @@ def calibrate(store_path: str | Path, data: str | Path | None = None, report: st
             info.thresholds.update(values)
             st.update_model(info)
         st.append_history({"event": "calibrate", "source": str(report or data), "target_far": target_far,
-                           "thresholds": [{k: e[k] for k in ("query", "rows", "threshold")} for e in entries]})
+                           "thresholds": [{k: e.get(k) for k in ("query", "rows", "threshold", "far")}
+                                          for e in entries]})  # far: the data's target, or the report's
         missing = uncalibrated(st)
     return {"store": str(store_path), "calibrated": entries, "skipped": skipped, "uncalibrated": missing}

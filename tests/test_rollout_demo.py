@@ -1,7 +1,7 @@
 """examples/rollout.sh at its defaults exits 0 on a small demo-like store (issue 16, items 2
 and 8): glyph identities, v1 trained with softmax, the store enrolled with one image per eval
 identity and v1's own threshold calibrated, v2 trained with MixBCT, then the script with no
-tunable set (GATES and MAX_FLIP_RATE at their defaults): check-compat with the
+tunable set (GATES, MAX_FLIP_RATE and TARGET_FAR at their defaults): check-compat with the
 criterion gate, stage, shadow within the 5% flip limit, switch, backfill, verify."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ pytest.importorskip("torch")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "rollout.sh"
 GALLERY = str(Path(sys.executable).with_name("gallery"))
-TUNABLES = ("GATES", "MAX_FLIP_RATE", "WORK")
+TUNABLES = ("GATES", "MAX_FLIP_RATE", "TARGET_FAR", "WORK")
 # examples/demo.sh's training options and identities, with 8 images per identity (not 12) and 6
 # epochs (not 8): 94 s of CPU when measured (an 80-identity, 4-epoch variant failed the criterion gate)
 # --threads 2: training runs in this process, and test modules imported before it set torch to

@@ -3,6 +3,7 @@ the upgrade; a clean run upgrades, shadows, backfills and verifies."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from cli_helpers import store_sha256
+from gallery import thresholds
 from gallery.store import Store
 
 pytest.importorskip("torch")
@@ -39,10 +41,15 @@ def setup(tmp_path_factory):
     return root, store
 
 
-def rollout(setup, tmp_path, images: bool = True, **env: str) -> tuple[subprocess.CompletedProcess, Path]:
+def rollout(setup, tmp_path, images: bool = True, calibrate_far: str | None = None,
+            **env: str) -> tuple[subprocess.CompletedProcess, Path]:
     root, base = setup
     store = tmp_path / "g.h5"
     shutil.copytree(base, store)
+    if calibrate_far is not None:  # v1's own threshold, at this FAR
+        result = CliRunner().invoke(app, ["threshold", "calibrate", str(store), "--data", str(root / "eval"),
+                                          "--target-far", calibrate_far])
+        assert result.exit_code == 0, result.stdout + result.stderr
     args = [str(store), str(root / "v2.onnx"), str(root / "eval"), str(root / "queries")]
     args += [str(root / "images")] if images else []
     full_env = {**os.environ, "GALLERY": GALLERY, "WORK": str(tmp_path / "work"), **env}
@@ -96,7 +103,34 @@ def test_clean_rollout(setup, tmp_path):
     with Store.open(store) as st:
         assert st.active_model == "v2" and set(st.columns()["model"]) == {"v2"}  # every image backfilled
         assert st.model("v1").thresholds.get("v2") is not None  # old->new, for a later rollback
+        fars = {t["far"] for t in thresholds.show(st)["pairs"]}
     assert (tmp_path / "work" / "shadow.json").is_file()
+    # v1 had no threshold: check-compat at 1e-4, and v1's own threshold is the report's old/old
+    assert "(thresholds at FAR 0.0001)" in run.stderr
+    assert _fars(tmp_path / "work") == (1e-4, {1e-4}) and fars == {1e-4}
+
+
+def _fars(work: Path) -> tuple[float, set]:
+    """check-compat's target FAR and the FARs of the thresholds the stage recorded."""
+    report = json.loads((work / "report.json").read_text())
+    return report["config"]["target_far"], {t["far"] for t in json.loads((work / "stage.json").read_text())
+                                            ["thresholds"]}
+
+
+@pytest.mark.parametrize("given, expected", [(None, 0.01), ("0.05", 0.05)])
+def test_target_far_defaults_to_the_query_models_own_far(setup, tmp_path, given, expected):
+    """v2's thresholds are calibrated at the FAR of v1's own (threshold show's `far`; 1e-4 when
+    v1 has none: test_clean_rollout); TARGET_FAR overrides it."""
+    calibrated = "0.01"
+    run, store = rollout(setup, tmp_path, calibrate_far=calibrated, GATES="--max-new-drop 1", MAX_FLIP_RATE="1",
+                         **({"TARGET_FAR": given} if given else {}))
+    assert run.returncode == 0, run.stderr
+    assert f"(thresholds at FAR {expected:g})" in run.stderr
+    assert _fars(tmp_path / "work") == (expected, {expected})
+    with Store.open(store) as st:
+        fars = {(t["query"], t["rows"]): t["far"] for t in thresholds.show(st)["pairs"]}
+    assert fars[("v2", "v2")] == fars[("v2", "v1")] == expected
+    assert fars[("v1", "v1")] == float(calibrated)  # v1's own threshold is kept
 
 
 def test_usage(tmp_path):

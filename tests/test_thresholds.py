@@ -78,6 +78,7 @@ def test_calibrate_from_data_equals_the_check_compat_report(work):
     with Store.open(store) as st:
         assert st.thresholds("v1") == {"v1": pytest.approx(expected)}
         assert st.history()[-1]["event"] == "calibrate"
+    assert [p["far"] for p in ok("threshold", "show", store, "--json")["pairs"]] == [float(FAR)]
     # after staging v2, the served pairs grow to v1/v2 x v1/v2 rows: all four calibrated from the data
     ok("upgrade", store, "--model", root / "v2.onnx", "--report", report, "--stage")
     with Store.open(store) as st:
@@ -112,9 +113,12 @@ def test_calibrate_from_report_set_and_refusals_leave_the_store_identical(work, 
     copied = ok("threshold", "calibrate", store, "--report", report, "--json")
     assert [(e["query"], e["rows"], e["threshold"]) for e in copied["calibrated"]] == [
         ("v1", "v1", _report_thresholds(report)[("v1", "v1")])]
+    report_far = json.loads(report.read_text())["thresholds"][0]["far"]
+    assert [p["far"] for p in ok("threshold", "show", store, "--json")["pairs"]] == [report_far]
     assert ok("threshold", "set", store, "v1", "v1", "0.25", "--json")["threshold"] == 0.25
     with Store.open(store) as st:
         assert st.thresholds("v1") == {"v1": 0.25}
+    assert [p["far"] for p in ok("threshold", "show", store, "--json")["pairs"]] == [None]  # set by hand
 
 
 
@@ -138,7 +142,8 @@ def test_the_gallery_object_shows_calibrates_and_sets(work):
     copied = g.calibrate(report=report)
     expected = _report_thresholds(report)[("v1", "v1")]
     assert [(e["query"], e["rows"], e["threshold"]) for e in copied["calibrated"]] == [("v1", "v1", expected)]
-    assert g.thresholds()["pairs"] == [{"query": "v1", "rows": "v1", "threshold": expected, "served": True}]
+    far = json.loads(report.read_text())["thresholds"][0]["far"]
+    assert g.thresholds()["pairs"] == [{"query": "v1", "rows": "v1", "threshold": expected, "served": True, "far": far}]
     assert g.set_threshold("v1", "v1", 0.25)["uncalibrated"] == []
     assert g.thresholds()["pairs"][0]["threshold"] == 0.25
     with Store.open(store) as st:

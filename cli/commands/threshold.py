@@ -69,9 +69,9 @@ def show_cmd(store: Path = STORE, as_json: bool = JSON) -> None:
         emit_json(result)
         return
     render_table(f"thresholds of {store} (query model {result['active_model']})",
-                 ("query model", "row model", "threshold", "served"),
-                 [(p["query"], p["rows"], "uncalibrated" if p["threshold"] is None else p["threshold"], p["served"])
-                  for p in result["pairs"]])
+                 ("query model", "row model", "threshold", "at FAR", "served"),
+                 [(p["query"], p["rows"], "uncalibrated" if p["threshold"] is None else p["threshold"],
+                   "" if p["far"] is None else f"{p['far']:g}", p["served"]) for p in result["pairs"]])
     warn_uncalibrated(result["uncalibrated"], store)
 
 
