@@ -1,6 +1,7 @@
 """The messages issue 16 listed (item 9), each fixed: no internal placeholder in the upgrade
 refusal, a directory named as such, `[faces]` visible in --help, human backfill status and
-shadow lines (no Python dicts), and no OpenCV log noise on stderr."""
+shadow lines (no Python dicts), shadow with nothing staged naming that (not rollback), and no
+OpenCV log noise on stderr."""
 
 from __future__ import annotations
 
@@ -35,6 +36,22 @@ def test_backfill_status_is_a_sentence_not_a_dict(tmp_path):
     result = ok("backfill", store, "--status")
     assert "{" not in result.stdout and "live rows per model v1: 4" in result.stdout
     assert "no unfinished backfill" in result.stdout
+
+
+def test_shadow_with_nothing_staged_says_so_not_rollback(tmp_path):
+    from PIL import Image
+
+    store = tmp_path / "g"
+    with Store.create(store, ModelInfo(version="v1", dim=4, model_id="m")) as st:
+        st.enroll(np.eye(4, dtype=np.float32), [f"i{n}" for n in range(4)])
+    (tmp_path / "q").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "q" / "a.png")
+    before = store_sha256(store)
+    result = run("shadow", store, "--queries", tmp_path / "q")
+    assert result.exit_code == 2 and "roll back" not in result.stderr
+    assert result.stderr.strip() == (f"error: nothing to shadow in {store}: no model is staged and v1 replaced no other "
+                                     "query model (run `gallery upgrade --stage` first, or pass --old and --new)")
+    assert store_sha256(store) == before
 
 
 pytest.importorskip("torch")

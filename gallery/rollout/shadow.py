@@ -174,8 +174,13 @@ def shadow(config: ShadowConfig, progress: Callable[[int], None] | None = None) 
         new = st.resolve_version(config.new or staged or st.active_model)
         if config.old:
             old = st.resolve_version(config.old)
+        elif staged:
+            old = st.active_model
+        elif len(state.lineage(st, new)) < 2:  # not rollback's "nothing to roll back to"
+            raise BadInput(f"nothing to shadow in {st.path}: no model is staged and {new} replaced no other "
+                           "query model (run `gallery upgrade --stage` first, or pass --old and --new)")
         else:
-            old = st.active_model if staged else state.previous_model(st, new)
+            old = state.previous_model(st, new)
         if old == new:
             raise BadInput(f"old and new query models are both {old}: nothing to compare")
         results = {}
