@@ -36,6 +36,7 @@ def test_backfill_then_rollback_then_upgrade_again(rollout_work, tmp_path):
     ok("upgrade", store, "--model", root / "v2.onnx", "--report", passing)
     result = ok("backfill", store, "--images", images, "--batch-size", "8", "--json")
     assert result["skipped_no_image"] == len(gone) and result["embedded"] == len(ids) - len(gone) - 1
+    assert result["remaining_older_rows"] == len(gone) + 1  # the rows left on v1 (status below), after the run
     with Store.open(store) as st:
         cols, emb = st.columns(), st.embeddings()
         assert check_sidecar(st.verify(), st)["ok"]
