@@ -173,7 +173,8 @@ def markdown(summary: dict, preset: dict, timings: dict, cpu: dict, total: float
               "paired, gap averaged over seeds.", ""]
     if runs:  # merged: each run's own cost, then the sum
         for run in runs:
-            lines.append(f"- seeds {', '.join(map(str, run['seeds']))} from `{run['source']}`: "
+            lines.append(f"- seed{'s' if len(run['seeds']) > 1 else ''} {', '.join(map(str, run['seeds']))} "
+                         f"from `{run['source']}`: "
                          f"wall {run['wall_s'] / 60:.1f} min, CPU (user+sys of its steps) "
                          f"{run['cpu_s'] / 60:.1f} min, {run['steps']} steps, "
                          f"{run['machine']['cpus']} CPU(s), load average at its end {run['machine']['load']:.1f}")
@@ -300,9 +301,9 @@ def merge_runs(out: Path, sources: list[Path], suffix: str = "", draws: int = 10
             raise SystemExit(f"error: {s}/{k}/{m}/{c}: probe counts differ between seeds "
                              f"({[len(r) for r in rows]}); the runs did not use the same eval data")
         hits.setdefault(s, {}).setdefault(k, {}).setdefault(m, {})[c] = np.stack(rows)
-    order = base["methods"]["names"]
-    hits = {s: {k: {m: by_m[m] for m in order if m in by_m} for k, by_m in hits[s].items()}
-            for s in base.get("scenarios", sorted(hits)) if s in hits}
+    # the first run's order (its hits file keeps the order the run checked them in)
+    hits = {s: {k: {m: hits[s][k][m] for m in by_m} for k, by_m in by_k.items()}
+            for s, by_k in by_seed[records[0][2][0]].items()}
     timings, cpu, runs = {}, {}, []
     for source, saved, run_seeds in records:
         tag = "seeds" + "-".join(map(str, run_seeds))
