@@ -9,11 +9,12 @@ A Gallery holds the store's path, one read handle (so the faiss index and query
 encoders stay loaded between searches) and what was said about where model files
 live now. Writes (enrol, remove, upgrade, rollback, backfill, ...) close the read
 handle, take the store's writer lock for the one operation and release it; the next
-read opens a fresh handle that sees them. Another process's commits are seen after
-`refresh()`, or, with `gallery.open(path, live=True)` (a long-lived reader, e.g. a
-service), before every read: one os.stat of the manifest, and a new handle when another
+read opens a fresh handle that sees them. Another process's commits are seen before
+every read (`live=True`, the default: a long-lived reader such as a service follows
+upgrades and rollbacks): one os.stat of the manifest, and a new handle when another
 process committed (an upgrade, a rollback, thresholds, enrolments), so the query model,
-its thresholds, the index and the rows are re-read together. Every failure raises a `gallery.errors` type (BadInput, GateFailed,
+its thresholds, the index and the rows are re-read together. `live=False` keeps one
+snapshot until `refresh()` (e.g. a batch job that must see one state throughout). Every failure raises a `gallery.errors` type (BadInput, GateFailed,
 StoreLocked), the ones the CLI maps to exit codes.
 """
 
@@ -55,7 +56,7 @@ class Gallery:
     another process committed, and reads the new state if so (see the module docstring)."""
 
     def __init__(self, path: PathLike, model: PathLike | None = None,
-                 providers: Sequence[str] | None = None, require_gpu: bool = False, live: bool = False) -> None:
+                 providers: Sequence[str] | None = None, require_gpu: bool = False, live: bool = True) -> None:
         self.path = Path(path)
         self.live = live
         self.generation: str | None = None  # of the read handle (gallery.store.generation)
@@ -433,9 +434,10 @@ def _opt_str(path: PathLike | None) -> str | None:
 
 
 def open(path: PathLike, model: PathLike | None = None, providers: Sequence[str] | None = None,
-         require_gpu: bool = False, live: bool = False) -> Gallery:
-    """Open an existing gallery store (BadInput if missing or not a store). `live`: follow
-    other processes' commits before every read (a long-lived reader)."""
+         require_gpu: bool = False, live: bool = True) -> Gallery:
+    """Open an existing gallery store (BadInput if missing or not a store). `live` (the
+    default): follow other processes' commits before every read; `live=False`: one
+    snapshot until `refresh()`."""
     return Gallery(path, model=model, providers=providers, require_gpu=require_gpu, live=live)
 
 

@@ -1,8 +1,8 @@
 """Long-lived readers follow the store (issue 16, item 6): a reader process holding one
-`gallery.open(path, live=True)` searches while a writer process rolls the store back and
+`gallery.open(path)` (live by default) searches while a writer process rolls the store back and
 upgrades it again; the reader answers with each new query model (and its thresholds) without
-being reopened, and every answer equals a fresh reader's. A Gallery opened without `live`
-keeps its snapshot until `refresh()`."""
+being reopened, and every answer equals a fresh reader's. A Gallery opened with
+`live=False` keeps its snapshot until `refresh()`."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import gallery
 
 path, sync = sys.argv[1], Path(sys.argv[2])
 queries = np.load(sync / "q.npy")
-live = gallery.open(path, live=True)
+live = gallery.open(path)  # the default follows the store
 seen, checks = [], []
 (sync / "ready").touch()
 for want in ("v1", "v2"):  # the writer rolls back to v1, then upgrades to v2 again
@@ -93,15 +93,15 @@ def test_a_reader_process_follows_rollback_and_upgrade_of_a_writer_process(tmp_p
     assert result["reloads"] >= 2  # one new generation per switch, the same handle object throughout
 
 
-def test_a_gallery_without_live_keeps_its_snapshot_until_refresh(tmp_path):
+def test_a_default_gallery_follows_and_a_snapshot_one_waits_for_refresh(tmp_path):
     """The other half of the promise, in one process: a second Gallery's commit is seen by a
-    live Gallery at its next read, by a plain one only after refresh()."""
+    default (live) Gallery at its next read, by a live=False one only after refresh()."""
     import gallery
 
     rng = np.random.default_rng(3)
     writer = gallery.create(tmp_path / "g.h5", dim=8, model_id="random")
     writer.enroll(rng.normal(size=(4, 8)).astype(np.float32), ["a", "b", "c", "d"])
-    live, plain = gallery.open(tmp_path / "g.h5", live=True), gallery.open(tmp_path / "g.h5")
+    live, plain = gallery.open(tmp_path / "g.h5"), gallery.open(tmp_path / "g.h5", live=False)
     assert live.info()["live"] == plain.info()["live"] == 4 and live.reloads == 0
     before = live.generation
     writer.remove(["a"])
