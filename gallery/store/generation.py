@@ -40,5 +40,7 @@ def stamp(path: str | Path) -> tuple[int, int, int, int]:
         st = os.stat(path / mf.NAME)
     except OSError as exc:
         check_store_path(path)  # the refusal that names the problem (not a store, a v2 file...)
+        if isinstance(exc, FileNotFoundError):  # the same words as opening the store
+            raise mf.missing(path) from None
         raise BadInput(f"cannot read {path}/{mf.NAME}: {exc.strerror}") from None
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

@@ -67,13 +67,18 @@ def write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
         os.close(fd)
 
 
+def missing(shown: Path) -> BadInput:
+    """The refusal for a directory without a manifest (opening it, or a reader's stamp)."""
+    return BadInput(f"{shown} is a directory but not a gallery store (no {NAME})")
+
+
 def load(directory: Path, display: Path | None = None) -> dict:
     """The manifest in `directory` (`display`: the store's name for messages)."""
     shown = display or directory
     try:
         data = (directory / NAME).read_bytes()
     except FileNotFoundError:
-        raise BadInput(f"{shown} is a directory but not a gallery store (no {NAME})") from None
+        raise missing(shown) from None
     except OSError as exc:
         raise BadInput(f"cannot read {shown}/{NAME}: {exc.strerror}") from None
     try:
