@@ -1,5 +1,6 @@
 """Fixtures shared by several test modules (helpers shared as plain functions live in
-cli_helpers.py, tiny_models.py, compat_helpers.py, serve_helpers.py, engine_helpers.py)."""
+cli_helpers.py, tiny_models.py, compat_helpers.py, serve_helpers.py, engine_helpers.py; the
+torch thread-count fixture and guard in thread_guard.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import shutil
 import pytest
 
 from cli_helpers import ok, report
+# pytest takes hooks and fixtures from the names this module holds, imported ones included
+from thread_guard import one_torch_thread, pytest_make_collect_report, torch_threads_unchanged  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +102,9 @@ SLOW = (
     "test_train_compat.py::test_every_method_trains_and_records_compatibility[l2]",
     "test_train_compat.py::test_every_method_trains_and_records_compatibility[nccl]",
     "test_train_compat.py::test_every_method_trains_and_records_compatibility[unibct]",
+    # pytests of their own (torch imported in each); the guard itself runs in every collection
+    "test_thread_guard.py::test_guard_fails_a_module_that_sets_threads_at_import_or_leaves_them_set",
+    "test_thread_guard.py::test_one_torch_thread_holds_for_its_module_only",
     "test_train_auto.py",
     "test_train_projection.py",
     "test_trainer_ddp.py",

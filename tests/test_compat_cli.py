@@ -81,11 +81,10 @@ def _export(net, path, model_id):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, one_torch_thread):
     root = tmp_path_factory.mktemp("compat")
     train_x, train_y = load_split("/usr/share/datasets/fashion-mnist", "train")
     test_x, test_y = load_split("/usr/share/datasets/fashion-mnist", "t10k")
-    torch.set_num_threads(1)  # the test machine is shared
     old_net, old_head = _train(train_x[:300], train_y[:300], seed=0, steps=30)
     new_x, new_y = train_x[1000:5000], train_y[1000:5000]
     compat_net, _ = _train(new_x, new_y, seed=1, steps=600, old_head=old_head, init=old_net, own_head=False)

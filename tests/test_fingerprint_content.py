@@ -21,7 +21,7 @@ from trainer.fit import fit
 from trainer.methods import MethodContext
 from trainer.old_features import resolve_old_features
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SPEC = PreprocessSpec(height=8, width=8, color_order="GRAY", mean=(128.0,), std=(64.0,))
 
 

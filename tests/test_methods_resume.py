@@ -13,7 +13,7 @@ from trainer.data import open_dataset
 from trainer.fit import fit
 from trainer.old_features import OldFeatures, write_old_features
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

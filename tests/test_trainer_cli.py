@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from trainer.data.samples import FASHION_CLASSES, fashion_mnist, write_image_folder
 
-torch.set_num_threads(1)  # shared 2-core machine: contending threads are much slower
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 runner = CliRunner()
 
 

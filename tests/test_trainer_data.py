@@ -19,7 +19,7 @@ from trainer.data.recordio import MAGIC, pack_record, write_recordio
 from trainer.data.samples import FASHION_CLASSES, fashion_mnist, write_image_folder
 
 SPEC = PreprocessSpec(height=32, width=32)
-torch.set_num_threads(1)  # shared 2-core machine: contending threads are much slower
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

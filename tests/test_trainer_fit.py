@@ -18,7 +18,7 @@ from trainer.data import open_dataset
 from trainer.data.samples import fashion_mnist
 from trainer.fit import fit
 
-torch.set_num_threads(1)  # shared 2-core machine: contending threads are much slower
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

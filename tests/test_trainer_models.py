@@ -15,8 +15,7 @@ from trainer.schedule import lr_at
 
 load_backbones()
 load_heads()
-# one thread: on a shared 2-core machine two contending threads run ~40x slower
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # parameter counts of insightface's arcface_torch iresnets (112x112 input, 512-d)
 INSIGHTFACE_PARAMS = {"iresnet18": 24.0e6, "iresnet34": 34.1e6, "iresnet50": 43.6e6,

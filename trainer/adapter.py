@@ -42,6 +42,7 @@ from gallery.limits import MAX_DIM
 from trainer.checkpoint import weights_fingerprint
 from trainer.report import plot_loss, write_metrics
 from trainer.schedule import lr_at
+from trainer.threads import cpu_threads
 
 log = logging.getLogger(__name__)
 ARCHS = ("residual", "linear")
@@ -182,24 +183,23 @@ def train_adapter(config: AdapterConfig, progress: Progress = None,
     then {"epoch", "loss", "val_cos"} after every epoch; `progress(n)` counts images.
     """
     config.validate()
-    if config.threads:
-        torch.set_num_threads(int(config.threads))
-    config.out_path.parent.mkdir(parents=True, exist_ok=True)
-    pairs = embed_pairs(config, progress, on_log)
-    if config.labels and not pairs.has_identities:
-        raise BadInput(f"--labels needs identity folders ({config.data}/<identity>/<image>)")
-    torch.manual_seed(config.seed)
-    split = split_indices(len(pairs.old), config.val_fraction, config.fraction, config.seed)
-    model, metrics = fit_adapter(config, pairs, split, progress, on_log)
-    metrics.update(num_images=len(pairs.old), data_fingerprint=pairs.fingerprint,
-                   old_model=_identity(pairs.old_identity), new_model=_identity(pairs.new_identity))
-    exported = export_adapter(model, config, pairs, metrics)
-    metrics.update(exported)
-    write_metrics(config.sibling(".metrics.json"), metrics)
-    plot_loss(config.sibling(".loss.png"), metrics,
-              f"adapter {config.arch}{' + ' + config.label_loss if config.labels else ''}")
-    config.sibling(".config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
-    return AdapterResult(str(config.out_path), metrics)
+    with cpu_threads(config.threads):
+        config.out_path.parent.mkdir(parents=True, exist_ok=True)
+        pairs = embed_pairs(config, progress, on_log)
+        if config.labels and not pairs.has_identities:
+            raise BadInput(f"--labels needs identity folders ({config.data}/<identity>/<image>)")
+        torch.manual_seed(config.seed)
+        split = split_indices(len(pairs.old), config.val_fraction, config.fraction, config.seed)
+        model, metrics = fit_adapter(config, pairs, split, progress, on_log)
+        metrics.update(num_images=len(pairs.old), data_fingerprint=pairs.fingerprint,
+                       old_model=_identity(pairs.old_identity), new_model=_identity(pairs.new_identity))
+        exported = export_adapter(model, config, pairs, metrics)
+        metrics.update(exported)
+        write_metrics(config.sibling(".metrics.json"), metrics)
+        plot_loss(config.sibling(".loss.png"), metrics,
+                  f"adapter {config.arch}{' + ' + config.label_loss if config.labels else ''}")
+        config.sibling(".config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+        return AdapterResult(str(config.out_path), metrics)
 
 
 def _identity(identity: dict) -> dict:

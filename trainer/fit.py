@@ -27,6 +27,7 @@ from trainer.config import TrainConfig
 from trainer.report import plot_loss, write_metrics
 from trainer.run_setup import RunParts, build_run
 from trainer.schedule import lr_at
+from trainer.threads import cpu_threads
 
 log = logging.getLogger(__name__)
 LOG_EVERY = 10  # steps between loss syncs (a .item() per step stalls a GPU)
@@ -69,13 +70,12 @@ def fit(config: TrainConfig, progress: Callable[[int], None] | None = None,
     img_s} every LOG_EVERY steps. Both are called on rank 0 only.
     """
     config.validate()
-    if config.threads:
-        torch.set_num_threads(int(config.threads))
-    info = distributed.setup(config.device)
-    try:
-        return _fit(config, info, progress, on_log)
-    finally:
-        distributed.cleanup(info)
+    with cpu_threads(config.threads):
+        info = distributed.setup(config.device)
+        try:
+            return _fit(config, info, progress, on_log)
+        finally:
+            distributed.cleanup(info)
 
 
 def _fit(config: TrainConfig, info: distributed.DistInfo, progress, on_log) -> TrainResult:
