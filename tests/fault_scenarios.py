@@ -116,6 +116,14 @@ def _legacy_store(root: Path) -> None:
         (root / "template" / "g.h5").write_bytes(src.read())
 
 
+def _dlib_encodings(root: Path) -> None:
+    """A face_recognition gallery as `import-dlib` reads it: 128-d encodings (.npy) and ids.csv."""
+    (root / "template").mkdir(parents=True)
+    rows = 50
+    np.save(root / "enc.npy", np.random.default_rng(7).normal(scale=0.1, size=(rows, 128)))
+    (root / "ids.csv").write_text("id,label\n" + "".join(f"f{i},person{i % 9}\n" for i in range(rows)))
+
+
 def _gallery(*args: object) -> Callable[[Path, Path], list[str]]:
     """argv template: STORE and ROOT/... placeholders."""
     def argv(root: Path, store: Path) -> list[str]:
@@ -127,6 +135,8 @@ def _gallery(*args: object) -> Callable[[Path, Path], list[str]]:
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("init", lambda r: (r / "template").mkdir(parents=True),
              _gallery("init", "STORE", "--dim", DIM, "--model-id", "m1")),
+    # creates the store: absent before; the store, its rows and its import_dlib record after
+    Scenario("import-dlib", _dlib_encodings, _gallery("import-dlib", "STORE", "ROOT/enc.npy", "--ids", "ROOT/ids.csv")),
     Scenario("enroll", _embedding_store, _gallery("enroll", "STORE", "--embeddings", "ROOT/new.npy",
                                                   "--ids", "ROOT/new.txt", "--batch-size", 7)),
     Scenario("remove", _embedding_store, _gallery("remove", "STORE", "s1", "s5", "s9")),
@@ -257,6 +267,9 @@ def kill_point(p: Prepared, at: int) -> str:
         if left == "after" and isinstance(again, dict):  # a repeated command records itself again
             again = {**again, "events": again["events"][: len(p.after["events"])]}
         assert again == p.after, f"{where}: rerun ended elsewhere: {json.dumps(_diff(again, p.before, p.after))[:600]}"
+    # a store is built under a temporary name (Store.create); the rerun removes a killed one's
+    builds = sorted(b.name for b in work.glob(".*.creating"))
+    assert not builds, f"{where}: build directories left behind: {builds}"
     shutil.rmtree(work)
     return left
 

@@ -113,7 +113,8 @@ def test_bad_input_raises_and_creates_no_store(tmp_path) -> None:
 
 
 def test_failed_first_enrol_leaves_no_store(tmp_path, monkeypatch) -> None:
-    """The store exists once created; an enrol that fails after that removes it again."""
+    """The store is filled under a temporary name before it appears: an enrol that fails
+    leaves neither the store nor its build directory."""
     enc, ids, labels = _gallery(10, seed=2)
     _write_all(tmp_path, enc, ids, labels)
 
@@ -124,6 +125,7 @@ def test_failed_first_enrol_leaves_no_store(tmp_path, monkeypatch) -> None:
     with pytest.raises(OSError, match="No space"):
         import_dlib(tmp_path / "enc.h5", tmp_path / "g.h5")
     assert not (tmp_path / "g.h5").exists()
+    assert not list(tmp_path.glob(".g.h5.*")), list(tmp_path.iterdir())
 
 
 def test_mismatched_ids_rejected(tmp_path) -> None:

@@ -238,3 +238,40 @@ def test_float16_store(tmp_path):
             assert h5["embedding"].dtype == np.float16
         assert search(store, x[:5], k=1).ids[:, 0].tolist() == ["0", "1", "2", "3", "4"]
         assert check_sidecar(store.verify(), store)["ok"]
+
+
+def test_create_fills_before_the_store_appears_and_removes_dead_builds(tmp_path):
+    """Store.create(fill=...) builds under `.NAME.PID.creating` and renames once filled; a new
+    creation removes the builds of processes that no longer run, never a running one's."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "g.h5"
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f".g.h5.{int(done.stdout)}.creating"  # that process has exited
+    live = tmp_path / f".g.h5.{os.getppid()}.creating"      # the process that started pytest runs
+    other = tmp_path / ".h.h5.1.creating"                    # another store's build
+    for build in (dead, live, other):
+        build.mkdir()
+        (build / "MANIFEST").write_text("{}")
+    seen = {}
+
+    def fill(st: Store) -> None:
+        seen["absent while filling"] = not path.exists()
+        st.enroll(np.eye(4, dtype=np.float32), ["a", "b", "c", "d"])
+        st.append_history({"event": "filled"})
+
+    with Store.create(path, ModelInfo(version="v1", dim=4, model_id="m"), fill=fill) as st:
+        assert st.columns()["id"].tolist() == ["a", "b", "c", "d"]
+        assert [e["event"] for e in st.history()] == ["init", "enroll", "filled"]
+    assert seen == {"absent while filling": True}
+    assert not dead.exists() and live.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "g.h5"])
+
+    def failing(st: Store) -> None:
+        st.enroll(np.eye(4, dtype=np.float32), ["a", "b", "c", "d"])
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        Store.create(tmp_path / "f.h5", ModelInfo(version="v1", dim=4, model_id="m"), fill=failing)
+    assert not (tmp_path / "f.h5").exists() and not list(tmp_path.glob(".f.h5.*"))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -150,24 +149,21 @@ def import_dlib(encodings_path: str | Path, store_path: str | Path, ids: str | P
                 version: str = "dlib-v1", dtype: str = "float32") -> dict[str, Any]:
     """Create a new store holding a dlib gallery as model `version` (model_id dlib-resnet-v1).
 
-    Everything is read and validated before the store file is created.
+    Everything is read and validated before the store is created; the store appears with
+    its rows and its `import_dlib` record or not at all (Store.create's `fill`), so an
+    import killed half-way can simply be run again.
     """
     encodings, item_ids, labels = read_dlib_encodings(encodings_path, ids)
     model = ModelInfo(version=version, dim=DLIB_DIM, model_id=DLIB_MODEL_ID, format=None,
                       metadata=dict(DLIB_METADATA))
     store_path = Path(store_path)
-    created = False
-    try:
-        with Store.create(store_path, model, dtype=dtype) as store:
-            created = True
-            result = store.enroll(encodings, item_ids, labels)
-            store.append_history({"event": "import_dlib", "source": str(encodings_path),
-                                  "rows": len(item_ids)})
-    except BaseException:
-        # a failed first enrol leaves no store behind: nothing half-written
-        if created:  # the store is a directory (it was a file before the segmented store)
-            shutil.rmtree(store_path, ignore_errors=True)
-        raise
+    enrolled: dict[str, Any] = {}
+
+    def fill(store: Store) -> None:
+        enrolled.update(store.enroll(encodings, item_ids, labels))
+        store.append_history({"event": "import_dlib", "source": str(encodings_path), "rows": len(item_ids)})
+
+    Store.create(store_path, model, dtype=dtype, fill=fill).close()
     log.info("imported %d dlib encodings into %s", len(item_ids), store_path)
     return {"store": str(store_path), "version": version, "model_id": DLIB_MODEL_ID,
-            "items": result["rows"], "identities": len(set(labels)), "dim": DLIB_DIM}
+            "items": enrolled["rows"], "identities": len(set(labels)), "dim": DLIB_DIM}

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import glob
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -51,6 +53,33 @@ def _refuse_file(path: Path) -> None:
                        f"(v{schema.SCHEMA_VERSION}); upgrade gallery")
     raise BadInput(f"store {path} is a single-file store (schema v{version}); run `gallery migrate {path}` "
                    f"to convert it to the crash-safe directory layout (schema v{schema.SCHEMA_VERSION})")
+
+
+def _build_dir(path: Path, pid: int) -> Path:
+    """Where process `pid` builds a new store for `path` before renaming it into place."""
+    return path.with_name(f".{path.name}.{pid}.creating")
+
+
+def _remove_dead_builds(path: Path) -> None:
+    """Remove the build directories of creations of `path` whose process died before the
+    rename (a kill leaves its build behind; no reader ever saw it). One whose process still
+    runs is left alone; so is any other name. Pids are this machine's: a creator on another
+    host sharing the folder that happens to have a pid not running here loses its build, and
+    its rename then fails with an error, it never leaves a half store."""
+    for build in path.parent.glob(f".{glob.escape(path.name)}.*.creating"):
+        pid = build.name[len(path.name) + 2: -len(".creating")]
+        if pid.isdigit() and build == _build_dir(path, int(pid)) and (int(pid) == os.getpid() or not _running(int(pid))):
+            shutil.rmtree(build, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by another user
+    return True
 
 
 def check_store_path(path: Path) -> None:
@@ -88,8 +117,13 @@ class Store(ModelRecords):
     # ---- lifecycle -------------------------------------------------------------
     @classmethod
     def create(cls, path: str | Path, model: ModelInfo, dtype: str = "float32",
-               durable: bool | None = None) -> "Store":
-        """Create a new store directory with its first model (active for queries); returns a writer."""
+               durable: bool | None = None, fill: Callable[["Store"], Any] | None = None) -> "Store":
+        """Create a new store directory with its first model (active for queries); returns a writer.
+
+        The store is built under a temporary name and renamed into place once complete, so
+        it appears whole or not at all. `fill(writer)` (e.g. `import-dlib`'s enrolment) runs
+        on it before the rename: a process killed at any point leaves no store at `path`,
+        and running the same creation again is never refused as "already exists"."""
         path = Path(path)
         durable = mf.durable_default() if durable is None else durable
         if path.exists() or path.is_symlink():
@@ -98,7 +132,8 @@ class Store(ModelRecords):
             raise BadInput(f"embedding dtype {dtype!r} not one of {schema.DTYPES}")
         check_dim(model.dim, f"store {path}")
         schema.check_version_name(model.version)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
+        _remove_dead_builds(path)
+        tmp = _build_dir(path, os.getpid())
         try:
             tmp.mkdir()
         except OSError as exc:
@@ -118,14 +153,15 @@ class Store(ModelRecords):
             }
             mf.commit(tmp, first, durable)
             (tmp / "LOCK").touch()
+            if fill is not None:
+                with cls.open(tmp, "a", durable=durable) as building:
+                    fill(building)
             if path.exists():
                 raise BadInput(f"store already exists: {path}")
             os.rename(tmp, path)
             mf.fsync_path(path.parent if str(path.parent) else Path("."), durable)
         except BaseException:
-            for leftover in tmp.glob("*"):
-                leftover.unlink()
-            tmp.rmdir() if tmp.exists() else None
+            shutil.rmtree(tmp, ignore_errors=True)
             raise
         return cls.open(path, "a", durable=durable)
 
