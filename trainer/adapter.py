@@ -24,7 +24,6 @@ import logging
 import os
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -40,6 +39,7 @@ from gallery.fingerprint import file_sha256, strings_sha256
 from gallery.limits import MAX_DIM
 
 from trainer.checkpoint import weights_fingerprint
+from trainer.export import staged_onnx, torch_to_onnx
 from trainer.report import plot_loss, write_metrics
 from trainer.schedule import lr_at
 from trainer.threads import cpu_threads
@@ -47,7 +47,6 @@ from trainer.threads import cpu_threads
 log = logging.getLogger(__name__)
 ARCHS = ("residual", "linear")
 LABEL_LOSSES = ("prototype", "contrastive")
-OPSET = 17
 PARITY_ATOL = 1e-4
 
 
@@ -446,8 +445,6 @@ def fit_adapter(config: AdapterConfig, pairs: PairedFeatures, split: Split, prog
 def export_adapter(model: ResidualAdapter, config: AdapterConfig, pairs: PairedFeatures,
                    metrics: dict[str, Any]) -> dict[str, Any]:
     """ONNX with gallery.adapter.* metadata; refused unless onnxruntime matches torch."""
-    import onnx
-
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     values = {
         "format": ADAPTER_FORMAT,
@@ -469,19 +466,10 @@ def export_adapter(model: ResidualAdapter, config: AdapterConfig, pairs: PairedF
     out_path = config.out_path
     with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
         raw = Path(tmp) / "raw.onnx"
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(model, (torch.from_numpy(sample[:2]),), str(raw), input_names=["embedding"],
-                              output_names=["adapted"], opset_version=OPSET, dynamo=False,
-                              dynamic_axes={"embedding": {0: "batch"}, "adapted": {0: "batch"}})
+        torch_to_onnx(model, torch.from_numpy(sample[:2]), raw, "embedding", ["adapted"])
+        with torch.no_grad():
             expected = model(torch.from_numpy(sample)).numpy()
-        graph = onnx.load(str(raw))
-        for key, value in adapter_metadata(values).items():
-            entry = graph.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.checker.check_model(graph)
-        staged = Path(tmp) / "adapter.onnx"
-        onnx.save(graph, str(staged))
+        staged = staged_onnx(raw, adapter_metadata(values))
         adapter = load_adapter(staged)
         diff = float(max(np.abs(adapter.apply(sample) - expected).max(),
                          np.abs(adapter.apply(sample[:1]) - expected[:1]).max()))

@@ -62,22 +62,42 @@ def _export_view(backbone: torch.nn.Module) -> tuple[torch.nn.Module, list[str]]
     return backbone, ["embedding"]
 
 
-def _torch_export(backbone: torch.nn.Module, sample: torch.Tensor, path: Path) -> None:
+def torch_to_onnx(module: torch.nn.Module, sample: torch.Tensor, path: Path, input_name: str,
+                  outputs: list[str]) -> None:
+    """Export `module` (traced on `sample`) with a dynamic batch axis on its input and outputs
+    (the backbones here, the adapters in trainer/adapter.py)."""
     # the TorchScript-based exporter is fast (no torch.export tracing) and handles every
-    # op our backbones use; its deprecation notice is not actionable for users
-    module, outputs = _export_view(backbone)
-    with warnings.catch_warnings():
+    # op our nets use; its deprecation notice is not actionable for users
+    with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(module, (sample,), str(path), input_names=["input"],
+        torch.onnx.export(module, (sample,), str(path), input_names=[input_name],
                           output_names=outputs, opset_version=OPSET, dynamo=False,
-                          dynamic_axes={"input": {0: "batch"}, **{o: {0: "batch"} for o in outputs}})
+                          dynamic_axes={name: {0: "batch"} for name in (input_name, *outputs)})
+
+
+def staged_onnx(raw: Path, metadata: dict[str, str]) -> Path:
+    """`raw` with `metadata` as its ONNX metadata props, checked by onnx.checker, saved beside
+    it as staged.onnx: the caller's parity gate decides whether it is renamed into place."""
+    import onnx  # lazy: only an export needs it, not the other users of this module
+
+    graph = onnx.load(str(raw))
+    for key, value in metadata.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(graph)
+    staged = raw.with_name("staged.onnx")
+    onnx.save(graph, str(staged))
+    return staged
+
+
+def _torch_export(backbone: torch.nn.Module, sample: torch.Tensor, path: Path) -> None:
+    module, outputs = _export_view(backbone)
+    torch_to_onnx(module, sample, path, "input", outputs)
 
 
 def export_onnx(pt_path: str | Path, out_path: str | Path, images: np.ndarray | None = None,
                 atol: float = 1e-4) -> dict[str, Any]:
     """Export a gallery .pt to ONNX; `images` (NHWC uint8, the model's spec) add to the check."""
-    import onnx
-
     loaded = load_model(pt_path)
     spec, meta = loaded.spec, loaded.meta
     pixels = meta["parity_images"].numpy()
@@ -95,13 +115,7 @@ def export_onnx(pt_path: str | Path, out_path: str | Path, images: np.ndarray | 
             module, _ = _export_view(loaded.backbone)
             expected = module(torch.from_numpy(batch))
             expected = [t.numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
-        model = onnx.load(str(raw))
-        for key, value in onnx_metadata(meta).items():
-            entry = model.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.checker.check_model(model)
-        staged = Path(tmp) / "model.onnx"
-        onnx.save(model, str(staged))
+        staged = staged_onnx(raw, onnx_metadata(meta))
         diff = _parity(staged, batch, expected)
         # atol holds for embeddings up to unit scale; beyond it the bound grows with the
         # output (float32 rounding is relative: an untrained iresnet emits values ~500)
