@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from gallery.errors import BadInput
 from trainer.auto import CANDIDATES, Budget, rank_key, run_auto, split_identities
+from tiny_models import write_digit_split
 from trainer.config import TrainConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -23,14 +24,8 @@ COMMON = ["--arch", "small", "--dim", "16", "--image-size", "16", "--batch-size"
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
-    from sklearn.datasets import load_digits
-
     root = tmp_path_factory.mktemp("auto")
-    d = load_digits()
-    images = (d.images * 15).astype(np.uint8)
-    old, new = d.target < 5, d.target >= 5
-    np.savez(root / "old.npz", images=images[old][:250], labels=d.target[old][:250])
-    np.savez(root / "new.npz", images=images[new][:300], labels=d.target[new][:300])
+    write_digit_split(root, old_rows=250, new_rows=300)
     result = runner.invoke(app, ["train", "--data", str(root / "old.npz"), "--head", "softmax",
                                  "--out", str(root / "v1.pt"), "--epochs", "2", *COMMON])
     assert result.exit_code == 0, result.output

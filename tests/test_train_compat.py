@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from tiny_models import write_digit_split
 from trainer.methods import METHODS, load_all
 
 load_all()
@@ -22,14 +22,8 @@ COMMON = ["--arch", "small", "--dim", "16", "--image-size", "16", "--epochs", "1
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     """sklearn digits: classes 0-4 for the old model, 5-9 for the new one; v1 trained once."""
-    from sklearn.datasets import load_digits
-
     root = tmp_path_factory.mktemp("compat")
-    d = load_digits()
-    images = (d.images * 15).astype(np.uint8)
-    old, new = d.target < 5, d.target >= 5
-    np.savez(root / "old.npz", images=images[old][:250], labels=d.target[old][:250])
-    np.savez(root / "new.npz", images=images[new][:250], labels=d.target[new][:250])
+    write_digit_split(root, old_rows=250, new_rows=250)
     result = runner.invoke(app, ["train", "--data", str(root / "old.npz"), "--head", "softmax",
                                  "--out", str(root / "v1.pt"), "--onnx", str(root / "v1.onnx"),
                                  *COMMON, "--json"])

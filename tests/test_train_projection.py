@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cli_helpers import ok, run
+from tiny_models import write_digit_split
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 COMMON = ["--arch", "small", "--image-size", "8", "--epochs", "2", "--batch-size", "64", "--lr", "0.05",
@@ -20,18 +21,12 @@ COMMON = ["--arch", "small", "--image-size", "8", "--epochs", "2", "--batch-size
 def work(tmp_path_factory) -> Path:
     """sklearn digits: v1 (16-d) on classes 0-4, v2 on 5-9, evaluation folder from held-out images."""
     from PIL import Image
-    from sklearn.datasets import load_digits
 
     root = tmp_path_factory.mktemp("projection")
-    d = load_digits()
-    images = (d.images * 15).astype(np.uint8)
-    first = np.arange(len(images)) < 1200
-    old, new = first & (d.target < 5), first & (d.target >= 5)
-    np.savez(root / "old.npz", images=images[old][:300], labels=d.target[old][:300])
-    np.savez(root / "new.npz", images=images[new][:300], labels=d.target[new][:300])
-    for i in np.flatnonzero(~first)[:200]:
-        (root / "eval" / f"d{d.target[i]}").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(images[i]).save(root / "eval" / f"d{d.target[i]}" / f"{i}.png")
+    images, labels = write_digit_split(root, old_rows=300, new_rows=300, limit=1200)
+    for i in range(1200, 1400):
+        (root / "eval" / f"d{labels[i]}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).save(root / "eval" / f"d{labels[i]}" / f"{i}.png")
     ok("train", "--data", root / "old.npz", "--head", "softmax", "--dim", "16", "--out", root / "v1.pt",
        "--onnx", root / "v1.onnx", *COMMON, "--json")
     ok("train-compatible", "--old", root / "v1.pt", "--data", root / "new.npz", "--method", "mixbct",

@@ -64,6 +64,21 @@ def digit_images(n_per_class: int = 6, size: int = 32, seed: int = 0):
     return np.stack(images), np.array(labels)
 
 
+def write_digit_split(root: Path, old_rows: int, new_rows: int, limit: int | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's 8x8 digits (0..16 scaled to 0..240) as two training sets: classes 0-4 for an
+    old model (ROOT/old.npz, its first `old_rows`), 5-9 for a new one (ROOT/new.npz, `new_rows`),
+    drawn from the first `limit` images only (the rest stay unseen). Returns every image and label."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = (d.images * 15).astype(np.uint8)
+    drawn = np.arange(len(images)) < (len(images) if limit is None else limit)
+    for name, chosen, rows in (("old", d.target < 5, old_rows), ("new", d.target >= 5, new_rows)):
+        np.savez(root / f"{name}.npz", images=images[drawn & chosen][:rows], labels=d.target[drawn & chosen][:rows])
+    return images, d.target
+
+
 def write_digit_folder(root: Path, n_per_class: int = 6, seed: int = 0) -> list[Path]:
     """ROOT/digit<k>/<i>.png from real digits; returns the written paths."""
     from PIL import Image
