@@ -136,7 +136,6 @@ def backfill(config: BackfillConfig, progress: Progress = None,
                 progress(len(chunk))
         with st.transaction():  # the last rows, the end of the run and its record: one commit
             overlay.finish_plan(st, version)
-            st.invalidate()  # the row-model view was cached before the last rows (commit is deferred here)
             committed = overlays.count(st, version)
             result = {"model": version, "batch_size": batch, "planned": int(len(rows)),
                       "embedded": committed - int(meta["base"]),

@@ -279,7 +279,6 @@ def _apply(st: Store, plan: dict, info: ModelInfo, summary: dict, force: bool, s
     if not stage:
         state.set_parent(st, new, old)
         st.set_active_model(new)  # committed with everything above (the caller's transaction)
-        st.invalidate()
     forced_over = plan["failures"] if force else []
     result = state.record(
         st, "stage" if stage else "upgrade", **{"from": old, "to": new, "registered": plan["register"],
@@ -313,7 +312,6 @@ def rollback(store_path: str | Path, to: str | None = None, allow_missing_model:
         modelfiles.require(st, target, allow_missing_model)
         with st.transaction():  # the switch and its record: one commit
             st.set_active_model(target)
-            st.invalidate()
             return state.record(st, "rollback", **{"from": current, "to": target})
 
 

@@ -336,6 +336,9 @@ class Store(ModelRecords):
         self.require_writer()
         if self._tx_depth:
             self._tx_dirty = True
+            # the cached columns and views derive from the manifest that just changed: reads
+            # later in the transaction must see it although its write waits for the end
+            self.invalidate()
             return
         self._write_manifest()
 
