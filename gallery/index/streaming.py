@@ -34,18 +34,9 @@ def build_over_store(store: "Store", live: np.ndarray, params: IndexParams,
     check_fits(p, n, dim, extra=min(n, ranges.BLOCK_ROWS) * dim * 4)  # one block in flight
     sample_rows = live[sample_positions(train_rows(p, n), n)]
     started = time.perf_counter()
-    train = _gather(store, sample_rows, dim)
+    train = ranges.gather(store, sample_rows)
     log.info("read %d training vectors of %s in %.1f s", len(train), store.path, time.perf_counter() - started)
     return build_from(train, _logged(live_blocks(store, live), n, p.kind, progress), n, dim, params, **meta)
-
-
-def _gather(store: "Store", rows: np.ndarray, dim: int) -> np.ndarray:
-    out = np.empty((rows.size, dim), np.float32)
-    at = 0
-    for vectors, _ in live_blocks(store, rows):
-        out[at : at + len(vectors)] = vectors
-        at += len(vectors)
-    return out
 
 
 def _logged(blocks: Iterator[tuple[np.ndarray, np.ndarray]], n: int, kind: str,

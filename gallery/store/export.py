@@ -11,8 +11,7 @@ import h5py
 import numpy as np
 
 from gallery.errors import BadInput
-from gallery.store import spaces
-from gallery.store.ranges import live_blocks
+from gallery.store.ranges import gather
 
 if TYPE_CHECKING:
     from gallery.store.core import Store
@@ -33,7 +32,8 @@ def export(store: "Store", out: str | Path, progress: Callable[[int], None] | No
     if on_total is not None:
         on_total(int(live.size))
     arrays = {
-        "embeddings": _embeddings(store, live, progress),
+        # as queries of the query model see them (its space, backfills substituted)
+        "embeddings": gather(store, live, progress),
         "ids": cols["id"][live].astype(str),
         "identities": cols["identity"][live].astype(str),
         "model_versions": cols["model"][live].astype(str),
@@ -59,15 +59,3 @@ def export(store: "Store", out: str | Path, progress: Callable[[int], None] | No
         tmp.unlink(missing_ok=True)
     return {"out": str(out), "rows": int(live.size), "dim": int(arrays["embeddings"].shape[1])}
 
-
-def _embeddings(store: "Store", live: np.ndarray, progress: Callable[[int], None] | None) -> np.ndarray:
-    """The live rows' embeddings as queries of the query model see them (its space, backfills
-    substituted), one block of the store at a time (what the bar counts)."""
-    out = np.empty((live.size, spaces.model_dim(store)), np.float32)
-    at = 0
-    for vectors, _ in live_blocks(store, live):
-        out[at : at + len(vectors)] = vectors
-        at += len(vectors)
-        if progress is not None:
-            progress(len(vectors))
-    return out

@@ -7,7 +7,7 @@ gallery needs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
@@ -45,3 +45,16 @@ def live_blocks(store: "Store", rows: np.ndarray, block_rows: int | None = None
         block = embeddings_between(store, int(wanted[0]), int(wanted[-1]) + 1)
         yield block[wanted - wanted[0]], wanted
 
+
+
+def gather(store: "Store", rows: np.ndarray, progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """The given sorted rows' vectors in the query model's space as one float32 array, read
+    one block of the file at a time (`progress(n)` after each)."""
+    out = np.empty((rows.size, spaces.model_dim(store)), np.float32)
+    at = 0
+    for vectors, _ in live_blocks(store, rows):
+        out[at : at + len(vectors)] = vectors
+        at += len(vectors)
+        if progress is not None:
+            progress(len(vectors))
+    return out
